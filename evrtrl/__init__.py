@@ -17,6 +17,7 @@ from evrtrl.errors import (
 )
 from evrtrl.event_engine import DegradesToDenseWarning, EventRTRL
 from evrtrl.layer import Layer, LocalJacobian, Projection
+from evrtrl.online import OnlineLearner
 from evrtrl.stats import EngineStats
 
 __version__ = "0.1.0"
@@ -24,7 +25,7 @@ __version__ = "0.1.0"
 __all__ = [
     "simulate", "gradients", "make_engine", "METHODS", "Gradients", "SimulationResult",
     "LayerTrace", "EventRTRL", "DenseRTRL", "DegradesToDenseWarning", "EngineStats",
-    "Layer", "LocalJacobian", "Projection",
+    "Layer", "LocalJacobian", "Projection", "OnlineLearner",
     "EvrtrlError", "ShapeError", "NonFiniteError", "MaskError", "UnknownMethodError",
     "ConfigError", "FormatError", "UnsupportedError",
 ]

@@ -1,0 +1,67 @@
+"""Builders shared by the core tests (small float64 models with real activity)."""
+from __future__ import annotations
+
+import torch
+
+import evrtrl
+from models import EGRU, LIF, Stack, Triangle, random_masks
+
+ENGINES = ("event", "dense", "dense-live", "bptt")
+
+
+def egru(d=3, n=6, *, density=None, seed=0, theta=0.1, width=0.5, B=None):
+    masks = random_masks(EGRU.weight_shapes(d, n), density, seed=seed) if density else None
+    g = torch.Generator().manual_seed(seed)
+    return EGRU(d, n, masks=masks, theta_init=theta, pseudo_derivative=Triangle(0.7, width),
+                generator=g).double()
+
+
+def lif(d=4, n=7, *, integration="exact", reset="zero", recurrent=True, density=None, seed=0,
+        scale=8.0):
+    masks = random_masks(LIF.weight_shapes(d, n, recurrent), density, seed=seed) if density else None
+    g = torch.Generator().manual_seed(seed)
+    return LIF(d, n, tau_mem=0.02, tau_syn=0.005, dt=0.001, integration=integration, reset=reset,
+               recurrent=recurrent, masks=masks, weight_scale=scale, generator=g).double()
+
+
+def spikes_in(T, B, d, p=0.3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand(T, B, d, generator=g, dtype=torch.float64) < p).double()
+
+
+def values_in(T, B, d, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(T, B, d, generator=g, dtype=torch.float64)
+
+
+def per_step_loss(y, t):
+    return ((y - 0.3) ** 2).sum() + 0.1 * y.sum()
+
+
+def last_step_loss(T):
+    return lambda y, t: ((y - 0.5) ** 2).sum() if t == T - 1 else None
+
+
+def all_gradients(model, x, loss_fn, methods=ENGINES):
+    return {m: evrtrl.gradients(model, x, loss_fn, method=m) for m in methods}
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Norm-wise relative error of a against b (absolute when b is exactly zero)."""
+    nb = float(b.norm())
+    return float((a - b).norm()) / nb if nb > 0 else float((a - b).norm())
+
+
+def assert_engines_agree(model, x, loss_fn, *, event_dense=1e-12, vs_bptt=1e-10):
+    g = all_gradients(model, x, loss_fn)
+    assert set(g["event"]) == set(g["bptt"]) == {n for n, _ in model.named_parameters()}
+    total = sum(float(v.norm()) for v in g["bptt"].values())
+    assert total > 0, "degenerate test case: the BPTT gradient is zero"
+    for name in g["bptt"]:
+        for m in ("dense", "dense-live"):
+            e = rel_err(g["event"][name], g[m][name])
+            assert e <= event_dense, f"{name}: event vs {m} rel err {e:.2e}"
+        for m in ("event", "dense"):
+            e = rel_err(g[m][name], g["bptt"][name])
+            assert e <= vs_bptt, f"{name}: {m} vs bptt rel err {e:.2e}"
+    return g
