@@ -1,0 +1,30 @@
+"""evrtrl: exact, event-driven Real-Time Recurrent Learning for activity-sparse networks.
+
+>>> import torch, evrtrl
+>>> from models import EGRU
+>>> model = EGRU(2, 8).double()
+>>> x = torch.randn(5, 3, 2, dtype=torch.float64)
+>>> evrtrl.simulate(model, x).spikes.shape
+torch.Size([5, 3, 8])
+"""
+from evrtrl.api import (
+    METHODS, Gradients, LayerTrace, SimulationResult, gradients, make_engine, simulate,
+)
+from evrtrl.dense_engine import DenseRTRL
+from evrtrl.errors import (
+    ConfigError, EvrtrlError, FormatError, MaskError, NonFiniteError, ShapeError,
+    UnknownMethodError, UnsupportedError,
+)
+from evrtrl.event_engine import DegradesToDenseWarning, EventRTRL
+from evrtrl.layer import Layer, LocalJacobian, Projection
+from evrtrl.stats import EngineStats
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "simulate", "gradients", "make_engine", "METHODS", "Gradients", "SimulationResult",
+    "LayerTrace", "EventRTRL", "DenseRTRL", "DegradesToDenseWarning", "EngineStats",
+    "Layer", "LocalJacobian", "Projection",
+    "EvrtrlError", "ShapeError", "NonFiniteError", "MaskError", "UnknownMethodError",
+    "ConfigError", "FormatError", "UnsupportedError",
+]

@@ -1,0 +1,234 @@
+r"""Dense RTRL, the reference: explicit :math:`J_t` and :math:`\bar M_t`, nothing skipped.
+
+For layer ``l`` (state size ``n m``) with columns for the parameters of layers ``<= l``:
+
+.. math::
+
+    J_t = D_t + A^{\rm rec}_t G_{t-1}, \qquad
+    J^{x}_t = A^{\rm in}_t G^{l-1}_t, \\
+    M^l_t = J_t M^l_{t-1} + J^x_t M^{l-1}_t + \bar M_t,
+
+with :math:`D_t` block diagonal, :math:`A_t = \sum_g \phi^g_t \odot W^g` and
+:math:`G = \partial y/\partial s` (block ``n x n m``), all built as dense matrices.
+:math:`\bar M_t` holds the immediate derivatives and the direct paths of per-unit
+parameters through :math:`y_{t-1}` (and :math:`y^{l-1}_t`). ``columns="all"`` gives every
+parameter entry a column, pruned or not (textbook RTRL, O(n^4)); ``columns="live"``
+drops the pruned ones ("dense-live").
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from evrtrl.errors import UnknownMethodError
+from evrtrl.influence import ColumnBlock
+from evrtrl.layer import Layer, LocalJacobian
+from evrtrl.network import check_parameters, layers_of
+from evrtrl.stats import EngineStats
+
+__all__ = ["DenseRTRL", "dense_step_jacobians"]
+
+
+def _block_diag(diag: torch.Tensor, structure, n: int, m: int) -> torch.Tensor:
+    """``D`` as a dense ``(B, n m, n m)`` matrix from its per-unit structural entries."""
+    B = diag.shape[0]
+    D = diag.new_zeros(B, n, m, n, m)
+    units = torch.arange(n, device=diag.device)
+    for k, (co, ci) in enumerate(structure):
+        D[:, units, co, units, ci] = diag[:, :, k]
+    return D.reshape(B, n * m, n * m)
+
+
+def _gain_matrix(gain: torch.Tensor) -> torch.Tensor:
+    """``G`` as a dense ``(B, n, n m)`` matrix: ``G[b, k, k m + c] = gain[b, k, c]``."""
+    B, n, m = gain.shape
+    G = gain.new_zeros(B, n, n, m)
+    units = torch.arange(n, device=gain.device)
+    G[:, units, units, :] = gain
+    return G.reshape(B, n, n * m)
+
+
+def _coupling(layer: Layer, lj: LocalJacobian, w: Any, source: str) -> torch.Tensor | None:
+    """``A = sum_g phi_g * W_g`` over projections from ``source``: ``(B, n m, n_src)``."""
+    A = None
+    for proj in layer.projections:
+        if proj.source == source:
+            t = lj.phi[proj.name][:, :, :, None] * getattr(w, proj.name)[None, :, None, :]
+            A = t if A is None else A + t
+    if A is None:
+        return None
+    B, n, m, n_src = A.shape
+    return A.reshape(B, n * m, n_src)
+
+
+def _immediate(layer: Layer, lj: LocalJacobian, w: Any, x: torch.Tensor, y_prev: torch.Tensor,
+               block: ColumnBlock) -> torch.Tensor:
+    """Immediate Jacobian over every entry of the layer's parameters: ``(B, n m, p_total)``."""
+    B, n, m = lj.gain.shape
+    Mbar = lj.gain.new_zeros(B, n, m, block.p_total)
+    masks = layer.masks
+    for proj in layer.projections:
+        src = x if proj.source == "input" else y_prev
+        n_src = src.shape[1]
+        o = block.offsets[proj.name]
+        region = Mbar[..., o : o + n * n_src].view(B, n, m, n, n_src)
+        diag = torch.diagonal(region, dim1=1, dim2=3)  # (B, m, n_src, n)
+        diag.copy_(
+            lj.phi[proj.name].permute(0, 2, 1)[:, :, None, :]
+            * src[:, None, :, None]
+            * masks[proj.name].t().to(src.dtype)[None, None]
+        )
+    for u in layer.unit_parameters:
+        o = block.offsets[u]
+        torch.diagonal(Mbar[..., o : o + n], dim1=1, dim2=3).copy_(lj.unit_phi[u].permute(0, 2, 1))
+    return Mbar.reshape(B, n * m, block.p_total)
+
+
+def dense_step_jacobians(
+    layer: Layer, w: Any, prev: Any, x: torch.Tensor, new: Any, aux: Any, first: bool,
+    prev_gain: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Explicit ``J_t (B, nm, nm)``, ``Mbar_t (B, nm, p_total)`` and ``G_t (B, n, nm)``.
+
+    ``prev_gain`` is ``G_{t-1}`` as returned by the previous call (None at t = 0, where
+    ``y_{-1}`` is a constant). The direct per-unit-parameter paths through ``y_{t-1}``
+    are not included here (they need ``dy_{t-1}/dp`` direct; see :class:`DenseRTRL`).
+    Used by the dense engine and by the tests against ``torch.func``.
+    """
+    lj = layer.local_jacobian(w, prev, x, new, aux, first)
+    n, m = layer.hidden_size, layer.state_size
+    J = _block_diag(lj.diag, layer.diag_structure, n, m)
+    A = _coupling(layer, lj, w, "recurrent")
+    if A is not None and prev_gain is not None:
+        J = J + A @ prev_gain
+    block = ColumnBlock(layer, "")
+    return J, _immediate(layer, lj, w, x, prev.y, block), _gain_matrix(lj.gain)
+
+
+class DenseRTRL:
+    """Dense RTRL over a layer or a stack (see module docstring); same use as EventRTRL."""
+
+    def __init__(self, model: Any, batch: int, columns: str = "all") -> None:
+        if columns not in ("all", "live"):
+            raise UnknownMethodError(f"columns must be 'all' or 'live', got {columns!r}")
+        self.name = "dense" if columns == "all" else "dense-live"
+        self.refs = layers_of(model)
+        check_parameters(model)
+        self.B = int(batch)
+        layer0 = self.refs[0].layer
+        self.dtype, self.device = layer0.dtype, layer0.device
+        self.blocks = [ColumnBlock(r.layer, r.prefix) for r in self.refs]
+        self.cols = [b.natural_columns(columns == "live") for b in self.blocks]
+        self.widths = [c.numel() for c in self.cols]
+        self.starts = [sum(self.widths[:j]) for j in range(len(self.widths) + 1)]
+        # position of each per-unit parameter's column k within its block's columns
+        self.unit_pos = []
+        for b, cols in zip(self.blocks, self.cols):
+            inv = torch.full((b.p_total,), -1, dtype=torch.long, device=self.device)
+            inv[cols] = torch.arange(cols.numel(), device=self.device)
+            n = b.layer.hidden_size
+            self.unit_pos.append(
+                {u: inv[b.offsets[u] + torch.arange(n, device=self.device)]
+                 for u in b.layer.unit_parameters}
+            )
+        self.M = [
+            torch.zeros(self.B, r.layer.hidden_size * r.layer.state_size, self.starts[l + 1],
+                        dtype=self.dtype, device=self.device)
+            for l, r in enumerate(self.refs)
+        ]
+        self.states = [r.layer.initial_state(self.B) for r in self.refs]
+        self.prev_lj: list[LocalJacobian | None] = [None] * len(self.refs)
+        self.first = True
+        self.grad = torch.zeros(self.starts[-1], dtype=self.dtype, device=self.device)
+        self.stats = EngineStats(
+            self.name,
+            p_live=sum(b.p_live for b in self.blocks),
+            p_total=sum(b.p_total for b in self.blocks),
+            influence_bytes=sum(t.numel() * t.element_size() for t in self.M),
+        )
+        self.refresh()
+
+    def refresh(self) -> None:
+        with torch.no_grad():
+            self.w = [r.layer.weights() for r in self.refs]
+
+    def _direct(self, l: int, lj: LocalJacobian, A: torch.Tensor, out: torch.Tensor) -> None:
+        """``out[:, :, cols of p_k] += A[:, :, k] * dy_k/dp_k`` for per-unit params of layer l."""
+        base = self.starts[l]
+        for u, gd in lj.gain_direct.items():
+            out[:, :, base + self.unit_pos[l][u]] += A * gd[:, None, :]
+
+    @torch.no_grad()
+    def step(self, x: torch.Tensor) -> torch.Tensor:
+        self.stats.begin_step()
+        B = self.B
+        inp = x
+        alpha = 0.0
+        lj_below: LocalJacobian | None = None
+        for l, ref in enumerate(self.refs):
+            layer, w, prev = ref.layer, self.w[l], self.states[l]
+            n, m = layer.hidden_size, layer.state_size
+            nm = n * m
+            new, aux = layer.step(w, prev, inp)
+            lj = layer.local_jacobian(w, prev, inp, new, aux, self.first)
+            P = self.starts[l + 1]
+            # J_t = D_t + A_rec G_{t-1}
+            J = _block_diag(lj.diag, layer.diag_structure, n, m)
+            A = _coupling(layer, lj, w, "recurrent")
+            Mbar = x.new_zeros(B, nm, P)
+            full = _immediate(layer, lj, w, inp, prev.y, self.blocks[l])
+            Mbar[:, :, self.starts[l]:] = full[:, :, self.cols[l]]
+            self.stats.add_macs("immediate", B * nm * self.widths[l])
+            if A is not None and self.prev_lj[l] is not None:
+                J = J + A @ _gain_matrix(self.prev_lj[l].gain)
+                self.stats.add_macs("jacobian", B * nm * n * nm)
+                self._direct(l, self.prev_lj[l], A, Mbar)
+            M_new = torch.bmm(J, self.M[l]) + Mbar
+            self.stats.add_macs("propagate", B * nm * nm * P)
+            if l > 0:
+                below = self.refs[l - 1].layer
+                assert lj_below is not None
+                Ax = _coupling(layer, lj, w, "input")
+                Jx = Ax @ _gain_matrix(lj_below.gain)
+                nb = below.hidden_size
+                self.stats.add_macs("jacobian", B * nm * nb * nb * below.state_size)
+                M_new[:, :, : self.starts[l]] += torch.bmm(Jx, self.M[l - 1])
+                self.stats.add_macs(
+                    "propagate", B * nm * below.hidden_size * below.state_size * self.starts[l]
+                )
+                self._direct(l - 1, lj_below, Ax, M_new)
+            self.M[l] = M_new
+            self.prev_lj[l] = lj
+            lj_below = lj
+            self.states[l] = new
+            inp = new.y
+            alpha += float((new.y != 0).sum()) / B
+        self.first = False
+        n_units = sum(r.layer.hidden_size for r in self.refs)
+        self.stats.end_step(alpha / n_units, 1.0, 1.0)
+        return inp
+
+    @torch.no_grad()
+    def accumulate(self, dL_dy: torch.Tensor) -> None:
+        """``grad += sum_b (dL/dy G) M + dL/dy G_direct`` for the last layer."""
+        l = len(self.refs) - 1
+        lj = self.prev_lj[l]
+        e = dL_dy.to(self.dtype)
+        eG = torch.bmm(e[:, None, :], _gain_matrix(lj.gain))  # (B, 1, nm)
+        self.grad += torch.bmm(eG, self.M[l]).sum(dim=(0, 1))
+        B, nm, P = self.M[l].shape
+        self.stats.add_macs("gradient", B * e.shape[1] * nm + B * nm * P)
+        for u, gd in lj.gain_direct.items():
+            self.grad[self.starts[l] + self.unit_pos[l][u]] += (e * gd).sum(0)
+
+    def gradients(self) -> dict[str, torch.Tensor]:
+        out: dict[str, torch.Tensor] = {}
+        for j, (blk, cols) in enumerate(zip(self.blocks, self.cols)):
+            flat = torch.zeros(blk.p_total, dtype=self.dtype, device=self.device)
+            flat[cols] = self.grad[self.starts[j] : self.starts[j + 1]]
+            out.update(blk.unflatten(flat))
+        return out
+
+    def zero_grad(self) -> None:
+        self.grad.zero_()

@@ -1,0 +1,123 @@
+"""Influence-column bookkeeping: which parameter entry owns which column of M.
+
+Each layer's parameters form one *block* of columns. Columns exist only for live
+(unmasked) entries, and are allocated in *birth order*: a per-unit parameter (bias,
+threshold) is born at step 0; a weight ``W[i, j]`` is born the first time its source
+``j`` carries an event (an input channel fires, or a unit emits a non-zero output).
+Until then its column is exactly zero, so the engines work on the prefix
+``M[..., :p_born]`` only. The dense engine uses :meth:`ColumnBlock.natural_columns`
+instead (every entry, or every live entry, in parameter order).
+"""
+from __future__ import annotations
+
+import torch
+
+from evrtrl.layer import Layer
+
+__all__ = ["ColumnBlock", "ragged_arange"]
+
+
+def ragged_arange(ptr: torch.Tensor, sel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Concatenate ``range(ptr[s], ptr[s+1])`` for ``s`` in ``sel`` (vectorised).
+
+    Returns the positions and, for each, the index into ``sel`` it came from.
+    """
+    starts = ptr[sel]
+    counts = ptr[sel + 1] - starts
+    owner = torch.repeat_interleave(torch.arange(sel.numel(), device=sel.device), counts)
+    offsets = torch.cumsum(counts, 0) - counts
+    pos = torch.arange(int(counts.sum()), device=sel.device) - offsets[owner] + starts[owner]
+    return pos, owner
+
+
+class _ProjectionColumns:
+    """Live entries of one weight, grouped by source (CSC), with their flat indices."""
+
+    def __init__(self, name: str, source: str, mask: torch.Tensor, offset: int) -> None:
+        self.name, self.source = name, source
+        n, n_src = mask.shape
+        self.n_src = n_src
+        srcs, rows = mask.t().nonzero(as_tuple=True)
+        # entries sorted by source j, then row i
+        self.rows = rows
+        self.flat = offset + rows * n_src + srcs
+        counts = torch.bincount(srcs, minlength=n_src)
+        self.ptr = torch.zeros(n_src + 1, dtype=torch.long, device=mask.device)
+        self.ptr[1:] = torch.cumsum(counts, 0)
+        self.born = torch.zeros(n_src, dtype=torch.bool, device=mask.device)
+
+
+class ColumnBlock:
+    """Columns of one layer's parameters (see module docstring)."""
+
+    def __init__(self, layer: Layer, prefix: str) -> None:
+        self.layer, self.prefix = layer, prefix
+        dev = layer.device
+        self.names: list[str] = []
+        self.shapes: list[torch.Size] = []
+        self.offsets: dict[str, int] = {}
+        off = 0
+        for name, p in layer.named_parameters(recurse=False):
+            self.names.append(name)
+            self.shapes.append(p.shape)
+            self.offsets[name] = off
+            off += p.numel()
+        self.p_total = off
+        masks = layer.masks
+        self.projections = [
+            _ProjectionColumns(pr.name, pr.source, masks[pr.name], self.offsets[pr.name])
+            for pr in layer.projections
+        ]
+        self.p_live = sum(
+            int(masks[n].sum()) if n in masks else int(torch.Size(s).numel())
+            for n, s in zip(self.names, self.shapes)
+        )
+        self.col_of = torch.full((self.p_total,), -1, dtype=torch.long, device=dev)
+        self.order = torch.empty(self.p_live, dtype=torch.long, device=dev)
+        self.p_born = 0
+        n = layer.hidden_size
+        # per-unit parameters are born at step 0, first in the column order
+        self.unit_cols: dict[str, torch.Tensor] = {}
+        for u in layer.unit_parameters:
+            flat = self.offsets[u] + torch.arange(n, device=dev)
+            self.unit_cols[u] = self._allocate(flat)
+
+    def _allocate(self, flat: torch.Tensor) -> torch.Tensor:
+        cols = torch.arange(self.p_born, self.p_born + flat.numel(), device=flat.device)
+        self.col_of[flat] = cols
+        self.order[self.p_born : self.p_born + flat.numel()] = flat
+        self.p_born += flat.numel()
+        return cols
+
+    def fire(self, proj: _ProjectionColumns, sources: torch.Tensor):
+        """Sources ``j`` carry events: give newborn entries columns; return the entries.
+
+        Returns ``(rows, cols, owner)``: unit row, column, and index into ``sources``.
+        """
+        new = sources[~proj.born[sources]]
+        if new.numel():
+            proj.born[new] = True
+            pos, _ = ragged_arange(proj.ptr, new)
+            self._allocate(proj.flat[pos])
+        pos, owner = ragged_arange(proj.ptr, sources)
+        return proj.rows[pos], self.col_of[proj.flat[pos]], owner
+
+    def natural_columns(self, live_only: bool) -> torch.Tensor:
+        """Flat indices of the dense engine's columns, in parameter order."""
+        if not live_only:
+            return torch.arange(self.p_total, device=self.col_of.device)
+        keep = torch.ones(self.p_total, dtype=torch.bool, device=self.col_of.device)
+        masks = self.layer.masks
+        for name in self.names:
+            if name in masks:
+                o = self.offsets[name]
+                keep[o : o + masks[name].numel()] = masks[name].flatten()
+        return keep.nonzero(as_tuple=True)[0]
+
+    def unflatten(self, flat_values: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Split a length-``p_total`` vector into ``{prefix + name: tensor}``."""
+        out = {}
+        for name, shape in zip(self.names, self.shapes):
+            o = self.offsets[name]
+            out[self.prefix + name] = flat_values[o : o + torch.Size(shape).numel()].view(shape)
+        return out
