@@ -370,7 +370,13 @@ def quantized_model(model, report: MappingReport):
                 for k in ql.weight_names():
                     p = getattr(cell, k)
                     p.copy_(torch.as_tensor(np.asarray(ql.weight(k)), dtype=p.dtype))
-                cell.v_th, cell.tau_mem, cell.tau_syn = float(ql.v_th), float(ql.tau_mem), float(ql.tau_syn)
+                from models.lif import lif_parameters
+
+                p = cell.p
+                cell.p = lif_parameters(
+                    tau_mem=float(ql.tau_mem), tau_syn=float(ql.tau_syn), dt=p.dt, v_th=float(ql.v_th),
+                    v_leak=p.v_leak, v_reset=p.v_reset, reset=p.reset, integration=p.integration,
+                    pseudo_derivative=p.pseudo_derivative)
             else:
                 for k in ql.weight_names():
                     p = getattr(cell, k)
