@@ -1,0 +1,31 @@
+"""Leaving the library: hardware profiles, quantisation and core mapping, NIR, HDF5 bundles.
+
+Public API::
+
+    from neuromorphic import (list_profiles, load_profile, map_to_hardware,
+                              export_nir, import_nir, export_bundle, read_bundle)
+
+See ``docs/neuromorphic.md``.
+"""
+from .profiles import HardwareProfile, list_profiles, load_profile, PROFILE_PATH_ENV
+from .netspec import EGRULayer, LIFLayer, Network, network_from_model, model_from_network
+from .mapping import MappingReport, Violation, map_to_hardware, quantized_model, compare_spikes
+from .quantize import quantize_weights
+
+__all__ = [
+    "HardwareProfile", "list_profiles", "load_profile", "PROFILE_PATH_ENV",
+    "EGRULayer", "LIFLayer", "Network", "network_from_model", "model_from_network",
+    "MappingReport", "Violation", "map_to_hardware", "quantized_model", "compare_spikes",
+    "quantize_weights",
+    "export_nir", "import_nir", "export_bundle", "read_bundle",
+]
+
+
+def __getattr__(name):  # lazy: NIR and bundle pull in nir / h5py only when used
+    if name in ("export_nir", "import_nir", "nir_graph_from_network", "network_from_nir_graph"):
+        from . import nir_io
+        return getattr(nir_io, name)
+    if name in ("export_bundle", "read_bundle", "Bundle", "BUNDLE_VERSION"):
+        from . import bundle
+        return getattr(bundle, name)
+    raise AttributeError(f"module 'neuromorphic' has no attribute {name!r}")

@@ -1,0 +1,155 @@
+"""The library's own HDF5 bundle: any network (EGRU included), sparse, versioned.
+
+NIR has no gated neuron, so EGRU networks (and any network together with its
+quantisation and placement) are written in this format, meant for programmable
+targets (Loihi 2 microcode, SpiNNaker 2 ARM cores). Format version 1::
+
+    /                       attrs: format = "evrtrl-bundle", version = 1,
+                                   n_layers, input_size, created_by
+    /layers/<i>/            attrs: kind = "lif" | "egru", n, d
+        params/             LIF attrs: tau_mem, tau_syn, dt (s), v_th, v_leak, v_reset,
+                                       reset, integration
+                            EGRU datasets: b_u, b_r, b_z, theta (n,)
+        weights/<name>/     one group per weight matrix (W, U, W_u, ..., U_z), CSR:
+                            attrs shape = (rows, cols); datasets indptr (rows+1,) int64,
+                            indices (nnz,) int64, data (nnz,) float (live, non-zero entries
+                            only: pruned synapses are absent)
+            q/              optional (when a mapping is given): int_data (nnz,) int32 codes
+                            aligned with data; scale (1,) or (rows,) float64; attrs bits, mode
+        placement           optional (n,) int32 core id per neuron (-1 = off-core)
+    /mapping/               optional, attrs profile, ok, n_cores; dataset report_json (UTF-8)
+
+Readers must reject a ``version`` they do not know (:func:`read_bundle` does).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+
+from evrtrl.errors import FormatError
+from ._atomic import atomic_write
+from .netspec import EGRULayer, LIFLayer, Network, network_from_model
+
+__all__ = ["BUNDLE_VERSION", "Bundle", "export_bundle", "read_bundle"]
+
+BUNDLE_VERSION = 1
+_FORMAT = "evrtrl-bundle"
+_LIF_ATTRS = ("tau_mem", "tau_syn", "dt", "v_th", "v_leak", "v_reset", "reset", "integration")
+
+
+@dataclass
+class Bundle:
+    network: Network
+    version: int
+    quantized: list        # per layer: {weight name: (int codes dense, scale, bits, mode)} or {}
+    placement: list        # per layer: int array or None
+    mapping: dict | None   # the mapping report as a dict, if written
+
+
+def _csr(M: np.ndarray):
+    rows, cols = np.nonzero(M)
+    indptr = np.zeros(M.shape[0] + 1, np.int64)
+    np.add.at(indptr, rows + 1, 1)
+    return np.cumsum(indptr), cols.astype(np.int64), M[rows, cols], (rows, cols)
+
+
+def export_bundle(model, path, mapping=None) -> None:
+    """Write ``model`` (cells/Stack/Network, LIF or EGRU) and optionally a MappingReport, atomically."""
+    import h5py
+
+    net = network_from_model(model)
+
+    def write(tmp):
+        with h5py.File(tmp, "w") as f:
+            f.attrs.update(format=_FORMAT, version=BUNDLE_VERSION, n_layers=len(net.layers),
+                           input_size=net.input_size, created_by="evrtrl.neuromorphic")
+            for i, L in enumerate(net.layers):
+                g = f.create_group(f"layers/{i}")
+                g.attrs.update(kind=L.kind, n=L.n, d=L.d)
+                pg = g.create_group("params")
+                if L.kind == "lif":
+                    for a in _LIF_ATTRS:
+                        pg.attrs[a] = getattr(L, a)
+                else:
+                    for k in ("b_u", "b_r", "b_z", "theta"):
+                        pg.create_dataset(k, data=np.asarray(L.params[k]))
+                ql = mapping.quantization[i] if mapping is not None else None
+                for k in L.weight_names():
+                    M = np.where(L.mask(k), np.asarray(L.weight(k)), 0)
+                    indptr, indices, data, (r, c) = _csr(M)
+                    wg = g.create_group(f"weights/{k}")
+                    wg.attrs["shape"] = M.shape
+                    wg.create_dataset("indptr", data=indptr)
+                    wg.create_dataset("indices", data=indices)
+                    wg.create_dataset("data", data=data)
+                    if ql is not None and ql.quantized is not None and k in ql.quantized.q:
+                        qg = wg.create_group("q")
+                        qg.create_dataset("int_data", data=ql.quantized.q[k][r, c].astype(np.int32))
+                        sc = ql.quantized.scale
+                        if L.kind == "egru":  # per-gate scale blocks of n (one gate per weight pair)
+                            gi = "urz".index(k[-1])
+                            sc = sc.reshape(3, -1)[gi] if sc.size == 3 * L.n or sc.size == 3 else sc
+                        qg.create_dataset("scale", data=np.asarray(sc, np.float64))
+                        qg.attrs.update(bits=ql.bits, mode=ql.mode)
+                if mapping is not None:
+                    g.create_dataset("placement", data=np.asarray(mapping.placement[i], np.int32))
+            if mapping is not None:
+                mg = f.create_group("mapping")
+                mg.attrs.update(profile=mapping.profile.name, ok=mapping.ok, n_cores=len(mapping.cores))
+                mg.create_dataset("report_json", data=json.dumps(mapping.to_dict()))
+
+    atomic_write(path, write)
+
+
+def read_bundle(path) -> Bundle:
+    """Read a bundle written by :func:`export_bundle`; unknown versions raise :class:`FormatError`."""
+    import h5py
+
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        raise FormatError(f"{str(path)!r} is not an HDF5 bundle: {e}") from e
+    with f:
+        if f.attrs.get("format") != _FORMAT:
+            raise FormatError(f"{str(path)!r}: attribute 'format' is {f.attrs.get('format')!r}, expected {_FORMAT!r}")
+        version = int(f.attrs.get("version", -1))
+        if version != BUNDLE_VERSION:
+            raise FormatError(f"{str(path)!r}: bundle 'version' {version} is not supported (this reader knows "
+                              f"version {BUNDLE_VERSION})")
+        layers, quant, place = [], [], []
+        for i in range(int(f.attrs["n_layers"])):
+            if f"layers/{i}" not in f:
+                raise FormatError(f"{str(path)!r}: group 'layers/{i}' is missing")
+            g = f[f"layers/{i}"]
+            kind = g.attrs["kind"]
+            W, Q = {}, {}
+            for k, wg in g["weights"].items():
+                shape = tuple(int(s) for s in wg.attrs["shape"])
+                indptr, indices, data = wg["indptr"][()], wg["indices"][()], wg["data"][()]
+                if indptr.shape != (shape[0] + 1,) or indices.shape != data.shape or indptr[-1] != data.size:
+                    raise FormatError(f"{str(path)!r}: weight 'layers/{i}/weights/{k}' has inconsistent CSR arrays")
+                M = np.zeros(shape, data.dtype)
+                rows = np.repeat(np.arange(shape[0]), np.diff(indptr))
+                M[rows, indices] = data
+                W[k] = M
+                if "q" in wg:
+                    qi = np.zeros(shape, np.int64)
+                    qi[rows, indices] = wg["q/int_data"][()]
+                    Q[k] = (qi, wg["q/scale"][()], int(wg["q"].attrs["bits"]), str(wg["q"].attrs["mode"]))
+            masks = {k: M != 0 for k, M in W.items()}
+            if kind == "lif":
+                pa = {a: g["params"].attrs[a] for a in _LIF_ATTRS}
+                pa = {a: (str(v) if a in ("reset", "integration") else float(v)) for a, v in pa.items()}
+                layers.append(LIFLayer(W=W["W"], U=W.get("U"), masks=masks, **pa))
+            elif kind == "egru":
+                params = dict(W)
+                params.update({k: g["params"][k][()] for k in ("b_u", "b_r", "b_z", "theta")})
+                layers.append(EGRULayer(params=params, masks=masks))
+            else:
+                raise FormatError(f"{str(path)!r}: layer {i} attribute 'kind' is {kind!r}, expected 'lif' or 'egru'")
+            quant.append(Q)
+            place.append(g["placement"][()] if "placement" in g else None)
+        mapping = json.loads(f["mapping/report_json"][()]) if "mapping" in f else None
+    return Bundle(Network(layers), version, quant, place, mapping)

@@ -1,0 +1,88 @@
+"""CLI: ``evrtrl export MODEL --target NAME --format nir|bundle -o PATH`` and ``evrtrl targets``.
+
+MODEL is a checkpoint path. Until ``evrtrl.checkpoint`` exists, a ``.nir`` file or
+a bundle (``.h5``) is accepted as MODEL (TODO: read ``evrtrl.checkpoint.load_model``).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _load(path: str, dt: float | None):
+    from pathlib import Path
+
+    p = Path(path)
+    try:
+        from evrtrl import checkpoint  # type: ignore[attr-defined]
+    except ImportError:
+        checkpoint = None
+    if p.suffix == ".nir":
+        from .nir_io import import_nir
+        return import_nir(p, dt=dt)
+    import h5py
+    with h5py.File(p, "r") as f:
+        is_bundle = f.attrs.get("format") == "evrtrl-bundle"
+    if is_bundle:
+        from .bundle import read_bundle
+        from .netspec import model_from_network
+        return model_from_network(read_bundle(p).network)
+    if checkpoint is not None:
+        return checkpoint.load_model(p)
+    raise SystemExit(f"cannot read model {path!r}: expected .nir, an evrtrl bundle, or an evrtrl checkpoint")
+
+
+def _export(args) -> int:
+    from .mapping import map_to_hardware
+    from evrtrl.errors import EvrtrlError
+
+    try:
+        model = _load(args.model, args.dt)
+        report = map_to_hardware(model, args.target) if args.target else None
+        if report is not None:
+            print(report.summary())
+        if args.format == "nir":
+            from .nir_io import export_nir
+            export_nir(model, args.output)
+        else:
+            from .bundle import export_bundle
+            export_bundle(model, args.output, mapping=report)
+    except EvrtrlError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.output}")
+    return 0 if report is None or report.ok else 1
+
+
+def _targets(args) -> int:
+    from .profiles import list_profiles, load_profile
+
+    for name in list_profiles():
+        p = load_profile(name)
+        print(f"{name:14s} {p.display_name:45s} cores={p.cores_per_chip} neurons/core={p.neurons_per_core} "
+              f"weight_bits={p.weight_bits} recurrence={p.recurrence}")
+    return 0
+
+
+def register(subparsers) -> None:
+    """Add ``export`` and ``targets`` to an argparse subparsers object."""
+    e = subparsers.add_parser("export", help="map a model onto a chip and write NIR or a bundle")
+    e.add_argument("model", help="checkpoint path (.nir and evrtrl bundles accepted too)")
+    e.add_argument("--target", default=None, help="hardware profile name or .json path (see 'targets')")
+    e.add_argument("--format", choices=("nir", "bundle"), default="bundle")
+    e.add_argument("-o", "--output", required=True)
+    e.add_argument("--dt", type=float, default=None, help="time step in seconds (needed for .nir input)")
+    e.set_defaults(func=_export)
+    t = subparsers.add_parser("targets", help="list hardware profiles")
+    t.set_defaults(func=_targets)
+
+
+def main(argv=None) -> int:  # standalone use: python -m neuromorphic.cli
+    ap = argparse.ArgumentParser(prog="neuromorphic")
+    register(ap.add_subparsers(dest="cmd", required=True))
+    args = ap.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

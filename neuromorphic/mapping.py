@@ -1,0 +1,422 @@
+"""Map a trained network onto a hardware profile and report what fits and what not.
+
+``map_to_hardware(model, profile)`` quantises every layer (see :mod:`.quantize`),
+keeps pruned synapses out, places neurons on cores (see :mod:`.placement`) and
+checks every rule of the profile. Each violated rule becomes a
+:class:`Violation` naming the rule, the layer and the numbers; ``model_change``
+says whether only a change of the model (not of the mapping) can fix it.
+
+Given an input ``x`` it also simulates the float and the quantised network with
+``evrtrl.simulate`` and reports how far spike counts, spike timing and the loss
+or accuracy move.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from evrtrl.errors import ConfigError
+from .netspec import EGRULayer, LIFLayer, Network, network_from_model
+from .placement import CoreLimits, neuron_loads, place
+from .profiles import HardwareProfile, load_profile
+from .quantize import QuantizedWeights, quantize_decay, quantize_weights, tau_from_decay
+
+__all__ = ["Violation", "CoreUsage", "LayerQuantization", "SimulationComparison", "MappingReport",
+           "map_to_hardware", "quantized_model", "compare_spikes"]
+
+
+@dataclass(frozen=True)
+class Violation:
+    rule: str
+    layer: int | None
+    message: str
+    value: Any = None
+    limit: Any = None
+    model_change: bool = False
+
+    def __str__(self) -> str:
+        where = "network" if self.layer is None else f"layer {self.layer}"
+        tag = " [needs a model change]" if self.model_change else ""
+        return f"{self.rule} ({where}): {self.message}{tag}"
+
+
+@dataclass(frozen=True)
+class CoreUsage:
+    core: int
+    neurons: int
+    synapses: int
+    memory_bits: int
+    axons: int
+    layers: tuple
+    utilisation: dict  # limit name -> fraction (only for limits the profile publishes)
+
+
+@dataclass
+class LayerQuantization:
+    layer: int
+    bits: int | None
+    mode: str
+    scale: np.ndarray
+    max_abs_error: float
+    max_error_over_scale: float   # max |w - q(w)| / s over live entries (<= 0.5)
+    live_synapses: int
+    zero_after_rounding: int      # live synapses whose code is 0
+    threshold_code: float | None = None
+    tau_mem_q: float | None = None
+    tau_syn_q: float | None = None
+    decay_codes: dict = field(default_factory=dict)
+    quantized: QuantizedWeights | None = None
+
+
+@dataclass
+class SimulationComparison:
+    spikes_float: int
+    spikes_quant: int
+    count_rel_diff: float          # |N_q - N_f| / max(N_f, 1)
+    per_neuron_count_corr: float   # Pearson r of per-neuron counts (nan if constant)
+    timing_jaccard: float          # |S_f & S_q| / |S_f | S_q| over (t, b, unit)
+    timing_within_1: float         # fraction of float spikes matched by a quantised one within +-1 step
+    loss_float: float | None = None
+    loss_quant: float | None = None
+    acc_float: float | None = None
+    acc_quant: float | None = None
+
+
+@dataclass
+class MappingReport:
+    profile: HardwareProfile
+    violations: list
+    cores: list
+    placement: list               # per layer: int array of core ids (-1 = not on a core, e.g. Xylo outputs)
+    quantization: list
+    quantized_network: Network
+    simulation: SimulationComparison | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.violations
+
+    @property
+    def model_changes(self) -> list:
+        return [v for v in self.violations if v.model_change]
+
+    def summary(self) -> str:
+        p = self.profile
+        lines = [f"Mapping onto {p.display_name} ({p.name}): "
+                 f"{'fits' if self.ok else f'{len(self.violations)} violation(s)'}, {len(self.cores)} core(s) used"]
+        for c in self.cores:
+            util = ", ".join(f"{k} {v:.1%}" for k, v in c.utilisation.items())
+            lines.append(f"  core {c.core}: {c.neurons} neurons, {c.synapses} synapses, {c.axons} input axons"
+                         + (f" ({util})" if util else ""))
+        for q in self.quantization:
+            lines.append(f"  layer {q.layer}: {q.bits}-bit {q.mode}, max|w-q(w)| = {q.max_abs_error:.3g} "
+                         f"(= {q.max_error_over_scale:.3f} scale), {q.zero_after_rounding}/{q.live_synapses} "
+                         f"live synapses round to 0")
+        for v in self.violations:
+            lines.append(f"  VIOLATION {v}")
+        s = self.simulation
+        if s is not None:
+            lines.append(f"  quantised vs float: spikes {s.spikes_quant} vs {s.spikes_float} "
+                         f"({s.count_rel_diff:.1%} off), timing Jaccard {s.timing_jaccard:.3f}, "
+                         f"within +-1 step {s.timing_within_1:.3f}")
+            if s.loss_float is not None:
+                lines.append(f"  loss {s.loss_float:.5g} -> {s.loss_quant:.5g}")
+            if s.acc_float is not None:
+                lines.append(f"  accuracy {s.acc_float:.3f} -> {s.acc_quant:.3f}")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        def clean(o):
+            if isinstance(o, np.ndarray):
+                return o.tolist()
+            if isinstance(o, dict):
+                return {str(k): clean(v) for k, v in o.items()}
+            if isinstance(o, (list, tuple)):
+                return [clean(v) for v in o]
+            if isinstance(o, (np.floating, np.integer)):
+                return o.item()
+            return o
+        return clean({
+            "profile": self.profile.name, "ok": self.ok,
+            "violations": [asdict(v) for v in self.violations],
+            "cores": [asdict(c) for c in self.cores],
+            "quantization": [{k: v for k, v in asdict(q).items() if k != "quantized"} for q in self.quantization],
+            "simulation": None if self.simulation is None else asdict(self.simulation),
+        })
+
+
+# --------------------------------------------------------------------------- rules
+
+def _live(layer, name) -> np.ndarray:
+    w = np.asarray(layer.weight(name), np.float64)
+    return np.where(layer.mask(name), w, 0.0)
+
+
+def _state_fits(value: float, bits: int | None) -> bool:
+    return bits is None or abs(value) <= 2 ** (bits - 1) - 1
+
+
+def map_to_hardware(model, profile, *, quantization: str = "per_tensor", x=None,
+                    loss_fn: Callable | None = None, labels=None) -> MappingReport:
+    """Quantise, place and check ``model`` (a ``models`` cell/Stack or a :class:`Network`) on ``profile``.
+
+    ``x`` (T, B, d) optionally runs the float and the quantised network through
+    ``evrtrl.simulate``; ``loss_fn(y_t, t)`` (summed over t) and ``labels`` (B,)
+    (argmax of the last layer's spike counts) add loss and accuracy.
+    """
+    prof = load_profile(profile)
+    net = network_from_model(model)
+    V: list = []
+    last = len(net.layers) - 1
+
+    # --- network-level rules
+    if prof.input_channels is not None and net.input_size > prof.input_channels:
+        V.append(Violation("input_channels", 0, f"{net.input_size} inputs, the chip has {prof.input_channels}",
+                           net.input_size, prof.input_channels))
+    separate_outputs = prof.output_channels is not None and len(net.layers) > 1
+    if prof.output_channels is not None and net.output_size > prof.output_channels:
+        V.append(Violation("output_channels", last, f"{net.output_size} output neurons, the chip has "
+                           f"{prof.output_channels}", net.output_size, prof.output_channels))
+
+    # --- per-layer rules and quantisation
+    qlayers, qnet_layers = [], []
+    for li, layer in enumerate(net.layers):
+        names = layer.weight_names()
+        live = {k: _live(layer, k) for k in names}
+        rec = [k for k in names if k.startswith("U") and np.any(live[k] != 0)]
+        if layer.kind == "egru":
+            if not prof.programmable_neurons:
+                V.append(Violation("neuron_model", li, f"EGRU (gated, graded output) needs programmable neurons; "
+                                   f"{prof.name} supports {list(prof.neuron_models)}", "egru",
+                                   list(prof.neuron_models), True))
+            if not prof.graded_spikes:
+                V.append(Violation("graded_spikes", li, "EGRU emits graded (valued) events; the chip sends binary spikes",
+                                   True, False, True))
+        else:
+            if not prof.supports("lif_cuba"):
+                V.append(Violation("neuron_model", li, f"current-based LIF is not among {list(prof.neuron_models)}",
+                                   "lif_cuba", list(prof.neuron_models), True))
+            rep = prof.time_constant.representation
+            if rep in ("none", "linear_leak"):
+                V.append(Violation("time_constant", li, f"exponential decay (tau_mem={layer.tau_mem:g} s, "
+                                   f"tau_syn={layer.tau_syn:g} s) cannot be represented: the chip has "
+                                   f"{'no leak' if rep == 'none' else 'a linear leak'}", layer.tau_mem, rep, True))
+        if rec and not prof.recurrence:
+            nnz = int(sum(np.count_nonzero(live[k]) for k in rec))
+            V.append(Violation("recurrence", li, f"{nnz} recurrent synapses; {prof.name} has no recurrent "
+                               "connections", nnz, 0, True))
+        elif rec and li == last and separate_outputs and not prof.recurrent_outputs:
+            nnz = int(sum(np.count_nonzero(live[k]) for k in rec))
+            V.append(Violation("recurrent_outputs", li, f"the output layer has {nnz} recurrent synapses; output "
+                               f"neurons on {prof.name} cannot be recurrent", nnz, 0, True))
+        absmax = max((float(np.abs(w).max()) for w in live.values() if w.size), default=0.0)
+        if not prof.weight_signed and any(np.any(w < 0) for w in live.values()):
+            V.append(Violation("weight_signed", li, "negative weights on a chip with unsigned weights", True, False))
+
+        # quantisation
+        fan_in = sum(np.count_nonzero(live[k], axis=1) for k in names)
+        n_live = int(sum(int(layer.mask(k).sum()) for k in names))
+        if layer.kind == "lif":
+            qlayer = copy.deepcopy(layer)
+            if prof.weight_bits is not None:
+                qw = quantize_weights(live, {}, prof.weight_bits, quantization)
+                s = qw.scale.reshape(-1, 1)
+                errs = [np.abs(live[k] - qw.dequantized(k))[layer.mask(k)] for k in names]
+                err = max((float(e.max()) for e in errs if e.size), default=0.0)
+                err_s = max((float((e / np.broadcast_to(s, live[k].shape)[layer.mask(k)]).max())
+                             for e, k in zip(errs, names) if e.size), default=0.0)
+                zeros = int(sum(int(((qw.q[k] == 0) & layer.mask(k) & (live[k] != 0)).sum()) for k in names))
+                for k in names:
+                    setattr(qlayer, k, qw.dequantized(k).astype(np.asarray(layer.weight(k)).dtype))
+                thr_code = layer.v_th / float(qw.scale.max())
+                if quantization == "per_tensor":
+                    code = float(np.round(layer.v_th / qw.scale[0]))
+                    qlayer.v_th = code * float(qw.scale[0])
+                    thr_code = code
+                if not _state_fits(thr_code, prof.state_bits):
+                    V.append(Violation("state_bits", li, f"threshold v_th={layer.v_th:g} is {thr_code:.0f} weight "
+                                       f"steps, beyond the {prof.state_bits}-bit state range",
+                                       thr_code, 2 ** (prof.state_bits - 1) - 1))
+            else:
+                qw, err, err_s, zeros, thr_code = None, 0.0, 0.0, 0, None
+            am, asyn = layer.decay_factors()
+            rep, tb = prof.time_constant.representation, prof.time_constant.bits
+            am_q, cm = quantize_decay(am, rep, tb)
+            as_q, cs = quantize_decay(asyn, rep, tb)
+            qlayer.tau_mem = tau_from_decay(am_q, layer.dt, layer.integration)
+            qlayer.tau_syn = tau_from_decay(as_q, layer.dt, layer.integration)
+            for nm, t in (("tau_mem", qlayer.tau_mem), ("tau_syn", qlayer.tau_syn)):
+                if not (math.isfinite(t) and t > 0):
+                    V.append(Violation("time_constant", li, f"{nm} quantises to {t} with {rep} ({tb} bits)", t, rep))
+                    setattr(qlayer, nm, getattr(layer, nm))
+            ql = LayerQuantization(li, prof.weight_bits, quantization,
+                                   qw.scale if qw is not None else np.array([1.0]), err, err_s, n_live, zeros,
+                                   thr_code, qlayer.tau_mem, qlayer.tau_syn,
+                                   {"mem": cm, "syn": cs} if cm is not None else {}, qw)
+        else:
+            qlayer = copy.deepcopy(layer)
+            err = err_s = 0.0
+            zeros = 0
+            scales = []
+            if prof.weight_bits is not None:
+                for g in "urz":
+                    gw = {k: live[k] for k in (f"W_{g}", f"U_{g}")}
+                    qw = quantize_weights(gw, {}, prof.weight_bits, quantization)
+                    scales.append(qw.scale)
+                    for k in gw:
+                        m = layer.mask(k)
+                        e = np.abs(gw[k] - qw.dequantized(k))[m]
+                        if e.size:
+                            err = max(err, float(e.max()))
+                            err_s = max(err_s, float((e / np.broadcast_to(qw.scale.reshape(-1, 1), gw[k].shape)[m]).max()))
+                        zeros += int(((qw.q[k] == 0) & m & (gw[k] != 0)).sum())
+                        qlayer.params[k] = qw.dequantized(k).astype(np.asarray(layer.params[k]).dtype)
+            ql = LayerQuantization(li, prof.weight_bits, quantization,
+                                   np.concatenate(scales) if scales else np.array([1.0]), err, err_s, n_live, zeros)
+        qlayers.append(ql)
+        qnet_layers.append(qlayer)
+
+        # fan-in / fan-out per neuron
+        fi = int(np.max(fan_in)) if np.size(fan_in) else 0
+        if prof.fan_in_max is not None and fi > prof.fan_in_max:
+            V.append(Violation("fan_in_max", li, f"a neuron has {fi} inputs (incl. recurrent), limit "
+                               f"{prof.fan_in_max}; {int(np.sum(fan_in > prof.fan_in_max))} neurons exceed it",
+                               fi, prof.fan_in_max))
+    # fan-out: targets of each presynaptic unit across the next layer and its own recurrence
+    if prof.fan_out_max is not None:
+        for li, layer in enumerate(net.layers):
+            fo = np.zeros(layer.n, int)
+            for k in layer.weight_names():
+                if k.startswith("U"):
+                    fo += np.count_nonzero(_live(layer, k), axis=0)
+            if li < last:
+                nxt = net.layers[li + 1]
+                for k in nxt.weight_names():
+                    if k.startswith("W"):
+                        fo += np.count_nonzero(_live(nxt, k), axis=0)
+            if fo.size and fo.max() > prof.fan_out_max:
+                V.append(Violation("fan_out_max", li, f"a neuron drives {int(fo.max())} synapses, limit "
+                                   f"{prof.fan_out_max}", int(fo.max()), prof.fan_out_max))
+
+    # --- placement (on the quantised network: synapses that round to 0 are dropped)
+    loads = []
+    placed_layers = list(range(len(net.layers) - (1 if separate_outputs else 0)))
+    for li in placed_layers:
+        layer, ql = qnet_layers[li], qlayers[li]
+        mats = []
+        for k in layer.weight_names():
+            M = np.where(net.layers[li].mask(k), np.asarray(layer.weight(k)), 0.0)
+            prefix = ("L", li) if k.startswith("U") else (("in",) if li == 0 else ("L", li - 1))
+            mats.append((prefix, M))
+        loads.append(neuron_loads(li, mats))
+    wb = prof.weight_bits or 32
+    lim = CoreLimits(prof.neurons_per_core, prof.synapses_per_core, prof.synapse_memory_bits_per_core,
+                     prof.fan_in_max, wb)
+    cores, oversized = place(loads, lim) if loads else ([], [])
+    for nl in oversized:
+        V.append(Violation("core_capacity", nl.layer, f"neuron {nl.index} needs {nl.synapses} synapses "
+                           f"({nl.synapses * wb} bits) and {len(nl.sources)} input axons: more than one empty "
+                           f"core holds", nl.synapses, prof.synapses_per_core or prof.synapse_memory_bits_per_core))
+    if cores and prof.cores_per_chip is not None and len(cores) > prof.cores_per_chip:
+        V.append(Violation("cores_per_chip", None, f"placement needs {len(cores)} cores, the chip has "
+                           f"{prof.cores_per_chip} ({math.ceil(len(cores) / prof.cores_per_chip)} chips)",
+                           len(cores), prof.cores_per_chip))
+    n_neurons = sum(net.layers[li].n for li in placed_layers)
+    if prof.neurons_per_chip is not None and n_neurons > prof.neurons_per_chip:
+        V.append(Violation("neurons_per_chip", None, f"{n_neurons} neurons, the chip has {prof.neurons_per_chip}",
+                           n_neurons, prof.neurons_per_chip))
+    n_syn = sum(c.synapses for c in cores)
+    if prof.synapses_per_chip is not None and n_syn > prof.synapses_per_chip:
+        V.append(Violation("synapses_per_chip", None, f"{n_syn} synapses, the chip has {prof.synapses_per_chip}",
+                           n_syn, prof.synapses_per_chip))
+    placement = [np.full(l.n, -1, int) for l in net.layers]
+    usage = []
+    for c in cores:
+        for (li, i) in c.neurons:
+            placement[li][i] = c.index
+        util = {}
+        if prof.neurons_per_core:
+            util["neurons"] = len(c.neurons) / prof.neurons_per_core
+        if prof.synapses_per_core:
+            util["synapses"] = c.synapses / prof.synapses_per_core
+        if prof.synapse_memory_bits_per_core:
+            util["synapse_memory"] = c.synapses * wb / prof.synapse_memory_bits_per_core
+        if prof.fan_in_max:
+            util["input_axons"] = len(c.axons) / prof.fan_in_max
+        usage.append(CoreUsage(c.index, len(c.neurons), c.synapses, c.synapses * wb, len(c.axons),
+                               tuple(sorted({li for li, _ in c.neurons})), util))
+
+    report = MappingReport(prof, V, usage, placement, qlayers, Network(qnet_layers))
+    if x is not None:
+        report.simulation = _compare(model, report, x, loss_fn, labels)
+    return report
+
+
+# --------------------------------------------------------------------------- simulation
+
+def quantized_model(model, report: MappingReport):
+    """A deep copy of ``model`` carrying the quantised weights, thresholds and time constants."""
+    import torch
+
+    qm = copy.deepcopy(model)
+    layers = list(getattr(qm, "layers", None) or [qm])
+    for cell, ql in zip(layers, report.quantized_network.layers):
+        with torch.no_grad():
+            if ql.kind == "lif":
+                for k in ql.weight_names():
+                    p = getattr(cell, k)
+                    p.copy_(torch.as_tensor(np.asarray(ql.weight(k)), dtype=p.dtype))
+                from models.lif import lif_parameters
+
+                p = cell.p
+                cell.p = lif_parameters(
+                    tau_mem=float(ql.tau_mem), tau_syn=float(ql.tau_syn), dt=p.dt, v_th=float(ql.v_th),
+                    v_leak=p.v_leak, v_reset=p.v_reset, reset=p.reset, integration=p.integration,
+                    pseudo_derivative=p.pseudo_derivative)
+            else:
+                for k in ql.weight_names():
+                    p = getattr(cell, k)
+                    p.copy_(torch.as_tensor(np.asarray(ql.params[k]), dtype=p.dtype))
+    return qm
+
+
+def compare_spikes(sf: np.ndarray, sq: np.ndarray) -> dict:
+    """Count and timing agreement of two spike rasters (T, B, n)."""
+    bf, bq = sf != 0, sq != 0
+    nf, nq = int(bf.sum()), int(bq.sum())
+    union = int((bf | bq).sum())
+    cf, cq = bf.sum(axis=(0, 1)).astype(float), bq.sum(axis=(0, 1)).astype(float)
+    corr = float(np.corrcoef(cf, cq)[0, 1]) if cf.std() > 0 and cq.std() > 0 else float("nan")
+    near = bq.copy()
+    near[1:] |= bq[:-1]
+    near[:-1] |= bq[1:]
+    return dict(spikes_float=nf, spikes_quant=nq, count_rel_diff=abs(nq - nf) / max(nf, 1),
+                per_neuron_count_corr=corr, timing_jaccard=1.0 if union == 0 else int((bf & bq).sum()) / union,
+                timing_within_1=1.0 if nf == 0 else int((bf & near).sum()) / nf)
+
+
+def _compare(model, report, x, loss_fn, labels) -> SimulationComparison:
+    import torch
+    import evrtrl
+
+    if isinstance(model, Network):
+        raise ConfigError("simulation needs a models cell or Stack, not a bare Network")
+    qm = quantized_model(model, report)
+    with torch.no_grad():
+        of, oq = evrtrl.simulate(model, x), evrtrl.simulate(qm, x)
+    sf, sq = of.spikes.detach().cpu().numpy(), oq.spikes.detach().cpu().numpy()
+    res = compare_spikes(sf, sq)
+    if loss_fn is not None:
+        def total(out):
+            y = out.outputs
+            return float(sum(float(loss_fn(y[t], t)) for t in range(y.shape[0])))
+        res["loss_float"], res["loss_quant"] = total(of), total(oq)
+    if labels is not None:
+        lab = np.asarray(labels)
+        res["acc_float"] = float((sf.sum(0).argmax(-1) == lab).mean())
+        res["acc_quant"] = float((sq.sum(0).argmax(-1) == lab).mean())
+    return SimulationComparison(**res)

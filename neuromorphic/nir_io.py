@@ -1,0 +1,464 @@
+"""NIR export and import for LIF networks (the ``nir`` package).
+
+Conventions (also in ``docs/neuromorphic.md``):
+
+* NIR has no dt. Time constants are written in seconds; ``dt`` and the
+  discretisation go into the graph metadata (``evrtrl.dt``,
+  ``evrtrl.integration``, ``evrtrl.reset``) and are only hints on import:
+  :func:`import_nir` takes ``dt=`` (falling back to the metadata) and
+  ``integration=``.
+* Input semantics are those of Norse and snnTorch for these graphs: the value a
+  weight node delivers in step t is held over the step (a "box" of width dt).
+  For CubaLIF, ``tau_syn I' = -I + w_in S`` and ``tau_mem v' = v_leak - v + r I``
+  give, with the library's current ``i = r I``, a jump of
+  ``g * (W x_t)`` per step with **g = r * w_in * dt / tau_syn** (per neuron).
+  So the library weights are ``W_lib = diag(g) W_nir`` (and likewise ``U``). With
+  ``integration="euler"`` this reproduces Norse's ``from_nir`` step exactly;
+  with ``"exact"`` the subsequent decay is integrated exactly but the
+  box input is approximated by a jump (first order in dt / tau_syn).
+* NIR ``LIF`` (no synaptic current) imports as a library LIF with
+  ``tau_syn = dt (1 + 1e-9)``, ``g = r`` and ``integration="euler"`` (the
+  current then lasts one step, as in Norse's ``LIFBoxCell``, up to a 1e-9
+  leftover: the library requires dt < tau_syn); exact integration of a
+  current-free LIF is not expressible and raises :class:`UnsupportedError`.
+* Biases: the library LIF has no bias. A non-zero bias feeding the first
+  layer becomes one extra input channel (the last one) that the caller must
+  hold at 1 (:func:`append_bias_channel`). A non-zero bias feeding layer k > 0
+  is carried by one *relay* neuron appended to layer k-1: it receives a large
+  weight from the bias source of layer k-1, has no recurrent synapses, fires
+  every step (with ``integration="exact"`` from step 1, because exact inputs
+  act one step later), and its outgoing weight is the bias.
+* Neuron parameters other than r and w_in must be the same for all neurons of
+  a node (the library LIF has scalar parameters); otherwise the node and field
+  are named in an :class:`UnsupportedError`.
+* Recurrence is a cycle ``lif -> w_rec -> lif``. On export it is written flat
+  with dotted names (``lif1.lif``, ``lif1.w_rec``: what the shared NIR-paper
+  graphs hold, and what nirtorch flattens nested graphs to) or, with
+  ``nested=True``, as a nested ``NIRGraph`` ``lif1`` with nodes ``input``,
+  ``lif``, ``w_rec``, ``output`` as snnTorch writes it. Import accepts both.
+* An imported model remembers where it came from (``model.nir_provenance``),
+  so that export gives back the same node names, types (Linear stays Linear,
+  Affine stays Affine), r / w_in split, biases and dtypes.
+"""
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from evrtrl.errors import ConfigError, FormatError, UnsupportedError
+from ._atomic import atomic_write
+from .netspec import LIFLayer, Network, model_from_network, network_from_model
+
+__all__ = ["export_nir", "import_nir", "nir_graph_from_network", "network_from_nir_graph",
+           "append_bias_channel", "flatten_graph"]
+
+_WEIGHT_TYPES = ("Affine", "Linear")
+_NEURON_TYPES = ("CubaLIF", "LIF")
+_LIF_SYN_EPS = 1e-9
+
+
+def _nir():
+    try:
+        import nir
+    except ImportError as e:  # pragma: no cover
+        raise UnsupportedError("NIR export/import needs the 'nir' package (pip install evrtrl[sim])") from e
+    return nir
+
+
+def append_bias_channel(x):
+    """Append the constant-1 input channel that carries first-layer biases: (T, B, d) -> (T, B, d+1)."""
+    import torch
+
+    return torch.cat([x, torch.ones_like(x[..., :1])], dim=-1)
+
+
+# --------------------------------------------------------------------------- graph helpers
+
+def flatten_graph(graph) -> tuple[dict, list, bool]:
+    """Inline nested NIRGraph nodes (names ``outer.inner``); returns (nodes, edges, was_nested)."""
+    nir = _nir()
+    nodes, edges, nested = {}, [], False
+    sub_in, sub_out = {}, {}
+    for name, node in graph.nodes.items():
+        if isinstance(node, nir.NIRGraph):
+            nested = True
+            n2, e2, _ = flatten_graph(node)
+            ins = [k for k, v in n2.items() if isinstance(v, nir.Input)]
+            outs = [k for k, v in n2.items() if isinstance(v, nir.Output)]
+            sub_in[name] = [f"{name}.{b}" for a, b in e2 if a in ins]
+            sub_out[name] = [f"{name}.{a}" for a, b in e2 if b in outs]
+            for k, v in n2.items():
+                if k not in ins and k not in outs:
+                    nodes[f"{name}.{k}"] = v
+            edges += [(f"{name}.{a}", f"{name}.{b}") for a, b in e2 if a not in ins and b not in outs]
+        else:
+            nodes[name] = node
+    for a, b in graph.edges:
+        for s in sub_out.get(a, [a]):
+            for d in sub_in.get(b, [b]):
+                edges.append((s, d))
+    return nodes, edges, nested
+
+
+def _uniform(node_name: str, field: str, value) -> float:
+    v = np.asarray(value, dtype=np.float64).ravel()
+    if v.size == 0 or not np.all(np.isfinite(v)):
+        raise FormatError(f"NIR node {node_name!r}: field {field!r} is empty or not finite")
+    if not np.all(v == v[0]):
+        raise UnsupportedError(
+            f"NIR node {node_name!r}: field {field!r} differs between neurons (min {v.min():g}, max {v.max():g}); "
+            "the library LIF has one value per layer")
+    return float(v[0])
+
+
+def _arr(node_name: str, field: str, value, n: int) -> np.ndarray:
+    a = np.asarray(value)
+    if a.shape not in ((n,), (), (1,)):
+        raise FormatError(f"NIR node {node_name!r}: field {field!r} has shape {a.shape}, expected ({n},)")
+    if not np.all(np.isfinite(a.astype(np.float64))):
+        raise FormatError(f"NIR node {node_name!r}: field {field!r} holds NaN or infinity")
+    return np.broadcast_to(a, (n,)).astype(a.dtype if a.ndim else np.float64)
+
+
+# --------------------------------------------------------------------------- import
+
+def network_from_nir_graph(graph, *, dt: float | None = None, integration: str = "euler",
+                           reset: str | None = None) -> tuple[Network, dict]:
+    """Translate a NIR graph into a :class:`Network` and a provenance record."""
+    nir = _nir()
+    meta = dict(getattr(graph, "metadata", None) or {})
+    if dt is None:
+        dt = meta.get("evrtrl.dt")
+        if dt is None:
+            raise ConfigError("NIR graphs carry no time step: pass import_nir(path, dt=...) in seconds")
+        dt = float(np.asarray(dt))
+    if not (isinstance(dt, (int, float)) and np.isfinite(dt) and dt > 0):
+        raise ConfigError(f"dt must be a positive number of seconds, got {dt!r}")
+    if integration not in ("euler", "exact"):
+        raise ConfigError(f"integration must be 'euler' or 'exact', got {integration!r}")
+    if reset is None:
+        r = meta.get("evrtrl.reset", "zero")
+        reset = r.decode() if isinstance(r, bytes) else str(r)
+    nodes, edges, nested = flatten_graph(graph)
+    known = {"Input", "Output", *_WEIGHT_TYPES, *_NEURON_TYPES}
+    for name, node in nodes.items():
+        t = type(node).__name__
+        if t not in known:
+            raise UnsupportedError(
+                f"NIR node {name!r} has type {t!r} (field 'type'); the library runs only "
+                f"{sorted(known)} (LIF networks with dense weights)")
+    ins = [k for k, v in nodes.items() if isinstance(v, nir.Input)]
+    outs = [k for k, v in nodes.items() if isinstance(v, nir.Output)]
+    if len(ins) != 1 or len(outs) != 1:
+        raise UnsupportedError(f"the graph must have exactly one Input and one Output node, found inputs {ins} "
+                               f"and outputs {outs}")
+    preds: dict = {k: [] for k in nodes}
+    succs: dict = {k: [] for k in nodes}
+    for a, b in edges:
+        if a not in nodes or b not in nodes:
+            raise FormatError(f"NIR edge ({a!r}, {b!r}) names a node that does not exist")
+        preds[b].append(a)
+        succs[a].append(b)
+    for k, v in nodes.items():
+        if type(v).__name__ in _WEIGHT_TYPES and len(preds[k]) != 1:
+            raise UnsupportedError(f"NIR node {k!r}: a weight node needs exactly one source, has {preds[k]}")
+    # walk Input -> w -> neuron -> w -> neuron ... -> Output
+    layers, prov_layers = [], []
+    src = ins[0]
+    seen = set()
+    while True:
+        ws = [w for w in succs[src] if type(nodes[w]).__name__ in _WEIGHT_TYPES
+              and not (w in seen)]
+        nxt_out = [o for o in succs[src] if o in outs]
+        if nxt_out and not ws:
+            break
+        if len(ws) != 1:
+            raise UnsupportedError(f"NIR node {src!r} feeds {succs[src]}; expected one weight node (chain of "
+                                   "Affine/Linear -> LIF/CubaLIF layers)")
+        ff = ws[0]
+        tgt = succs[ff]
+        if len(tgt) != 1 or type(nodes[tgt[0]]).__name__ not in _NEURON_TYPES:
+            raise UnsupportedError(f"NIR node {ff!r} must feed exactly one LIF/CubaLIF node, feeds {tgt}")
+        neu = tgt[0]
+        rec = [p for p in preds[neu] if p != ff]
+        if rec and (len(rec) != 1 or preds.get(rec[0]) != [neu] or type(nodes[rec[0]]).__name__ not in _WEIGHT_TYPES):
+            raise UnsupportedError(f"NIR node {neu!r} has inputs {preds[neu]}; expected {ff!r} and at most one "
+                                   "recurrent weight node fed by the neuron itself")
+        rec = rec[0] if rec else None
+        seen.update({ff, neu} | ({rec} if rec else set()))
+        layers.append((ff, neu, rec))
+        src = neu
+        if src in seen and len(layers) > 1000:  # pragma: no cover
+            raise FormatError("NIR graph does not terminate")
+    if not layers:
+        raise UnsupportedError("the NIR graph holds no neuron layer")
+    if preds[outs[0]] != [layers[-1][1]]:
+        raise UnsupportedError(f"Output must be fed by the last neuron node {layers[-1][1]!r}, "
+                               f"is fed by {preds[outs[0]]}")
+
+    net_layers, biases = [], []
+    for li, (ff, neu, rec) in enumerate(layers):
+        N = nodes[neu]
+        Wf = np.asarray(nodes[ff].weight)
+        if Wf.ndim != 2:
+            raise UnsupportedError(f"NIR node {ff!r}: field 'weight' has shape {Wf.shape}; only 2-D weights run")
+        n = Wf.shape[0]
+        typ = type(N).__name__
+        r = _arr(neu, "r", N.r, n)
+        vrst = getattr(N, "v_reset", None)
+        params = dict(v_leak=_uniform(neu, "v_leak", N.v_leak), v_th=_uniform(neu, "v_threshold", N.v_threshold),
+                      v_reset=0.0 if vrst is None else _uniform(neu, "v_reset", vrst))
+        if typ == "CubaLIF":
+            tau_mem, tau_syn = _uniform(neu, "tau_mem", N.tau_mem), _uniform(neu, "tau_syn", N.tau_syn)
+            w_in = _arr(neu, "w_in", N.w_in, n)
+            g = r.astype(np.float64) * w_in.astype(np.float64) * dt / tau_syn
+            layer_integ = integration
+        else:
+            # the library's Euler step needs dt < tau_syn; 1e-9 leaves 1e-9 of the current after one step
+            tau_mem, tau_syn, w_in = _uniform(neu, "tau", N.tau), dt * (1.0 + _LIF_SYN_EPS), None
+            if integration != "euler":
+                raise UnsupportedError(f"NIR node {neu!r} is a LIF without synaptic current; it maps exactly only "
+                                       "with integration='euler' (tau_syn = dt)")
+            g = r.astype(np.float64)
+            layer_integ = "euler"
+        if Wf.shape[1] != (net_layers[-1].n if net_layers else Wf.shape[1]):
+            raise FormatError(f"NIR node {ff!r}: field 'weight' takes {Wf.shape[1]} inputs, the layer before has "
+                              f"{net_layers[-1].n}")
+        W = g[:, None] * Wf.astype(np.float64)
+        U = None
+        b = np.zeros(n)
+        if type(nodes[ff]).__name__ == "Affine":
+            b = b + np.asarray(nodes[ff].bias, np.float64)
+        if rec is not None:
+            Ur = np.asarray(nodes[rec].weight)
+            if Ur.shape != (n, n):
+                raise FormatError(f"NIR node {rec!r}: field 'weight' has shape {Ur.shape}, expected {(n, n)}")
+            U = g[:, None] * Ur.astype(np.float64)
+            if type(nodes[rec]).__name__ == "Affine":
+                b = b + np.asarray(nodes[rec].bias, np.float64)
+        biases.append(g * b)
+        net_layers.append(LIFLayer(W=W, U=U, tau_mem=tau_mem, tau_syn=tau_syn, dt=float(dt), reset=reset,
+                                   integration=layer_integ, **params))
+        prov_layers.append(dict(
+            ff=ff, ff_type=type(nodes[ff]).__name__, ff_dtype=str(Wf.dtype),
+            neuron=neu, neuron_type=typ, rec=rec, rec_type=None if rec is None else type(nodes[rec]).__name__,
+            rec_dtype=None if rec is None else str(np.asarray(nodes[rec].weight).dtype),
+            r=np.array(r), w_in=None if w_in is None else np.array(w_in), n=n,
+            param_dtype=str(np.asarray(N.v_threshold).dtype), has_v_reset=vrst is not None,
+            ff_bias_dtype=str(np.asarray(nodes[ff].bias).dtype) if type(nodes[ff]).__name__ == "Affine" else None,
+            rec_bias=None if rec is None or type(nodes[rec]).__name__ != "Affine" else np.asarray(nodes[rec].bias).copy(),
+            relay=None,
+        ))
+    # biases -> bias input channel + relay neurons
+    need = [bool(np.any(b != 0)) for b in biases]
+    bias_channel = False
+    if any(need):
+        last_need = max(i for i, x in enumerate(need) if x)
+        for li in range(last_need + 1):
+            L = net_layers[li]
+            drive_col = None
+            if li == 0:
+                bias_channel = True
+                L.W = np.concatenate([L.W, biases[0][:, None]], axis=1)
+                drive_col = L.W.shape[1] - 1
+            else:
+                prev_relay = prov_layers[li - 1]["relay"]
+                drive_col = prev_relay
+                L.W[:, prev_relay] = biases[li]
+            if li < last_need:  # add a relay neuron to carry the bias of layer li + 1
+                c = _relay_drive(L)
+                row = np.zeros((1, L.W.shape[1]))
+                row[0, drive_col] = c
+                L.W = np.concatenate([L.W, row], axis=0)
+                if L.U is not None:
+                    L.U = np.pad(L.U, ((0, 1), (0, 1)))
+                prov_layers[li]["relay"] = L.W.shape[0] - 1
+                nxt = net_layers[li + 1]
+                nxt.W = np.concatenate([nxt.W, np.zeros((nxt.n, 1))], axis=1)
+            net_layers[li] = LIFLayer(**{k: getattr(L, k) for k in (
+                "W", "U", "tau_mem", "tau_syn", "dt", "v_th", "v_leak", "v_reset", "reset", "integration")})
+    prov = dict(input=ins[0], output=outs[0], nested=nested, layers=prov_layers, bias_channel=bias_channel,
+                input_size=int(np.asarray(nodes[layers[0][0]].weight).shape[1]),
+                metadata={k: v for k, v in meta.items() if not str(k).startswith("evrtrl.")})
+    return Network(net_layers), prov
+
+
+def _relay_drive(L: LIFLayer) -> float:
+    """Input weight that makes a relay neuron fire every step from a constant 1 input."""
+    span = abs(L.v_th) + abs(L.v_reset) + abs(L.v_leak) + 1.0
+    if L.integration == "euler":
+        return 4.0 * span * L.tau_mem / L.dt
+    a, alpha = np.exp(-L.dt / L.tau_mem), np.exp(-L.dt / L.tau_syn)
+    b = L.tau_syn / (L.tau_syn - L.tau_mem) * (alpha - a) if L.tau_syn != L.tau_mem else a * L.dt / L.tau_mem
+    return 4.0 * span / b * (1.0 / (1.0 - alpha) if alpha < 1 else 1.0)
+
+
+def import_nir(path, *, dt: float | None = None, integration: str = "euler", reset: str | None = None,
+               dtype=None):
+    """Read a NIR file into a library model (``LIF`` or ``Stack`` of LIFs).
+
+    ``dt`` (seconds) is required unless the file was written by this library
+    (metadata ``evrtrl.dt``). ``integration="euler"`` matches Norse's
+    ``from_nir``. ``reset`` defaults to the file's ``evrtrl.reset`` metadata or
+    ``"zero"`` (NIR's reset-to-v_reset). The returned model carries
+    ``nir_provenance`` (used by :func:`export_nir`) and
+    ``nir_bias_channel`` (True when the input needs :func:`append_bias_channel`).
+    """
+    import torch
+
+    graph = read_graph(path)
+    net, prov = network_from_nir_graph(graph, dt=dt, integration=integration, reset=reset)
+    model = model_from_network(net, dtype=dtype or torch.float64)
+    model.nir_provenance = prov
+    model.nir_bias_channel = prov["bias_channel"]
+    return model
+
+
+def read_graph(path):
+    nir = _nir()
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"NIR file {str(p)!r} does not exist")
+    try:
+        try:
+            return nir.read(p)
+        except (AssertionError, ValueError, TypeError, KeyError) as e:
+            if "Unknown unit type" in str(e):
+                raise
+            return nir.read(p, type_check=False)
+    except (OSError, KeyError, ValueError, AssertionError, TypeError) as e:
+        raise FormatError(f"{str(p)!r} is not a readable NIR file: {type(e).__name__}: {e}") from e
+
+
+# --------------------------------------------------------------------------- export
+
+def nir_graph_from_network(net: Network, prov: dict | None = None, *, nested: bool = False):
+    """Build a NIR graph from a LIF :class:`Network` (optionally with an import provenance record)."""
+    nir = _nir()
+    for i, L in enumerate(net.layers):
+        if L.kind != "lif":
+            raise UnsupportedError(f"layer {i} is an EGRU: NIR has no gated neuron; use export_bundle() "
+                                   "(the library's HDF5 bundle) instead")
+    if prov is not None and len(prov["layers"]) != len(net.layers):
+        prov = None  # the model changed shape since import
+    nodes, edges = {}, []
+    in_name = prov["input"] if prov else "input"
+    out_name = prov["output"] if prov else "output"
+    d0 = prov["input_size"] if prov else net.layers[0].d
+    nodes[in_name] = nir.Input(input_type={"input": np.array([d0])})
+    src = in_name
+    bias_next = None  # bias carried by a relay into this layer
+    for li, L in enumerate(net.layers):
+        P = prov["layers"][li] if prov else None
+        W = np.where(L.mask("W"), L.W, 0.0).astype(np.float64)
+        U = None if L.U is None else np.where(L.mask("U"), L.U, 0.0).astype(np.float64)
+        bias = np.zeros(L.n)
+        if P is not None:
+            # undo relay / bias channel bookkeeping
+            if P["relay"] is not None:
+                W = np.delete(W, P["relay"], axis=0)
+                if U is not None:
+                    U = np.delete(np.delete(U, P["relay"], axis=0), P["relay"], axis=1)
+            if li == 0 and prov["bias_channel"]:
+                bias, W = W[:, -1].copy(), W[:, :-1]
+            elif li > 0 and prov["layers"][li - 1]["relay"] is not None:
+                rc = prov["layers"][li - 1]["relay"]
+                bias, W = W[:, rc].copy(), np.delete(W, rc, axis=1)
+        n = W.shape[0]
+        ff, neu = (P["ff"], P["neuron"]) if P else (f"fc{li + 1}", f"lif{li + 1}" + (".lif" if U is not None else ""))
+        rec = (P["rec"] if P else f"lif{li + 1}.w_rec") if U is not None else None
+        ntype = P["neuron_type"] if P else "CubaLIF"
+        pdt = np.dtype(P["param_dtype"]) if P else np.float64
+        full = lambda v: np.full(n, v, dtype=pdt)  # noqa: E731
+        if ntype == "CubaLIF":
+            r = P["r"].astype(np.float64) if P else np.ones(n)
+            w_in = P["w_in"].astype(np.float64) if P else np.full(n, L.tau_syn / L.dt)
+            g = r * w_in * L.dt / L.tau_syn
+            neuron = nir.CubaLIF(tau_syn=full(L.tau_syn), tau_mem=full(L.tau_mem),
+                                 r=(P["r"] if P else np.ones(n, pdt)), v_leak=full(L.v_leak),
+                                 v_threshold=full(L.v_th), v_reset=full(L.v_reset),
+                                 w_in=(P["w_in"] if P else w_in.astype(pdt)))
+        else:
+            r = P["r"].astype(np.float64)
+            g = r
+            neuron = nir.LIF(tau=full(L.tau_mem), r=P["r"], v_leak=full(L.v_leak), v_threshold=full(L.v_th),
+                             v_reset=full(L.v_reset))
+        if np.any(g == 0):
+            raise UnsupportedError(f"layer {li}: r * w_in is 0 for some neuron; weights cannot be unfolded")
+        wdt = np.dtype(P["ff_dtype"]) if P else np.dtype(np.float32 if L.W.dtype == np.float32 else np.float64)
+        Wn = (W / g[:, None]).astype(wdt)
+        bias_n = bias / g
+        rec_bias = None
+        if P is not None and P["rec_bias"] is not None:
+            rec_bias = P["rec_bias"]
+            bias_n = bias_n - rec_bias.astype(np.float64)
+        ff_type = P["ff_type"] if P else ("Affine" if np.any(bias_n != 0) else "Linear")
+        if ff_type == "Linear" and np.any(np.abs(bias_n) > 1e-12 * max(1.0, np.abs(Wn).max(initial=0))):
+            ff_type = "Affine"
+        nodes[ff] = (nir.Affine(weight=Wn, bias=bias_n.astype(np.dtype(P["ff_bias_dtype"]) if P and P["ff_bias_dtype"] else wdt))
+                     if ff_type == "Affine" else nir.Linear(weight=Wn))
+        nodes[neu] = neuron
+        edges += [(src, ff), (ff, neu)]
+        if U is not None:
+            rdt = np.dtype(P["rec_dtype"]) if P and P["rec_dtype"] else wdt
+            Un = (U / g[:, None]).astype(rdt)
+            rt = P["rec_type"] if P and P["rec_type"] else "Linear"
+            nodes[rec] = nir.Affine(weight=Un, bias=rec_bias if rec_bias is not None else np.zeros(n, rdt)) \
+                if rt == "Affine" else nir.Linear(weight=Un)
+            edges += [(neu, rec), (rec, neu)]
+        src = neu
+    nodes[out_name] = nir.Output(output_type={"output": np.array([n])})
+    edges.append((src, out_name))
+    L0 = net.layers[0]
+    meta = dict(prov["metadata"]) if prov else {}
+    meta.update({"evrtrl.dt": float(L0.dt), "evrtrl.integration": L0.integration, "evrtrl.reset": L0.reset,
+                 "evrtrl.convention": "box input, W_lib = r*w_in*dt/tau_syn * W_nir (see docs/neuromorphic.md)"})
+    if nested:
+        nodes, edges = _nest(nodes, edges)
+    return nir.NIRGraph(nodes=nodes, edges=edges, metadata=meta)
+
+
+def _nest(nodes: dict, edges: list) -> tuple[dict, list]:
+    """Group ``X.lif`` / ``X.w_rec`` pairs into a nested subgraph ``X`` (snnTorch layout)."""
+    nir = _nir()
+    groups = {}
+    for k in nodes:
+        if "." in k:
+            groups.setdefault(k.split(".", 1)[0], []).append(k)
+    out_nodes, out_edges = dict(nodes), list(edges)
+    for gname, members in groups.items():
+        lif = [m for m in members if type(nodes[m]).__name__ in _NEURON_TYPES]
+        if len(lif) != 1 or len(members) != 2:
+            continue
+        lif = lif[0]
+        wrec = [m for m in members if m != lif][0]
+        n = int(np.asarray(nodes[wrec].weight).shape[0])
+        sub = nir.NIRGraph(
+            nodes={"input": nir.Input(input_type={"input": np.array([n])}), "lif": nodes[lif],
+                   "w_rec": nodes[wrec], "output": nir.Output(output_type={"output": np.array([n])})},
+            edges=[("input", "lif"), ("lif", "w_rec"), ("w_rec", "lif"), ("lif", "output")],
+            metadata={})
+        for m in members:
+            del out_nodes[m]
+        out_nodes[gname] = sub
+        out_edges = [(gname if a == lif else a, gname if b == lif else b) for a, b in out_edges
+                     if not ({a, b} <= {lif, wrec})]
+    return out_nodes, out_edges
+
+
+def export_nir(model, path, *, nested: bool = False):
+    """Write a LIF model (cell, Stack or :class:`Network`) to ``path`` as NIR, atomically.
+
+    EGRU layers raise :class:`UnsupportedError` (NIR has no gated neuron: use
+    :func:`neuromorphic.export_bundle`). Returns the written graph.
+    """
+    nir = _nir()
+    prov = getattr(model, "nir_provenance", None)
+    net = network_from_model(model)
+    graph = nir_graph_from_network(net, prov, nested=nested)
+    atomic_write(path, lambda tmp: nir.write(tmp, graph))
+    return graph

@@ -1,0 +1,214 @@
+"""Hardware profiles: the limits of a neuromorphic chip, as data.
+
+A profile is a JSON file (one per chip) loaded into the frozen dataclass
+:class:`HardwareProfile`, validated in ``__post_init__``. The built-in profiles
+live in ``neuromorphic/profile_data/``. Users add their own without touching code:
+
+* pass a file path to :func:`load_profile` (``load_profile("my_chip.json")``), or
+* put ``*.json`` files in one or more directories listed in the environment
+  variable ``EVRTRL_PROFILE_PATH`` (separated by ``os.pathsep``); they are then
+  found by name and listed by :func:`list_profiles` (a user file with the same
+  name as a built-in one takes precedence).
+
+Every number carries its source in ``sources[field]``; a field whose number
+is not published is ``null`` in the file (``None`` here) and the mapper then
+does not check it. See ``docs/neuromorphic.md`` for the table.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+from evrtrl.errors import ConfigError, FormatError
+
+__all__ = ["HardwareProfile", "TimeConstantRepr", "load_profile", "list_profiles", "PROFILE_PATH_ENV"]
+
+PROFILE_PATH_ENV = "EVRTRL_PROFILE_PATH"
+_BUILTIN_DIR = Path(__file__).resolve().parent / "profile_data"
+
+#: neuron model names a profile may list
+NEURON_MODELS = {"lif_cuba", "if", "adex", "truenorth_lif", "programmable"}
+#: how a chip represents a decay time constant
+TAU_REPRESENTATIONS = {"float", "fixed_point_decay", "bitshift", "analog", "linear_leak", "none"}
+
+_INT_FIELDS = (
+    "cores_per_chip", "neurons_per_core", "neurons_per_chip", "synapses_per_core",
+    "synapse_memory_bits_per_core", "synapses_per_chip", "fan_in_max", "fan_out_max",
+    "weight_bits", "state_bits", "graded_spike_bits", "input_channels", "output_channels",
+)
+#: numeric fields that must carry a source when they are set
+_SOURCED_FIELDS = tuple(f for f in _INT_FIELDS if f != "graded_spike_bits") + ("time_constant",)
+
+
+@dataclass(frozen=True)
+class TimeConstantRepr:
+    """How the chip stores a decay: ``representation`` in TAU_REPRESENTATIONS, ``bits`` or None."""
+
+    representation: str
+    bits: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.representation not in TAU_REPRESENTATIONS:
+            raise ConfigError(
+                f"time_constant.representation is {self.representation!r}; expected one of "
+                f"{sorted(TAU_REPRESENTATIONS)}"
+            )
+        if self.bits is not None and (not isinstance(self.bits, int) or self.bits <= 0):
+            raise ConfigError(f"time_constant.bits must be a positive int or null, got {self.bits!r}")
+        if self.representation in ("bitshift", "fixed_point_decay") and self.bits is None:
+            raise ConfigError(f"time_constant.bits is required for representation {self.representation!r}")
+
+
+@dataclass(frozen=True)
+class HardwareProfile:
+    """Limits of one chip. ``None`` means "not published / not a fixed limit" (not checked)."""
+
+    name: str
+    display_name: str
+    vendor: str
+    technology: str
+    cores_per_chip: int | None
+    neurons_per_core: int | None
+    neurons_per_chip: int | None
+    synapses_per_core: int | None
+    synapse_memory_bits_per_core: int | None
+    synapses_per_chip: int | None
+    fan_in_max: int | None
+    fan_out_max: int | None
+    weight_bits: int | None
+    weight_signed: bool
+    state_bits: int | None
+    time_constant: TimeConstantRepr
+    neuron_models: tuple[str, ...]
+    programmable_neurons: bool
+    recurrence: bool
+    recurrent_outputs: bool
+    graded_spikes: bool
+    graded_spike_bits: int | None
+    input_channels: int | None
+    output_channels: int | None
+    sources: Mapping[str, str]
+    notes: tuple[str, ...] = ()
+    path: str = field(default="", compare=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name.isidentifier():
+            raise ConfigError(f"profile name must be an identifier-like string, got {self.name!r}")
+        where = f"profile {self.name!r}"
+        for f in _INT_FIELDS:
+            v = getattr(self, f)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v <= 0):
+                raise ConfigError(f"{where}: field {f!r} must be a positive integer or null, got {v!r}")
+        for f in ("weight_signed", "programmable_neurons", "recurrence", "recurrent_outputs", "graded_spikes"):
+            if not isinstance(getattr(self, f), bool):
+                raise ConfigError(f"{where}: field {f!r} must be true or false, got {getattr(self, f)!r}")
+        if not isinstance(self.time_constant, TimeConstantRepr):
+            raise ConfigError(f"{where}: field 'time_constant' must be a TimeConstantRepr")
+        bad = set(self.neuron_models) - NEURON_MODELS
+        if not self.neuron_models or bad:
+            raise ConfigError(
+                f"{where}: field 'neuron_models' holds {sorted(bad) or 'nothing'}; expected a non-empty "
+                f"subset of {sorted(NEURON_MODELS)}"
+            )
+        if self.programmable_neurons != ("programmable" in self.neuron_models):
+            raise ConfigError(f"{where}: programmable_neurons must be true exactly when 'programmable' is in neuron_models")
+        if self.recurrent_outputs and not self.recurrence:
+            raise ConfigError(f"{where}: recurrent_outputs is true but recurrence is false")
+        if self.graded_spikes != (self.graded_spike_bits is not None):
+            raise ConfigError(f"{where}: graded_spike_bits must be set exactly when graded_spikes is true")
+        if self.weight_bits is not None and self.weight_signed and self.weight_bits < 2:
+            raise ConfigError(f"{where}: a signed weight needs at least 2 bits, got weight_bits={self.weight_bits}")
+        if (self.neurons_per_core and self.neurons_per_chip and self.cores_per_chip
+                and self.neurons_per_chip > self.neurons_per_core * self.cores_per_chip):
+            raise ConfigError(
+                f"{where}: neurons_per_chip={self.neurons_per_chip} exceeds cores_per_chip x "
+                f"neurons_per_core = {self.cores_per_chip * self.neurons_per_core}"
+            )
+        missing = [f for f in _SOURCED_FIELDS if getattr(self, f) is not None and not self.sources.get(f)]
+        if missing:
+            raise ConfigError(f"{where}: fields {missing} have values but no entry in 'sources'")
+        if any(not isinstance(v, str) or not v.strip() for v in self.sources.values()):
+            raise ConfigError(f"{where}: every entry of 'sources' must be a non-empty citation string")
+
+    @property
+    def n_cores(self) -> int:
+        return self.cores_per_chip or 1
+
+    def supports(self, model: str) -> bool:
+        return model in self.neuron_models or self.programmable_neurons
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], path: str = "") -> "HardwareProfile":
+        names = {f.name for f in fields(cls)} - {"path"}
+        unknown = set(d) - names
+        if unknown:
+            raise FormatError(f"profile {path or d.get('name')!r}: unknown fields {sorted(unknown)}")
+        absent = {f.name for f in fields(cls) if f.name not in ("notes", "path")} - set(d)
+        if absent:
+            raise FormatError(f"profile {path or d.get('name')!r}: missing fields {sorted(absent)}")
+        kw = dict(d)
+        tc = kw["time_constant"]
+        if not isinstance(tc, Mapping) or "representation" not in tc:
+            raise FormatError(f"profile {path!r}: field 'time_constant' must be an object with 'representation'")
+        kw["time_constant"] = TimeConstantRepr(tc["representation"], tc.get("bits"))
+        kw["neuron_models"] = tuple(kw["neuron_models"])
+        kw["notes"] = tuple(kw.get("notes", ()))
+        if not isinstance(kw["sources"], Mapping):
+            raise FormatError(f"profile {path!r}: field 'sources' must be an object")
+        kw["sources"] = dict(kw["sources"])
+        return cls(**kw, path=str(path))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "path"}
+        d["time_constant"] = {"representation": self.time_constant.representation, "bits": self.time_constant.bits}
+        d["neuron_models"] = list(self.neuron_models)
+        d["notes"] = list(self.notes)
+        d["sources"] = dict(self.sources)
+        return d
+
+
+def _search_dirs() -> list[Path]:
+    dirs = [Path(p) for p in os.environ.get(PROFILE_PATH_ENV, "").split(os.pathsep) if p]
+    return dirs + [_BUILTIN_DIR]
+
+
+def _read(path: Path) -> HardwareProfile:
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise FormatError(f"profile file {str(path)!r} cannot be read as JSON: {e}") from e
+    if not isinstance(d, dict):
+        raise FormatError(f"profile file {str(path)!r} must hold one JSON object")
+    return HardwareProfile.from_dict(d, path=str(path))
+
+
+def list_profiles() -> list[str]:
+    """Names of all profiles found (built-in plus ``$EVRTRL_PROFILE_PATH``), sorted."""
+    names = set()
+    for d in _search_dirs():
+        if d.is_dir():
+            names.update(p.stem for p in d.glob("*.json"))
+    return sorted(names)
+
+
+def load_profile(name_or_path: str | os.PathLike | HardwareProfile) -> HardwareProfile:
+    """Load a profile by name (``"loihi2"``) or from a JSON file path."""
+    if isinstance(name_or_path, HardwareProfile):
+        return name_or_path
+    s = str(name_or_path)
+    p = Path(s)
+    if s.endswith(".json") or p.is_file():
+        if not p.is_file():
+            raise ConfigError(f"profile file {s!r} does not exist")
+        return _read(p)
+    for d in _search_dirs():
+        cand = d / f"{s}.json"
+        if cand.is_file():
+            prof = _read(cand)
+            if prof.name != s:
+                raise FormatError(f"profile file {str(cand)!r} declares name {prof.name!r}, expected {s!r}")
+            return prof
+    raise ConfigError(f"unknown hardware profile {s!r}; known: {list_profiles()} (or pass a .json path)")
