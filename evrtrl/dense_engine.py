@@ -17,7 +17,7 @@ drops the pruned ones ("dense-live").
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -27,7 +27,7 @@ from evrtrl.layer import Layer, LocalJacobian
 from evrtrl.network import check_parameters, layers_of
 from evrtrl.stats import EngineStats
 
-__all__ = ["DenseRTRL", "dense_step_jacobians"]
+__all__ = ["DenseRTRL", "dense_step_jacobians", "StepJacobians"]
 
 
 def _block_diag(diag: torch.Tensor, structure, n: int, m: int) -> torch.Tensor:
@@ -85,25 +85,38 @@ def _immediate(layer: Layer, lj: LocalJacobian, w: Any, x: torch.Tensor, y_prev:
     return Mbar.reshape(B, n * m, block.p_total)
 
 
+class StepJacobians(NamedTuple):
+    """Explicit Jacobians of one step of one layer (batch-first)."""
+
+    J: torch.Tensor  # (B, nm, nm): ds_t/ds_{t-1}, coupling through y_{t-1} included
+    A_in: torch.Tensor | None  # (B, nm, d): ds_t/dx_t
+    Mbar: torch.Tensor  # (B, nm, p_total): ds_t/dtheta of this layer, s_{t-1} held fixed
+    lj: LocalJacobian
+
+
 def dense_step_jacobians(
     layer: Layer, w: Any, prev: Any, x: torch.Tensor, new: Any, aux: Any, first: bool,
-    prev_gain: torch.Tensor | None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Explicit ``J_t (B, nm, nm)``, ``Mbar_t (B, nm, p_total)`` and ``G_t (B, n, nm)``.
+    prev_lj: LocalJacobian | None, block: ColumnBlock | None = None,
+) -> StepJacobians:
+    """Explicit ``J_t``, ``A^in_t`` and ``Mbar_t`` of one step, built from the local pieces.
 
-    ``prev_gain`` is ``G_{t-1}`` as returned by the previous call (None at t = 0, where
-    ``y_{-1}`` is a constant). The direct per-unit-parameter paths through ``y_{t-1}``
-    are not included here (they need ``dy_{t-1}/dp`` direct; see :class:`DenseRTRL`).
-    Used by the dense engine and by the tests against ``torch.func``.
+    ``prev_lj`` is the previous step's :class:`LocalJacobian` (None at t = 0, where
+    ``y_{-1}`` is a constant). ``Mbar_t`` includes the direct paths of per-unit
+    parameters through ``y_{t-1}`` (``A^rec_t G^theta_{t-1}``). The dense engine uses
+    exactly this; the tests compare it with ``torch.func.jacrev`` of ``layer.step``.
     """
+    block = block or ColumnBlock(layer, "")
     lj = layer.local_jacobian(w, prev, x, new, aux, first)
     n, m = layer.hidden_size, layer.state_size
     J = _block_diag(lj.diag, layer.diag_structure, n, m)
+    Mbar = _immediate(layer, lj, w, x, prev.y, block)
     A = _coupling(layer, lj, w, "recurrent")
-    if A is not None and prev_gain is not None:
-        J = J + A @ prev_gain
-    block = ColumnBlock(layer, "")
-    return J, _immediate(layer, lj, w, x, prev.y, block), _gain_matrix(lj.gain)
+    if A is not None and prev_lj is not None:
+        J = J + A @ _gain_matrix(prev_lj.gain)
+        for u, gd in prev_lj.gain_direct.items():
+            o = block.offsets[u]
+            Mbar[:, :, o : o + n] += A * gd[:, None, :]
+    return StepJacobians(J, _coupling(layer, lj, w, "input"), Mbar, lj)
 
 
 class DenseRTRL:
@@ -171,33 +184,26 @@ class DenseRTRL:
             n, m = layer.hidden_size, layer.state_size
             nm = n * m
             new, aux = layer.step(w, prev, inp)
-            lj = layer.local_jacobian(w, prev, inp, new, aux, self.first)
-            P = self.starts[l + 1]
-            # J_t = D_t + A_rec G_{t-1}
-            J = _block_diag(lj.diag, layer.diag_structure, n, m)
-            A = _coupling(layer, lj, w, "recurrent")
+            sj = dense_step_jacobians(
+                layer, w, prev, inp, new, aux, self.first, self.prev_lj[l], self.blocks[l]
+            )
+            lj, P = sj.lj, self.starts[l + 1]
             Mbar = x.new_zeros(B, nm, P)
-            full = _immediate(layer, lj, w, inp, prev.y, self.blocks[l])
-            Mbar[:, :, self.starts[l]:] = full[:, :, self.cols[l]]
+            Mbar[:, :, self.starts[l]:] = sj.Mbar[:, :, self.cols[l]]
             self.stats.add_macs("immediate", B * nm * self.widths[l])
-            if A is not None and self.prev_lj[l] is not None:
-                J = J + A @ _gain_matrix(self.prev_lj[l].gain)
+            if self.prev_lj[l] is not None and any(p.source == "recurrent" for p in layer.projections):
                 self.stats.add_macs("jacobian", B * nm * n * nm)
-                self._direct(l, self.prev_lj[l], A, Mbar)
-            M_new = torch.bmm(J, self.M[l]) + Mbar
+            M_new = torch.bmm(sj.J, self.M[l]) + Mbar
             self.stats.add_macs("propagate", B * nm * nm * P)
             if l > 0:
                 below = self.refs[l - 1].layer
-                assert lj_below is not None
-                Ax = _coupling(layer, lj, w, "input")
-                Jx = Ax @ _gain_matrix(lj_below.gain)
-                nb = below.hidden_size
-                self.stats.add_macs("jacobian", B * nm * nb * nb * below.state_size)
+                assert lj_below is not None and sj.A_in is not None
+                nb = below.hidden_size * below.state_size
+                Jx = sj.A_in @ _gain_matrix(lj_below.gain)
+                self.stats.add_macs("jacobian", B * nm * below.hidden_size * nb)
                 M_new[:, :, : self.starts[l]] += torch.bmm(Jx, self.M[l - 1])
-                self.stats.add_macs(
-                    "propagate", B * nm * below.hidden_size * below.state_size * self.starts[l]
-                )
-                self._direct(l - 1, lj_below, Ax, M_new)
+                self.stats.add_macs("propagate", B * nm * nb * self.starts[l])
+                self._direct(l - 1, lj_below, sj.A_in, M_new)
             self.M[l] = M_new
             self.prev_lj[l] = lj
             lj_below = lj

@@ -94,7 +94,7 @@ class OnlineLearner:
                     for p, g in zip(self.extra, grads[1:]):
                         if g is not None:
                             p.grad = g if p.grad is None else p.grad + g
-            losses.append(float(loss) if loss is not None else float("nan"))
+            losses.append(float(loss.detach()) if loss is not None else float("nan"))
             pending += 1
             if pending == self.k:
                 self._apply()
@@ -120,7 +120,7 @@ class OnlineLearner:
             loss = self.loss_fn(inp, t)
             if loss is not None:
                 total = loss if total is None else total + loss
-            losses.append(float(loss) if loss is not None else float("nan"))
+            losses.append(float(loss.detach()) if loss is not None else float("nan"))
             pending += 1
             if pending == self.k or t == T - 1:
                 if total is not None and total.requires_grad:

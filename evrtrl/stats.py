@@ -29,11 +29,17 @@ class EngineStats:
     macs_per_step: list[int] = field(default_factory=list)
 
     def add_macs(self, kind: str, n: int) -> None:
+        """Count ``n`` multiply-adds; work after ``end_step`` (the gradient of that step's
+        loss) belongs to the step just ended."""
         self.macs[kind] = self.macs.get(kind, 0) + int(n)
-        self._step_macs += int(n)
+        if self._open or not self.macs_per_step:
+            self._step_macs += int(n)
+        else:
+            self.macs_per_step[-1] += int(n)
 
     def begin_step(self) -> None:
         self._step_macs = 0
+        self._open = True
 
     def end_step(self, alpha: float, beta: float, gamma: float) -> None:
         self.steps += 1
@@ -41,8 +47,10 @@ class EngineStats:
         self.beta.append(beta)
         self.gamma.append(gamma)
         self.macs_per_step.append(self._step_macs)
+        self._open = False
 
     _step_macs: int = 0
+    _open: bool = False
 
     @property
     def total_macs(self) -> int:
