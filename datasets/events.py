@@ -139,6 +139,8 @@ def as_events(events: np.ndarray) -> np.ndarray:
             f"expected a numpy structured array with fields t,x,y,p or t,unit; got {type(events).__name__}"
             + (f" of dtype {events.dtype}" if isinstance(events, np.ndarray) else "")
         )
+    if "t" not in events.dtype.names:
+        raise FormatError(f"structured array has fields {events.dtype.names}; expected a 't' field (microseconds)")
     t = events["t"]
     if np.issubdtype(t.dtype, np.floating):
         t = np.rint(t).astype(np.int64)
