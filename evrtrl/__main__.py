@@ -1,0 +1,5 @@
+import sys
+
+from evrtrl.cli import main
+
+sys.exit(main())

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Create .venv and install evrtrl with everything its tests and commands use.
+# Needs only Python >= 3.10 with venv and pip. Idempotent: re-running updates in place.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+. .venv/bin/activate
+python -m pip install -q --upgrade pip
+# CPU torch, pinned, first: an unpinned torch pulls gigabytes of CUDA wheels
+python -m pip install -q "torch==2.13.0"
+# norse 1.1.0 declares torchvision, which has no CPU build that imports against CPU torch;
+# norse.torch needs only numpy, torch, nir and nirtorch (installed by the 'sim' extra)
+python -m pip install -q --no-deps "norse==1.1.0"
+python -m pip install -q -e ".[all]"
+# espeak-ng synthesises the offline spoken-digit set (optional; its tests skip without it)
+if ! command -v espeak-ng >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  (apt-get update -qq && apt-get install -y -qq espeak-ng >/dev/null) \
+    || echo "setup: could not install espeak-ng (spoken-digit builder tests will skip)" >&2
+fi
+echo "setup: done ($(python -c 'import torch, numpy; print("torch", torch.__version__, "numpy", numpy.__version__)'))"
