@@ -97,6 +97,8 @@ class LayerQuantization:
     tau_syn_q: float | None = None
     decay_codes: dict = field(default_factory=dict)
     quantized: QuantizedWeights | None = None
+    #: EGRU: one QuantizedWeights per gate ("u", "r", "z"), each shared by W_g and U_g
+    gate_quantized: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -177,7 +179,8 @@ class MappingReport:
             "violations": [asdict(v) for v in self.violations],
             "warnings": [asdict(w) for w in self.warnings],
             "cores": [asdict(c) for c in self.cores],
-            "quantization": [{k: v for k, v in asdict(q).items() if k != "quantized"} for q in self.quantization],
+            "quantization": [{k: v for k, v in asdict(q).items() if k not in ("quantized", "gate_quantized")}
+                             for q in self.quantization],
             "simulation": None if self.simulation is None else asdict(self.simulation),
         })
 
@@ -319,12 +322,13 @@ def map_to_hardware(model, profile, *, quantization: str = "per_tensor", x=None,
             qlayer = copy.deepcopy(layer)
             err = err_s = 0.0
             zeros = 0
-            scales = []
+            scales, gq = [], {}
             if prof.weight_bits is not None:
                 for g in "urz":
                     gw = {k: live[k] for k in (f"W_{g}", f"U_{g}")}
                     qw = quantize_weights(gw, {}, prof.weight_bits, quantization)
                     scales.append(qw.scale)
+                    gq[g] = qw
                     for k in gw:
                         m = layer.mask(k)
                         e = np.abs(gw[k] - qw.dequantized(k))[m]
@@ -334,7 +338,8 @@ def map_to_hardware(model, profile, *, quantization: str = "per_tensor", x=None,
                         zeros += int(((qw.q[k] == 0) & m & (gw[k] != 0)).sum())
                         qlayer.params[k] = qw.dequantized(k).astype(np.asarray(layer.params[k]).dtype)
             ql = LayerQuantization(li, prof.weight_bits, quantization,
-                                   np.concatenate(scales) if scales else np.array([1.0]), err, err_s, n_live, zeros)
+                                   np.concatenate(scales) if scales else np.array([1.0]), err, err_s, n_live, zeros,
+                                   gate_quantized=gq)
         qlayers.append(ql)
         qnet_layers.append(qlayer)
 
