@@ -197,12 +197,14 @@ def _state_fits(value: float, bits: int | None) -> bool:
 
 
 def map_to_hardware(model, profile, *, quantization: str = "per_tensor", x=None,
-                    loss_fn: Callable | None = None, labels=None, drift_tol: float = 1e-6) -> MappingReport:
+                    loss_fn: Callable | None = None, labels=None, drift_tol: float = 1e-6,
+                    predict: Callable | None = None) -> MappingReport:
     """Quantise, place and check ``model`` (a ``models`` cell/Stack or a :class:`Network`) on ``profile``.
 
     ``x`` (T, B, d) optionally runs the float and the quantised network through
     ``evrtrl.simulate``; ``loss_fn(y_t, t)`` (summed over t) and ``labels`` (B,)
-    (argmax of the last layer's spike counts) add loss and accuracy.
+    (argmax of the last layer's spike counts, or ``predict(spikes)`` with spikes
+    the last layer's (T, B, n) tensor, e.g. an off-chip readout) add loss and accuracy.
 
     Every LIF parameter that quantisation moves by more than ``drift_tol``
     (relative) is listed in ``report.warnings`` as a :class:`ParameterDrift`:
@@ -415,7 +417,7 @@ def map_to_hardware(model, profile, *, quantization: str = "per_tensor", x=None,
 
     report = MappingReport(prof, V, usage, placement, qlayers, Network(qnet_layers), warnings=Wn)
     if x is not None:
-        report.simulation = _compare(model, report, x, loss_fn, labels)
+        report.simulation = _compare(model, report, x, loss_fn, labels, predict)
     return report
 
 
@@ -462,7 +464,7 @@ def compare_spikes(sf: np.ndarray, sq: np.ndarray) -> dict:
                 timing_within_1=1.0 if nf == 0 else int((bf & near).sum()) / nf)
 
 
-def _compare(model, report, x, loss_fn, labels) -> SimulationComparison:
+def _compare(model, report, x, loss_fn, labels, predict=None) -> SimulationComparison:
     import torch
     import evrtrl
 
@@ -480,6 +482,11 @@ def _compare(model, report, x, loss_fn, labels) -> SimulationComparison:
         res["loss_float"], res["loss_quant"] = total(of), total(oq)
     if labels is not None:
         lab = np.asarray(labels)
-        res["acc_float"] = float((sf.sum(0).argmax(-1) == lab).mean())
-        res["acc_quant"] = float((sq.sum(0).argmax(-1) == lab).mean())
+        if predict is None:
+            pf, pq = sf.sum(0).argmax(-1), sq.sum(0).argmax(-1)
+        else:
+            with torch.no_grad():
+                pf, pq = (np.asarray(torch.as_tensor(predict(o.spikes)).cpu()) for o in (of, oq))
+        res["acc_float"] = float((pf == lab).mean())
+        res["acc_quant"] = float((pq == lab).mean())
     return SimulationComparison(**res)
