@@ -9,13 +9,13 @@ See ``docs/neuromorphic.md``.
 """
 from .profiles import HardwareProfile, list_profiles, load_profile, PROFILE_PATH_ENV
 from .netspec import EGRULayer, LIFLayer, Network, network_from_model, model_from_network
-from .mapping import MappingReport, Violation, map_to_hardware, quantized_model, compare_spikes
+from .mapping import MappingReport, ParameterDrift, Violation, map_to_hardware, quantized_model, compare_spikes
 from .quantize import quantize_weights
 
 __all__ = [
     "HardwareProfile", "list_profiles", "load_profile", "PROFILE_PATH_ENV",
     "EGRULayer", "LIFLayer", "Network", "network_from_model", "model_from_network",
-    "MappingReport", "Violation", "map_to_hardware", "quantized_model", "compare_spikes",
+    "MappingReport", "ParameterDrift", "Violation", "map_to_hardware", "quantized_model", "compare_spikes",
     "quantize_weights",
     "export_nir", "import_nir", "export_bundle", "read_bundle",
 ]

@@ -2,9 +2,9 @@
 
 NIR has no gated neuron, so EGRU networks (and any network together with its
 quantisation and placement) are written in this format, meant for programmable
-targets (Loihi 2 microcode, SpiNNaker 2 ARM cores). Format version 1::
+targets (Loihi 2 microcode, SpiNNaker 2 ARM cores). Format version 2::
 
-    /                       attrs: format = "evrtrl-bundle", version = 1,
+    /                       attrs: format = "evrtrl-bundle", version = 2,
                                    n_layers, input_size, created_by
     /layers/<i>/            attrs: kind = "lif" | "egru", n, d
         params/             LIF attrs: tau_mem, tau_syn, dt (s), v_th, v_leak, v_reset,
@@ -15,11 +15,18 @@ targets (Loihi 2 microcode, SpiNNaker 2 ARM cores). Format version 1::
                             indices (nnz,) int64, data (nnz,) float (live, non-zero entries
                             only: pruned synapses are absent)
             q/              optional (when a mapping is given): int_data (nnz,) int32 codes
-                            aligned with data; scale (1,) or (rows,) float64; attrs bits, mode
+                            aligned with data; scale (1,) or (rows,) float64; attrs bits, mode.
+                            EGRU (new in v2): every W_g/U_g carries q/, scale = the scale of
+                            gate g (shared by W_g and U_g), attr gate = "u" | "r" | "z"
+        params/hw/          optional, LIF, new in v2: attrs alpha_mem, alpha_syn (hardware
+                            decay factors), v_th (hardware threshold, per-tensor mode) and,
+                            where the chip has them, threshold_code, decay_code_mem/_syn
         placement           optional (n,) int32 core id per neuron (-1 = off-core)
     /mapping/               optional, attrs profile, ok, n_cores; dataset report_json (UTF-8)
 
 Readers must reject a ``version`` they do not know (:func:`read_bundle` does).
+Version 1 files (no EGRU codes, no ``params/hw``) are still read: v2 only adds
+optional groups, so a v1 file is a valid v2 file without them.
 """
 from __future__ import annotations
 
@@ -32,9 +39,11 @@ from evrtrl.errors import FormatError
 from ._atomic import atomic_write
 from .netspec import EGRULayer, LIFLayer, Network, network_from_model
 
-__all__ = ["BUNDLE_VERSION", "Bundle", "export_bundle", "read_bundle"]
+__all__ = ["BUNDLE_VERSION", "READABLE_VERSIONS", "Bundle", "export_bundle", "read_bundle"]
 
-BUNDLE_VERSION = 1
+BUNDLE_VERSION = 2
+#: versions this reader understands (v1 = v2 without EGRU codes and params/hw)
+READABLE_VERSIONS = (1, 2)
 _FORMAT = "evrtrl-bundle"
 _LIF_ATTRS = ("tau_mem", "tau_syn", "dt", "v_th", "v_leak", "v_reset", "reset", "integration")
 
@@ -43,7 +52,8 @@ _LIF_ATTRS = ("tau_mem", "tau_syn", "dt", "v_th", "v_leak", "v_reset", "reset", 
 class Bundle:
     network: Network
     version: int
-    quantized: list        # per layer: {weight name: (int codes dense, scale, bits, mode)} or {}
+    quantized: list        # per layer: {weight name: (int codes dense, scale, bits, mode)} or {};
+                           # LIF layers mapped in v2 also carry "hw": {alpha_mem, alpha_syn, v_th, ...}
     placement: list        # per layer: int array or None
     mapping: dict | None   # the mapping report as a dict, if written
 
@@ -72,6 +82,17 @@ def export_bundle(model, path, mapping=None) -> None:
                 if L.kind == "lif":
                     for a in _LIF_ATTRS:
                         pg.attrs[a] = getattr(L, a)
+                    if mapping is not None:
+                        hw = pg.create_group("hw")
+                        Lq = mapping.quantized_network.layers[i]
+                        am, asy = Lq.decay_factors()
+                        hw.attrs.update(alpha_mem=am, alpha_syn=asy, v_th=float(Lq.v_th))
+                        qli = mapping.quantization[i]
+                        if qli.threshold_code is not None:
+                            hw.attrs["threshold_code"] = float(qli.threshold_code)
+                        for nm, c in qli.decay_codes.items():
+                            if c is not None:
+                                hw.attrs[f"decay_code_{nm}"] = int(c)
                 else:
                     for k in ("b_u", "b_r", "b_z", "theta"):
                         pg.create_dataset(k, data=np.asarray(L.params[k]))
@@ -84,15 +105,16 @@ def export_bundle(model, path, mapping=None) -> None:
                     wg.create_dataset("indptr", data=indptr)
                     wg.create_dataset("indices", data=indices)
                     wg.create_dataset("data", data=data)
-                    if ql is not None and ql.quantized is not None and k in ql.quantized.q:
+                    qw = None
+                    if ql is not None:
+                        qw = ql.gate_quantized.get(k[-1]) if L.kind == "egru" else ql.quantized
+                    if qw is not None and k in qw.q:
                         qg = wg.create_group("q")
-                        qg.create_dataset("int_data", data=ql.quantized.q[k][r, c].astype(np.int32))
-                        sc = ql.quantized.scale
-                        if L.kind == "egru":  # per-gate scale blocks of n (one gate per weight pair)
-                            gi = "urz".index(k[-1])
-                            sc = sc.reshape(3, -1)[gi] if sc.size == 3 * L.n or sc.size == 3 else sc
-                        qg.create_dataset("scale", data=np.asarray(sc, np.float64))
-                        qg.attrs.update(bits=ql.bits, mode=ql.mode)
+                        qg.create_dataset("int_data", data=qw.q[k][r, c].astype(np.int32))
+                        qg.create_dataset("scale", data=np.asarray(qw.scale, np.float64))
+                        qg.attrs.update(bits=qw.bits, mode=qw.mode)
+                        if L.kind == "egru":
+                            qg.attrs["gate"] = k[-1]
                 if mapping is not None:
                     g.create_dataset("placement", data=np.asarray(mapping.placement[i], np.int32))
             if mapping is not None:
@@ -115,9 +137,9 @@ def read_bundle(path) -> Bundle:
         if f.attrs.get("format") != _FORMAT:
             raise FormatError(f"{str(path)!r}: attribute 'format' is {f.attrs.get('format')!r}, expected {_FORMAT!r}")
         version = int(f.attrs.get("version", -1))
-        if version != BUNDLE_VERSION:
+        if version not in READABLE_VERSIONS:
             raise FormatError(f"{str(path)!r}: bundle 'version' {version} is not supported (this reader knows "
-                              f"version {BUNDLE_VERSION})")
+                              f"versions {list(READABLE_VERSIONS)})")
         layers, quant, place = [], [], []
         for i in range(int(f.attrs["n_layers"])):
             if f"layers/{i}" not in f:
@@ -149,6 +171,8 @@ def read_bundle(path) -> Bundle:
                 layers.append(EGRULayer(params=params, masks=masks))
             else:
                 raise FormatError(f"{str(path)!r}: layer {i} attribute 'kind' is {kind!r}, expected 'lif' or 'egru'")
+            if kind == "lif" and "hw" in g["params"]:
+                Q["hw"] = {a: (v.item() if hasattr(v, "item") else v) for a, v in g["params/hw"].attrs.items()}
             quant.append(Q)
             place.append(g["placement"][()] if "placement" in g else None)
         mapping = json.loads(f["mapping/report_json"][()]) if "mapping" in f else None

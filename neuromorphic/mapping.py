@@ -25,7 +25,7 @@ from .placement import CoreLimits, neuron_loads, place
 from .profiles import HardwareProfile, load_profile
 from .quantize import QuantizedWeights, quantize_decay, quantize_weights, tau_from_decay
 
-__all__ = ["Violation", "CoreUsage", "LayerQuantization", "SimulationComparison", "MappingReport",
+__all__ = ["Violation", "ParameterDrift", "CoreUsage", "LayerQuantization", "SimulationComparison", "MappingReport",
            "map_to_hardware", "quantized_model", "compare_spikes"]
 
 
@@ -42,6 +42,33 @@ class Violation:
         where = "network" if self.layer is None else f"layer {self.layer}"
         tag = " [needs a model change]" if self.model_change else ""
         return f"{self.rule} ({where}): {self.message}{tag}"
+
+
+@dataclass(frozen=True)
+class ParameterDrift:
+    """A neuron parameter that quantisation moves: a warning, not a rule violation.
+
+    ``parameter`` is ``alpha_mem`` / ``alpha_syn`` (per-step decay factors) or
+    ``v_th`` (threshold, in the layer's float units); ``hardware_value`` is what
+    the chip computes with (for per-row scales: the row with the largest error).
+    ``rel_error = |hardware - float| / |float|``.
+    """
+
+    layer: int
+    parameter: str
+    float_value: float
+    hardware_value: float
+    rel_error: float
+    detail: str = ""
+
+    def __str__(self) -> str:
+        sign = "+" if self.hardware_value >= self.float_value else "-"
+        return (f"layer {self.layer} {self.parameter}: float {self.float_value:.6g} -> hardware "
+                f"{self.hardware_value:.6g} ({sign}{self.rel_error:.2%})" + (f"; {self.detail}" if self.detail else ""))
+
+
+def _rel(a: float, b: float) -> float:
+    return abs(b - a) / abs(a) if a != 0 else (0.0 if b == 0 else math.inf)
 
 
 @dataclass(frozen=True)
@@ -70,6 +97,8 @@ class LayerQuantization:
     tau_syn_q: float | None = None
     decay_codes: dict = field(default_factory=dict)
     quantized: QuantizedWeights | None = None
+    #: EGRU: one QuantizedWeights per gate ("u", "r", "z"), each shared by W_g and U_g
+    gate_quantized: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -95,6 +124,8 @@ class MappingReport:
     quantization: list
     quantized_network: Network
     simulation: SimulationComparison | None = None
+    #: parameter drift caused by quantisation (decays, thresholds), separate from ``violations``
+    warnings: list = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -107,7 +138,8 @@ class MappingReport:
     def summary(self) -> str:
         p = self.profile
         lines = [f"Mapping onto {p.display_name} ({p.name}): "
-                 f"{'fits' if self.ok else f'{len(self.violations)} violation(s)'}, {len(self.cores)} core(s) used"]
+                 f"{'fits' if self.ok else f'{len(self.violations)} violation(s)'}, {len(self.cores)} core(s) used"
+                 + (f", {len(self.warnings)} parameter-drift warning(s)" if self.warnings else "")]
         for c in self.cores:
             util = ", ".join(f"{k} {v:.1%}" for k, v in c.utilisation.items())
             lines.append(f"  core {c.core}: {c.neurons} neurons, {c.synapses} synapses, {c.axons} input axons"
@@ -118,6 +150,8 @@ class MappingReport:
                          f"live synapses round to 0")
         for v in self.violations:
             lines.append(f"  VIOLATION {v}")
+        for w in self.warnings:
+            lines.append(f"  WARNING parameter drift: {w}")
         s = self.simulation
         if s is not None:
             lines.append(f"  quantised vs float: spikes {s.spikes_quant} vs {s.spikes_float} "
@@ -143,8 +177,10 @@ class MappingReport:
         return clean({
             "profile": self.profile.name, "ok": self.ok,
             "violations": [asdict(v) for v in self.violations],
+            "warnings": [asdict(w) for w in self.warnings],
             "cores": [asdict(c) for c in self.cores],
-            "quantization": [{k: v for k, v in asdict(q).items() if k != "quantized"} for q in self.quantization],
+            "quantization": [{k: v for k, v in asdict(q).items() if k not in ("quantized", "gate_quantized")}
+                             for q in self.quantization],
             "simulation": None if self.simulation is None else asdict(self.simulation),
         })
 
@@ -161,16 +197,24 @@ def _state_fits(value: float, bits: int | None) -> bool:
 
 
 def map_to_hardware(model, profile, *, quantization: str = "per_tensor", x=None,
-                    loss_fn: Callable | None = None, labels=None) -> MappingReport:
+                    loss_fn: Callable | None = None, labels=None, drift_tol: float = 1e-6,
+                    predict: Callable | None = None) -> MappingReport:
     """Quantise, place and check ``model`` (a ``models`` cell/Stack or a :class:`Network`) on ``profile``.
 
     ``x`` (T, B, d) optionally runs the float and the quantised network through
     ``evrtrl.simulate``; ``loss_fn(y_t, t)`` (summed over t) and ``labels`` (B,)
-    (argmax of the last layer's spike counts) add loss and accuracy.
+    (argmax of the last layer's spike counts, or ``predict(spikes)`` with spikes
+    the last layer's (T, B, n) tensor, e.g. an off-chip readout) add loss and accuracy.
+
+    Every LIF parameter that quantisation moves by more than ``drift_tol``
+    (relative) is listed in ``report.warnings`` as a :class:`ParameterDrift`:
+    the per-step decay factors ``alpha_mem``/``alpha_syn`` (bit-shift or
+    fixed-point decay) and the threshold ``v_th`` (rounded to weight steps).
     """
     prof = load_profile(profile)
     net = network_from_model(model)
     V: list = []
+    Wn: list = []
     last = len(net.layers) - 1
 
     # --- network-level rules
@@ -237,6 +281,18 @@ def map_to_hardware(model, profile, *, quantization: str = "per_tensor", x=None,
                     code = float(np.round(layer.v_th / qw.scale[0]))
                     qlayer.v_th = code * float(qw.scale[0])
                     thr_code = code
+                if quantization == "per_tensor":
+                    vth_hw, vth_detail = qlayer.v_th, f"threshold code {thr_code:.0f} x scale {float(qw.scale[0]):.4g}"
+                else:
+                    codes = np.round(layer.v_th / qw.scale)
+                    per_row = codes * qw.scale
+                    worst = int(np.argmax(np.abs(per_row - layer.v_th)))
+                    vth_hw = float(per_row[worst])
+                    vth_detail = (f"per-row threshold codes; worst neuron {worst} (code {codes[worst]:.0f}); "
+                                  "simulation keeps the float threshold")
+                if _rel(layer.v_th, vth_hw) > drift_tol:
+                    Wn.append(ParameterDrift(li, "v_th", float(layer.v_th), float(vth_hw),
+                                             _rel(layer.v_th, vth_hw), vth_detail))
                 if not _state_fits(thr_code, prof.state_bits):
                     V.append(Violation("state_bits", li, f"threshold v_th={layer.v_th:g} is {thr_code:.0f} weight "
                                        f"steps, beyond the {prof.state_bits}-bit state range",
@@ -247,6 +303,13 @@ def map_to_hardware(model, profile, *, quantization: str = "per_tensor", x=None,
             rep, tb = prof.time_constant.representation, prof.time_constant.bits
             am_q, cm = quantize_decay(am, rep, tb)
             as_q, cs = quantize_decay(asyn, rep, tb)
+            for nm, a, aq, code, tau in (("alpha_mem", am, am_q, cm, layer.tau_mem),
+                                         ("alpha_syn", asyn, as_q, cs, layer.tau_syn)):
+                if _rel(a, aq) > drift_tol:
+                    tq = tau_from_decay(aq, layer.dt, layer.integration)
+                    what = {"bitshift": "dash", "fixed_point_decay": "decrement"}.get(rep, "code")
+                    Wn.append(ParameterDrift(li, nm, float(a), float(aq), _rel(a, aq),
+                                             f"{rep} ({tb} bits), {what} {code}; tau {tau:.4g} s -> {tq:.4g} s"))
             qlayer.tau_mem = tau_from_decay(am_q, layer.dt, layer.integration)
             qlayer.tau_syn = tau_from_decay(as_q, layer.dt, layer.integration)
             for nm, t in (("tau_mem", qlayer.tau_mem), ("tau_syn", qlayer.tau_syn)):
@@ -261,12 +324,13 @@ def map_to_hardware(model, profile, *, quantization: str = "per_tensor", x=None,
             qlayer = copy.deepcopy(layer)
             err = err_s = 0.0
             zeros = 0
-            scales = []
+            scales, gq = [], {}
             if prof.weight_bits is not None:
                 for g in "urz":
                     gw = {k: live[k] for k in (f"W_{g}", f"U_{g}")}
                     qw = quantize_weights(gw, {}, prof.weight_bits, quantization)
                     scales.append(qw.scale)
+                    gq[g] = qw
                     for k in gw:
                         m = layer.mask(k)
                         e = np.abs(gw[k] - qw.dequantized(k))[m]
@@ -276,7 +340,8 @@ def map_to_hardware(model, profile, *, quantization: str = "per_tensor", x=None,
                         zeros += int(((qw.q[k] == 0) & m & (gw[k] != 0)).sum())
                         qlayer.params[k] = qw.dequantized(k).astype(np.asarray(layer.params[k]).dtype)
             ql = LayerQuantization(li, prof.weight_bits, quantization,
-                                   np.concatenate(scales) if scales else np.array([1.0]), err, err_s, n_live, zeros)
+                                   np.concatenate(scales) if scales else np.array([1.0]), err, err_s, n_live, zeros,
+                                   gate_quantized=gq)
         qlayers.append(ql)
         qnet_layers.append(qlayer)
 
@@ -350,9 +415,9 @@ def map_to_hardware(model, profile, *, quantization: str = "per_tensor", x=None,
         usage.append(CoreUsage(c.index, len(c.neurons), c.synapses, c.synapses * wb, len(c.axons),
                                tuple(sorted({li for li, _ in c.neurons})), util))
 
-    report = MappingReport(prof, V, usage, placement, qlayers, Network(qnet_layers))
+    report = MappingReport(prof, V, usage, placement, qlayers, Network(qnet_layers), warnings=Wn)
     if x is not None:
-        report.simulation = _compare(model, report, x, loss_fn, labels)
+        report.simulation = _compare(model, report, x, loss_fn, labels, predict)
     return report
 
 
@@ -399,7 +464,7 @@ def compare_spikes(sf: np.ndarray, sq: np.ndarray) -> dict:
                 timing_within_1=1.0 if nf == 0 else int((bf & near).sum()) / nf)
 
 
-def _compare(model, report, x, loss_fn, labels) -> SimulationComparison:
+def _compare(model, report, x, loss_fn, labels, predict=None) -> SimulationComparison:
     import torch
     import evrtrl
 
@@ -417,6 +482,11 @@ def _compare(model, report, x, loss_fn, labels) -> SimulationComparison:
         res["loss_float"], res["loss_quant"] = total(of), total(oq)
     if labels is not None:
         lab = np.asarray(labels)
-        res["acc_float"] = float((sf.sum(0).argmax(-1) == lab).mean())
-        res["acc_quant"] = float((sq.sum(0).argmax(-1) == lab).mean())
+        if predict is None:
+            pf, pq = sf.sum(0).argmax(-1), sq.sum(0).argmax(-1)
+        else:
+            with torch.no_grad():
+                pf, pq = (np.asarray(torch.as_tensor(predict(o.spikes)).cpu()) for o in (of, oq))
+        res["acc_float"] = float((pf == lab).mean())
+        res["acc_quant"] = float((pq == lab).mean())
     return SimulationComparison(**res)

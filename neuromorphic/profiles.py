@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
 from evrtrl.errors import ConfigError, FormatError
 
-__all__ = ["HardwareProfile", "TimeConstantRepr", "load_profile", "list_profiles", "PROFILE_PATH_ENV"]
+__all__ = ["HardwareProfile", "TimeConstantRepr", "load_profile", "list_profiles", "PROFILE_PATH_ENV", "UNVERIFIED"]
 
 PROFILE_PATH_ENV = "EVRTRL_PROFILE_PATH"
 _BUILTIN_DIR = Path(__file__).resolve().parent / "profile_data"
@@ -40,7 +41,10 @@ _INT_FIELDS = (
     "weight_bits", "state_bits", "graded_spike_bits", "input_channels", "output_channels",
 )
 #: numeric fields that must carry a source when they are set
-_SOURCED_FIELDS = tuple(f for f in _INT_FIELDS if f != "graded_spike_bits") + ("time_constant",)
+_SOURCED_FIELDS = _INT_FIELDS + ("time_constant",)
+#: prefix of a source string whose number could not be checked against a retrieved source
+UNVERIFIED = "UNVERIFIED:"
+_CITATION = re.compile(r"https?://|doi:10\.|arXiv:\d")
 
 
 @dataclass(frozen=True)
@@ -132,6 +136,27 @@ class HardwareProfile:
             raise ConfigError(f"{where}: fields {missing} have values but no entry in 'sources'")
         if any(not isinstance(v, str) or not v.strip() for v in self.sources.values()):
             raise ConfigError(f"{where}: every entry of 'sources' must be a non-empty citation string")
+
+    def source_status(self) -> dict[str, str]:
+        """``{field: "verified" | "unverified" | "uncited"}`` for every non-null sourced field.
+
+        ``verified``: the source string cites a retrieved document (URL, DOI or
+        arXiv id) and is not marked; ``unverified``: it starts with ``UNVERIFIED:``
+        (kept as the best available number, with the reason); ``uncited``: neither
+        (a test forbids this for the built-in profiles).
+        """
+        out = {}
+        for f in _SOURCED_FIELDS:
+            if getattr(self, f) is None and not (f == "time_constant"):
+                continue
+            src = self.sources.get(f, "")
+            if src.startswith(UNVERIFIED):
+                out[f] = "unverified"
+            elif _CITATION.search(src):
+                out[f] = "verified"
+            else:
+                out[f] = "uncited"
+        return out
 
     @property
     def n_cores(self) -> int:

@@ -187,3 +187,40 @@ def test_norse_from_nir_agrees(shared_data, name):
         assert c["count_rel_diff"] < 0.01 and c["timing_within_1"] > 0.99
     else:
         assert c["timing_jaccard"] == 1.0
+
+
+def test_bundle_v2_egru_codes_round_trip_and_v1_still_read(tmp_path):
+    torch.manual_seed(1)
+    e = EGRU(5, 6, dtype=torch.float64)
+    net = Stack(e, LIF(6, 3, tau_mem=0.02, tau_syn=0.005, dt=1e-3, dtype=torch.float64))
+    rep = N.map_to_hardware(net, "loihi2")
+    p = tmp_path / "e.h5"
+    N.export_bundle(net, p, mapping=rep)
+    b = N.read_bundle(p)
+    assert b.version == 2 == N.BUNDLE_VERSION
+    src = N.network_from_model(net).layers[0]
+    scales = {}
+    for k in ("W_u", "W_r", "W_z", "U_u", "U_r", "U_z"):
+        q, s, bits, mode = b.quantized[0][k]
+        ref = rep.quantization[0].gate_quantized[k[-1]]
+        assert bits == 8 and mode == "per_tensor" and np.abs(q).max() <= 127
+        np.testing.assert_array_equal(q, ref.q[k])          # codes exactly as the mapper made them
+        np.testing.assert_array_equal(s, ref.scale)
+        w = np.asarray(src.params[k])
+        assert np.all(np.abs(w - q * s.reshape(-1, 1)) <= s.max() / 2 + 1e-12)
+        scales.setdefault(k[-1], s)
+        np.testing.assert_array_equal(scales[k[-1]], s)     # W_g and U_g share the gate's scale
+    with h5py.File(p, "r") as f:
+        assert f["layers/0/weights/U_r/q"].attrs["gate"] == "r"
+    hw = b.quantized[1]["hw"]
+    assert hw["alpha_mem"] == pytest.approx(1 - hw["decay_code_mem"] / 4096)
+    assert hw["v_th"] == pytest.approx(rep.quantized_network.layers[1].v_th)
+    # a version-1 file (no EGRU codes, no params/hw) is still read
+    with h5py.File(p, "a") as f:
+        f.attrs["version"] = 1
+        for k in ("W_u", "W_r", "W_z", "U_u", "U_r", "U_z"):
+            del f[f"layers/0/weights/{k}/q"]
+        del f["layers/1/params/hw"]
+    b1 = N.read_bundle(p)
+    assert b1.version == 1 and b1.quantized[0] == {} and "hw" not in b1.quantized[1]
+    np.testing.assert_array_equal(b1.network.layers[0].params["W_u"], b.network.layers[0].params["W_u"])
