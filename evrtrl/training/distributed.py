@@ -1,4 +1,4 @@
-r"""Data-parallel training with ``torch.distributed`` (gloo on CPU, NCCL on CUDA).
+r"""Data-parallel training with ``torch.distributed`` (gloo; NCCL once the loop runs on CUDA).
 
 Each process owns a shard of every global batch, its own streams and their influence
 matrices (its own RTRL engine): RTRL is exact per stream, so nothing of the engine is
@@ -42,15 +42,17 @@ def rank_and_world() -> tuple[int, int]:
 def init_from_env(backend: str | None = None) -> bool:
     """Initialise the default group from torchrun's environment when ``WORLD_SIZE > 1``.
 
-    Backend: ``nccl`` when CUDA is available, else ``gloo`` (unless given). Returns
-    True when a group is (now) initialised.
+    Backend: ``backend``, else ``$EVRTRL_DIST_BACKEND``, else ``gloo``. The training loop
+    keeps its tensors on the CPU today, so ``gloo`` is the right default; ``nccl`` is for
+    when models live on CUDA devices (the all-reduce code is device-agnostic, but the loop
+    has no ``--device`` yet). Returns True when a group is (now) initialised.
     """
     dist = _dist()
     if dist.is_initialized():
         return True
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return False
-    backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
+    backend = backend or os.environ.get("EVRTRL_DIST_BACKEND", "gloo")
     dist.init_process_group(backend=backend)
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
