@@ -1,0 +1,141 @@
+"""CLI sub-commands ``train``, ``evaluate`` and ``plot``.
+
+``register(subparsers)`` adds them to the ``evrtrl`` parser (the lead wires it into
+``evrtrl/cli.py``); each handler is ``handler(args) -> int`` via ``set_defaults(func=...)``.
+``python -m evrtrl.training.cli ...`` runs them standalone (also under ``torchrun``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Sequence
+
+__all__ = ["register", "main", "cmd_train", "cmd_evaluate", "cmd_plot"]
+
+
+def register(subparsers) -> None:
+    """Add ``train``, ``evaluate`` and ``plot`` to an ``add_subparsers()`` object."""
+    from evrtrl.training.loop import TrainConfig
+
+    d = TrainConfig()
+    p = subparsers.add_parser(
+        "train", help="train a recurrent model with exact online RTRL",
+        description="Train EGRU/LIF with exact RTRL (event engine by default). Writes "
+                    "config.json, checkpoint.h5, model.h5, batches/epochs .csv/.jsonl into --out.")
+    p.add_argument("--data", required=True, help="KIND:PATH[,key=value...]; KIND in shd, nmnist, synthetic "
+                   "(e.g. synthetic:rotation, synthetic:spikes, shd:/data/shd, nmnist:/data/N-MNIST)")
+    p.add_argument("--model", choices=("egru", "lif"), default=d.model)
+    p.add_argument("--hidden", type=int, default=d.hidden, help="units per layer")
+    p.add_argument("--layers", type=int, default=d.layers)
+    p.add_argument("--density", type=float, default=d.density, help="fraction of live weights (random masks)")
+    p.add_argument("--method", choices=("event", "dense", "dense-live", "bptt"), default=d.method)
+    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--batch", type=int, default=d.batch, help="global batch size (all processes)")
+    p.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate")
+    p.add_argument("--k", type=int, default=d.k,
+                   help="steps between online updates; 0 = one update per sequence (default)")
+    p.add_argument("--dt-us", type=int, default=None, help="step length in microseconds (shd, nmnist; "
+                   "LIF dt)")
+    p.add_argument("--loss", choices=("mean", "last"), default=d.loss)
+    p.add_argument("--dtype", choices=("float32", "float64"), default=d.dtype)
+    p.add_argument("--width", type=float, default=d.pd_width, help="pseudo-derivative (triangle) width")
+    p.add_argument("--gamma", type=float, default=d.pd_gamma, help="pseudo-derivative height")
+    p.add_argument("--theta-init", type=float, default=d.theta_init, help="EGRU initial threshold")
+    p.add_argument("--out", default="runs/latest", help="run directory")
+    p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoint.h5")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--log", choices=("csv", "json", "both"), default="both")
+    p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every,
+                   help="also checkpoint every N batches (0: at epoch ends only)")
+    p.add_argument("--max-batches", type=int, default=None, help="batches per epoch (quick runs)")
+    p.add_argument("--no-eval", action="store_true", help="skip the test accuracy at epoch ends")
+    p.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads per process (1 is fastest for small models)")
+    p.set_defaults(func=cmd_train)
+
+    p = subparsers.add_parser("evaluate", help="accuracy of a run or model file on a data set")
+    p.add_argument("target", help="run directory or model .h5 file")
+    p.add_argument("--data", default=None, help="KIND:PATH (default: the run's data)")
+    p.add_argument("--split", choices=("train", "test"), default="test")
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--json", action="store_true", help="print a JSON object")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = subparsers.add_parser("plot", help="PNG figures of a run (RUN_DIR/figures)")
+    p.add_argument("run_dir")
+    p.add_argument("--sample", type=int, default=0, help="test sample of the spike raster")
+    p.set_defaults(func=cmd_plot)
+
+
+def _error(exc: Exception) -> int:
+    print(f"error: {exc}", file=sys.stderr)
+    return 2
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from evrtrl.errors import EvrtrlError
+    from evrtrl.training import distributed as ddp
+    from evrtrl.training.loop import TrainConfig, train
+
+    cfg = TrainConfig(
+        data=args.data, model=args.model, hidden=args.hidden, layers=args.layers,
+        density=args.density, method=args.method, epochs=args.epochs, batch=args.batch,
+        lr=args.lr, k=args.k, dt_us=args.dt_us, seed=args.seed, loss=args.loss, dtype=args.dtype,
+        theta_init=args.theta_init, pd_gamma=args.gamma, pd_width=args.width,
+        checkpoint_every=args.checkpoint_every,
+        log=("csv", "json") if args.log == "both" else (args.log,),
+        eval_each_epoch=not args.no_eval, max_batches=args.max_batches,
+    )
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    try:
+        ddp.init_from_env()
+        res = train(cfg, args.out, resume=args.resume, progress=not args.no_progress)
+    except (EvrtrlError, FileNotFoundError) as exc:
+        return _error(exc)
+    if ddp.rank_and_world()[0] == 0:
+        last = res.epochs[-1] if res.epochs else {}
+        print(json.dumps({"run_dir": str(res.run_dir), "epochs": len(res.epochs),
+                          "train_acc": last.get("acc"), "test_acc": last.get("test_acc"),
+                          "saving": last.get("saving"), "wall_s": round(res.wall_s, 2)}))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from evrtrl.errors import EvrtrlError
+    from evrtrl.training.evaluate import evaluate
+
+    try:
+        acc = evaluate(args.target, args.data, split=args.split, batch=args.batch)
+    except (EvrtrlError, FileNotFoundError) as exc:
+        return _error(exc)
+    print(json.dumps({"accuracy": acc, "split": args.split}) if args.json else f"accuracy {acc:.4f}")
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from evrtrl.training.plot import plot
+
+    try:
+        paths = plot(args.run_dir, sample=args.sample)
+    except FileNotFoundError as exc:
+        return _error(exc)
+    for p in paths:
+        print(p)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="evrtrl", description="evrtrl training commands")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,274 @@
+r"""The training code's one door to data: ``--data KIND:PATH[,key=value...]``.
+
+Every data set is seen through :class:`SequenceData`: ``len(data)`` samples, a fixed
+number of steps ``T``, ``n_inputs`` channels, ``n_classes`` classes, and
+``data.batch(indices, dtype) -> (x, labels)`` with ``x`` a dense ``(T, B, n_inputs)``
+tensor (zeros where no event) and ``labels`` a ``(B,)`` int64 tensor. ``T`` is fixed per
+data set (samples are padded with silence or cut), so that every batch, on every
+process of a distributed run, has the same number of steps and hence the same number
+of optimizer updates.
+
+Kinds
+-----
+``synthetic:rotation[,n=256,seed=0,T=17,noise=0.0]``
+    The rotation-direction task: 2-D trajectories
+    :math:`x_1 = \pm\sin(t+\varphi)/(1+t)`, :math:`x_2 = \cos(t+\varphi)/(1+t)`,
+    ``t = 0 .. T-1``, :math:`\varphi \sim U[0, 2\pi)`; class 0 = ``+`` (clockwise
+    in the (x1, x2) plane), class 1 = ``-``. Dense, real-valued input.
+``synthetic:spikes[,n=256,seed=0,T=20,d=16,classes=4,rate=0.1]``
+    Random spike-pattern classification: each class has a fixed random template of
+    firing probabilities (``rate`` on average, a few channels per step much higher);
+    a sample is a Bernoulli draw from its class template. Sparse 0/1 input.
+``shd:PATH[,dt_us=10000,duration_ms=1000,channels=700]``
+    Spiking Heidelberg Digits layout (``spikes/times`` in seconds, ``spikes/units``,
+    ``labels``, optional ``extra/keys``). ``PATH`` is a ``.h5`` file (used for every
+    split) or a directory holding ``*train*.h5`` and ``*test*.h5``.
+``nmnist:PATH[,dt_us=10000,duration_ms=300,size=34x34]``
+    N-MNIST ``.bin`` tree: ``PATH/Train/<class>/*.bin`` and ``PATH/Test/<class>/*.bin``
+    (or ``PATH/<class>/*.bin`` for every split); classes are the sorted folder names.
+    Channel ``(p * height + y) * width + x``, ``n_inputs = 2 * width * height``.
+
+Expectations of the ``datasets`` package (imported lazily, only for ``shd``/``nmnist``)
+---------------------------------------------------------------------------------------
+* ``datasets.SpikeH5(path)``: ``len()``, ``.keys`` (class names, may be empty),
+  ``.label(i) -> int``, ``.events(i) -> structured array`` with fields ``t`` (int64 us)
+  and ``unit``; fork-safe.
+* ``datasets.read_nmnist(path) -> structured array`` with fields ``t`` (us), ``x``,
+  ``y``, ``p``.
+* ``datasets.bin_events(events, dt_us, n_channels=..., sensor_size=(w, h, 2), T=...)
+  -> SparseSteps`` and ``datasets.collate(list_of_SparseSteps, T) -> torch (T, B, d)``
+  (event counts per step and channel as values).
+The step length comes from ``dt_us`` in the spec or ``--dt-us`` on the command line.
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from evrtrl.errors import ConfigError, UnknownMethodError
+
+__all__ = ["DataSpec", "parse_data_spec", "open_data", "SequenceData", "KINDS"]
+
+KINDS = ("synthetic", "shd", "nmnist")
+_OPT = re.compile(r",([A-Za-z_]+)=([^,]*)$")
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """A parsed ``KIND:PATH[,key=value...]``."""
+
+    kind: str
+    path: str
+    options: dict[str, str] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        return self.kind + ":" + self.path + "".join(f",{k}={v}" for k, v in self.options.items())
+
+
+def parse_data_spec(spec: str) -> DataSpec:
+    """Parse ``KIND:PATH[,key=value...]`` (trailing ``,key=value`` items are options)."""
+    if isinstance(spec, DataSpec):
+        return spec
+    kind, sep, rest = str(spec).partition(":")
+    if not sep or not rest:
+        raise ConfigError(f"--data {spec!r}: expected KIND:PATH with KIND one of {KINDS}, "
+                          "e.g. synthetic:rotation or shd:/data/shd_train.h5")
+    if kind not in KINDS:
+        raise UnknownMethodError(f"--data {spec!r}: unknown kind {kind!r}; expected one of {KINDS}")
+    opts: dict[str, str] = {}
+    while True:
+        m = _OPT.search(rest)
+        if not m:
+            break
+        opts[m.group(1)] = m.group(2)
+        rest = rest[: m.start()]
+    if not rest:
+        raise ConfigError(f"--data {spec!r}: empty PATH")
+    return DataSpec(kind, rest, dict(reversed(list(opts.items()))))
+
+
+def _opt(spec: DataSpec, name: str, default: Any, cast=int) -> Any:
+    if name not in spec.options:
+        return default
+    try:
+        return cast(spec.options[name])
+    except ValueError as exc:
+        raise ConfigError(f"--data {spec}: option {name}={spec.options[name]!r} is not a "
+                          f"valid {cast.__name__}") from exc
+
+
+class SequenceData:
+    """Base of the adapters: ``len``, ``T``, ``n_inputs``, ``n_classes``, ``batch``."""
+
+    T: int
+    n_inputs: int
+    n_classes: int
+    dt_us: int | None = None
+
+    def __len__(self) -> int:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def batch(self, indices: Sequence[int], dtype: torch.dtype = torch.float32
+              ) -> tuple[torch.Tensor, torch.Tensor]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def describe(self) -> dict[str, Any]:
+        return {"samples": len(self), "T": self.T, "n_inputs": self.n_inputs,
+                "n_classes": self.n_classes, "dt_us": self.dt_us}
+
+
+class TensorData(SequenceData):
+    """Samples held in memory: ``x`` ``(N, T, d)`` and ``y`` ``(N,)``."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, n_classes: int) -> None:
+        self.x, self.y = x, y.long()
+        self.T, self.n_inputs, self.n_classes = x.shape[1], x.shape[2], int(n_classes)
+
+    def __len__(self) -> int:
+        return self.x.shape[0]
+
+    def batch(self, indices, dtype=torch.float32):
+        idx = torch.as_tensor(list(indices), dtype=torch.long)
+        return self.x[idx].transpose(0, 1).to(dtype).contiguous(), self.y[idx]
+
+
+def rotation_task(n: int, seed: int, T: int = 17, noise: float = 0.0) -> TensorData:
+    """The rotation-direction task (module docstring); balanced classes."""
+    g = torch.Generator().manual_seed(seed)
+    phi = torch.rand(n, generator=g, dtype=torch.float64) * 2 * math.pi
+    y = torch.arange(n) % 2
+    y = y[torch.randperm(n, generator=g)]
+    t = torch.arange(T, dtype=torch.float64)
+    sign = 1.0 - 2.0 * y.double()  # class 0 -> +, 1 -> -
+    arg = t[None, :] + phi[:, None]
+    x = torch.stack((sign[:, None] * torch.sin(arg), torch.cos(arg)), dim=-1) / (1 + t)[None, :, None]
+    if noise:
+        x = x + noise * torch.randn(x.shape, generator=g, dtype=torch.float64)
+    return TensorData(x, y, 2)
+
+
+def spike_task(n: int, seed: int, T: int = 20, d: int = 16, classes: int = 4,
+               rate: float = 0.1) -> TensorData:
+    """Random spike-pattern classification (module docstring)."""
+    g = torch.Generator().manual_seed(seed)
+    # class templates are fixed by the data seed's template stream (shared across splits)
+    gt = torch.Generator().manual_seed(1_000_003)
+    templ = torch.rand(classes, T, d, generator=gt, dtype=torch.float64) * rate
+    hot = torch.rand(classes, T, d, generator=gt) < 0.08
+    templ = torch.where(hot, torch.full_like(templ, 0.8), templ)
+    y = torch.arange(n) % classes
+    y = y[torch.randperm(n, generator=g)]
+    x = (torch.rand(n, T, d, generator=g, dtype=torch.float64) < templ[y]).double()
+    return TensorData(x, y, classes)
+
+
+def _import_datasets(kind: str):
+    try:
+        import datasets  # noqa: PLC0415 - lazy on purpose
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise ConfigError(f"--data {kind}:...: needs the evrtrl 'datasets' package ({exc})") from exc
+    need = {"shd": ("SpikeH5", "bin_events", "collate"),
+            "nmnist": ("read_nmnist", "bin_events", "collate")}[kind]
+    missing = [n for n in need if not hasattr(datasets, n)]
+    if missing:
+        raise ConfigError(
+            f"--data {kind}:...: the installed 'datasets' package ({getattr(datasets, '__file__', '?')}) "
+            f"lacks {missing}; it must provide {list(need)} (see evrtrl/training/data.py)"
+        )
+    return datasets
+
+
+class _BinnedData(SequenceData):
+    """Events read and binned per sample by the ``datasets`` package."""
+
+    def __init__(self, ds_mod, n: int, labels: list[int], n_classes: int, T: int, d: int,
+                 dt_us: int, read, bin_kw: dict[str, Any]) -> None:
+        self.ds, self._n, self.labels = ds_mod, n, labels
+        self.n_classes, self.T, self.n_inputs, self.dt_us = n_classes, T, d, dt_us
+        self._read, self._bin_kw = read, bin_kw
+
+    def __len__(self) -> int:
+        return self._n
+
+    def batch(self, indices, dtype=torch.float32):
+        steps = [self.ds.bin_events(self._read(int(i)), self.dt_us, T=self.T, **self._bin_kw)
+                 for i in indices]
+        x = self.ds.collate(steps, self.T)
+        if x.shape != (self.T, len(steps), self.n_inputs):
+            raise ConfigError(f"datasets.collate returned shape {tuple(x.shape)}, expected "
+                              f"{(self.T, len(steps), self.n_inputs)}")
+        return x.to(dtype), torch.tensor([self.labels[int(i)] for i in indices], dtype=torch.long)
+
+
+def _split_file(path: Path, split: str, pattern: str) -> Path:
+    if path.is_file():
+        return path
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path}: no such file or directory")
+    hits = sorted(path.glob(f"*{split}*{pattern}"))
+    if not hits:
+        raise FileNotFoundError(f"{path}: no '*{split}*{pattern}' file for the {split} split")
+    return hits[0]
+
+
+def _open_shd(spec: DataSpec, split: str, dt_us: int) -> SequenceData:
+    ds = _import_datasets("shd")
+    f = _split_file(Path(spec.path), split, ".h5")
+    d = _opt(spec, "channels", 700)
+    T = math.ceil(_opt(spec, "duration_ms", 1000, float) * 1000 / dt_us)
+    h5 = ds.SpikeH5(f)
+    n = len(h5)
+    labels = [int(h5.label(i)) for i in range(n)]
+    n_classes = len(h5.keys) or (max(labels) + 1 if labels else 0)
+    return _BinnedData(ds, n, labels, n_classes, T, d, dt_us, h5.events, {"n_channels": d})
+
+
+def _open_nmnist(spec: DataSpec, split: str, dt_us: int) -> SequenceData:
+    ds = _import_datasets("nmnist")
+    root = Path(spec.path)
+    base = root / {"train": "Train", "test": "Test"}[split]
+    if not base.is_dir():
+        base = root
+    if not base.is_dir():
+        raise FileNotFoundError(f"{root}: no such directory")
+    classes = sorted(p.name for p in base.iterdir() if p.is_dir())
+    files, labels = [], []
+    for k, c in enumerate(classes):
+        for fn in sorted((base / c).glob("*.bin")):
+            files.append(fn)
+            labels.append(k)
+    if not files:
+        raise FileNotFoundError(f"{base}: no <class>/*.bin files")
+    w, _, h = spec.options.get("size", "34x34").partition("x")
+    w, h = int(w), int(h or w)
+    T = math.ceil(_opt(spec, "duration_ms", 300, float) * 1000 / dt_us)
+    return _BinnedData(ds, len(files), labels, len(classes), T, 2 * w * h, dt_us,
+                       lambda i: ds.read_nmnist(files[i]), {"sensor_size": (w, h, 2)})
+
+
+def open_data(spec: str | DataSpec, split: str = "train", *, dt_us: int | None = None) -> SequenceData:
+    """Open the ``split`` ("train" or "test") of the data set named by ``spec``."""
+    spec = parse_data_spec(spec)
+    if split not in ("train", "test"):
+        raise ConfigError(f"split must be 'train' or 'test', got {split!r}")
+    if spec.kind == "synthetic":
+        seed = _opt(spec, "seed", 0) + (0 if split == "train" else 10_007)
+        n = _opt(spec, "n", 256 if split == "train" else 128)
+        if spec.path == "rotation":
+            return rotation_task(n, seed, T=_opt(spec, "T", 17), noise=_opt(spec, "noise", 0.0, float))
+        if spec.path == "spikes":
+            return spike_task(n, seed, T=_opt(spec, "T", 20), d=_opt(spec, "d", 16),
+                              classes=_opt(spec, "classes", 4), rate=_opt(spec, "rate", 0.1, float))
+        raise UnknownMethodError(f"--data {spec}: unknown synthetic task {spec.path!r}; "
+                                 "expected 'rotation' or 'spikes'")
+    dt = _opt(spec, "dt_us", dt_us or 10_000)
+    if dt <= 0:
+        raise ConfigError(f"--data {spec}: dt_us must be > 0, got {dt}")
+    if spec.kind == "shd":
+        return _open_shd(spec, split, dt)
+    return _open_nmnist(spec, split, dt)

@@ -1,0 +1,388 @@
+r"""The training loop: exact online RTRL over a data set, with checkpoints and resume.
+
+Loss and prediction (``loss="mean"``, the default): a linear readout
+:math:`o_t = V y_t + c` of the last layer's output at every step and
+
+.. math:: L = \frac{1}{B}\sum_{b} \frac{1}{T}\sum_{t} \mathrm{CE}(o_{t,b}, \ell_b),
+          \qquad \hat\ell_b = \arg\max_k \sum_t o_{t,b,k}.
+
+Activity-sparse outputs are zero at most steps, so a loss on the last step alone
+(``loss="last"``: :math:`\mathrm{CE}(o_{T-1}, \ell)`, prediction from :math:`o_{T-1}`)
+often sees no signal; ``mean`` is what works on the synthetic tasks (docs/training.md).
+
+Updates: :class:`evrtrl.OnlineLearner` with ``k`` steps between updates (``k=0``: one
+update at the end of each batch of sequences, i.e. the exact gradient of the batch loss;
+``k >= 1``: online RTRL, weights change while the streams run). Method ``event`` (default),
+``dense`` / ``dense-live`` (reference engines) or ``bptt`` (truncated to windows of k).
+
+Resume: the checkpoint holds the model, readout, optimizer state, counters (epoch, next
+batch, global batch count, updates), the torch RNG state and every metrics record so
+far. The data order of epoch ``e`` is a permutation drawn from a generator seeded with
+``(seed, e)``, so it needs no state. A run resumed from a checkpoint therefore ends with
+the same weights, bit for bit, as an uninterrupted one (tests/training).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from evrtrl.errors import ConfigError, UnknownMethodError
+from evrtrl.training import distributed as ddp
+from evrtrl.training.data import SequenceData, open_data, parse_data_spec
+from evrtrl.training.metrics import MetricsLog, dense_rtrl_macs
+
+__all__ = ["TrainConfig", "TrainResult", "train", "build_model", "make_loss", "predict_logits"]
+
+_DT = {"float32": torch.float32, "float64": torch.float64}
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a run (stored as ``config.json`` in the run directory)."""
+
+    data: str = "synthetic:rotation"
+    model: str = "egru"  # "egru" | "lif"
+    hidden: int = 32
+    layers: int = 1
+    density: float = 1.0
+    method: str = "event"
+    epochs: int = 1
+    batch: int = 16
+    lr: float = 0.01
+    k: int = 0  # 0: one update per batch (end of sequence)
+    dt_us: int | None = None
+    seed: int = 0
+    loss: str = "mean"  # "mean" | "last"
+    dtype: str = "float32"
+    # cell hyper-parameters
+    theta_init: float = 0.1
+    pd_gamma: float = 0.7
+    pd_width: float = 0.5
+    tau_mem: float = 0.02
+    tau_syn: float = 0.005
+    v_th: float = 1.0
+    reset: str = "zero"
+    integration: str = "exact"
+    weight_scale: float = 4.0
+    # run control
+    checkpoint_every: int = 0  # batches; 0: only at epoch end
+    log: tuple[str, ...] = ("csv", "json")
+    eval_each_epoch: bool = True
+    eval_batch: int = 64
+    max_batches: int | None = None  # per epoch, for quick runs
+
+    def validate(self) -> None:
+        parse_data_spec(self.data)
+        if self.model not in ("egru", "lif"):
+            raise UnknownMethodError(f"--model {self.model!r}: expected 'egru' or 'lif'")
+        if self.method not in ("event", "dense", "dense-live", "bptt"):
+            raise UnknownMethodError(f"--method {self.method!r}: expected event, dense, dense-live or bptt")
+        if self.loss not in ("mean", "last"):
+            raise UnknownMethodError(f"loss {self.loss!r}: expected 'mean' or 'last'")
+        if self.dtype not in _DT:
+            raise UnknownMethodError(f"--dtype {self.dtype!r}: expected one of {sorted(_DT)}")
+        for name in ("hidden", "layers", "epochs", "batch"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"--{name} must be >= 1, got {getattr(self, name)}")
+        if self.k < 0:
+            raise ConfigError(f"--k must be >= 0 (0: one update per sequence), got {self.k}")
+        if not (0 < self.density <= 1):
+            raise ConfigError(f"--density must be in (0, 1], got {self.density}")
+        bad = set(self.log) - {"csv", "json"}
+        if bad:
+            raise UnknownMethodError(f"--log {sorted(bad)}: expected csv and/or json")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        names = {f.name for f in fields(cls)}
+        kw = {k: v for k, v in d.items() if k in names}
+        if "log" in kw:
+            kw["log"] = tuple(kw["log"])
+        return cls(**kw)
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns."""
+
+    run_dir: Path
+    model: Any
+    readout: Any
+    batches: list[dict[str, Any]] = field(default_factory=list)
+    epochs: list[dict[str, Any]] = field(default_factory=list)
+    wall_s: float = 0.0
+
+
+# ----------------------------------------------------------------------- building
+def build_model(cfg: TrainConfig, n_inputs: int, n_classes: int, dt_us: int | None):
+    """The recurrent model and its readout, from the seed (deterministic)."""
+    from models import EGRU, LIF, Readout, Stack, Triangle, random_masks
+
+    dtype = _DT[cfg.dtype]
+    g = torch.Generator().manual_seed(cfg.seed)
+    pd = Triangle(gamma=cfg.pd_gamma, width=cfg.pd_width)
+    layers = []
+    d = n_inputs
+    for i in range(cfg.layers):
+        seed_i = cfg.seed * 1000 + i
+        if cfg.model == "egru":
+            masks = (random_masks(EGRU.weight_shapes(d, cfg.hidden), cfg.density, seed=seed_i)
+                     if cfg.density < 1 else None)
+            layers.append(EGRU(d, cfg.hidden, pseudo_derivative=pd, masks=masks,
+                               theta_init=cfg.theta_init, dtype=dtype, generator=g))
+        else:
+            masks = (random_masks(LIF.weight_shapes(d, cfg.hidden), cfg.density, seed=seed_i)
+                     if cfg.density < 1 else None)
+            dt = (dt_us or 1000) * 1e-6
+            layers.append(LIF(d, cfg.hidden, tau_mem=cfg.tau_mem, tau_syn=cfg.tau_syn, dt=dt,
+                              v_th=cfg.v_th, reset=cfg.reset, integration=cfg.integration,
+                              pseudo_derivative=pd, masks=masks, weight_scale=cfg.weight_scale,
+                              dtype=dtype, generator=g))
+        d = cfg.hidden
+    model = layers[0] if len(layers) == 1 else Stack(*layers)
+    torch.manual_seed(cfg.seed)
+    readout = Readout(cfg.hidden, n_classes, dtype=dtype)
+    return model, readout
+
+
+class _Loss:
+    """``loss_fn(y_t, t)`` for :class:`OnlineLearner`; collects logits for accuracy."""
+
+    def __init__(self, readout, labels: torch.Tensor, T: int, mode: str, global_batch: int):
+        self.readout, self.labels, self.T, self.mode = readout, labels, T, mode
+        self.scale = 1.0 / global_batch / (T if mode == "mean" else 1)
+        self.logits: torch.Tensor | None = None
+
+    def __call__(self, y: torch.Tensor, t: int):
+        if self.mode == "last" and t != self.T - 1:
+            return None
+        o = self.readout(y)
+        d = o.detach()
+        self.logits = d if self.logits is None else self.logits + d
+        return torch.nn.functional.cross_entropy(o, self.labels, reduction="sum") * self.scale
+
+
+def make_loss(readout, labels, T, mode="mean", global_batch=None) -> _Loss:
+    return _Loss(readout, labels, T, mode, global_batch or labels.numel())
+
+
+@torch.no_grad()
+def predict_logits(model, readout, x: torch.Tensor, mode: str = "mean") -> torch.Tensor:
+    """Summed (``mean``) or last-step (``last``) readout logits ``(B, classes)``."""
+    import evrtrl
+
+    out = evrtrl.simulate(model, x.to(readout.weight.dtype)).outputs  # (T, B, n)
+    if mode == "last":
+        return readout(out[-1])
+    return readout(out).sum(0)
+
+
+def _accuracy(model, readout, data: SequenceData, mode: str, batch: int) -> float:
+    correct = 0
+    dtype = readout.weight.dtype
+    for lo in range(0, len(data), batch):
+        idx = list(range(lo, min(len(data), lo + batch)))
+        x, y = data.batch(idx, dtype)
+        correct += int((predict_logits(model, readout, x, mode).argmax(-1) == y).sum())
+    return correct / max(1, len(data))
+
+
+def _m_density(engine) -> float:
+    """Fraction of non-zero entries of the engine's influence tensors (allocated ones)."""
+    Ms = getattr(engine, "M", None)
+    if Ms is None:
+        return float("nan")
+    flat = [m for row in Ms for m in (row if isinstance(row, list) else [row])]
+    total = sum(m.numel() for m in flat)
+    return sum(int((m != 0).sum()) for m in flat) / total if total else 0.0
+
+
+def _epoch_order(seed: int, epoch: int, n: int) -> list[int]:
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=g).tolist()
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2, default=str)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+# ------------------------------------------------------------------------- train
+def train(
+    cfg: TrainConfig,
+    out: str | os.PathLike,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    callbacks: Sequence[Callable[[dict[str, Any]], None]] = (),
+    train_data: SequenceData | None = None,
+    test_data: SequenceData | None = None,
+) -> TrainResult:
+    """Train per ``cfg`` into the run directory ``out`` (see module docstring).
+
+    ``resume=True`` continues from ``out/checkpoint.h5`` with the run's stored
+    ``config.json`` (only ``epochs`` may be raised). ``callbacks`` are called after each
+    batch (after any checkpoint) with the batch record; an exception raised there stops
+    the run as a kill would. Runs distributed when a ``torch.distributed`` group is
+    initialised (:mod:`evrtrl.training.distributed`).
+    """
+    from evrtrl.checkpoint import load_checkpoint, save_checkpoint, save_model
+    from evrtrl.online import OnlineLearner
+
+    t_start = time.perf_counter()
+    rank, world = ddp.rank_and_world()
+    run = Path(out)
+    ckpt_path, cfg_path = run / "checkpoint.h5", run / "config.json"
+    state = None
+    if resume and ckpt_path.exists():
+        stored = TrainConfig.from_dict(json.loads(cfg_path.read_text()))
+        if cfg.epochs > stored.epochs:
+            stored.epochs = cfg.epochs
+        cfg = stored
+    cfg.validate()
+    if rank == 0:
+        run.mkdir(parents=True, exist_ok=True)
+    ddp.barrier()
+
+    data = train_data or open_data(cfg.data, "train", dt_us=cfg.dt_us)
+    if test_data is None and cfg.eval_each_epoch:
+        test_data = open_data(cfg.data, "test", dt_us=cfg.dt_us)
+    if cfg.batch < world:
+        raise ConfigError(f"--batch {cfg.batch} is smaller than the {world} processes")
+
+    counters = {"epoch": 0, "batch": 0, "global_batch": 0, "updates": 0, "wall_s": 0.0}
+    batch_log = MetricsLog(run, "batches", cfg.log if rank == 0 else ())
+    epoch_log = MetricsLog(run, "epochs", cfg.log if rank == 0 else ())
+    if resume and ckpt_path.exists():
+        state = load_checkpoint(ckpt_path)
+        model, readout = state.model, state.readout
+        counters.update(state.counters)
+        if "torch" in state.rng:
+            torch.set_rng_state(state.rng["torch"])
+        records = state.metrics
+        batch_log.reset([r for r in records if r.get("kind") == "batch"])
+        epoch_log.reset([r for r in records if r.get("kind") == "epoch"])
+    else:
+        model, readout = build_model(cfg, data.n_inputs, data.n_classes, data.dt_us)
+        if rank == 0:
+            batch_log.reset([])
+            epoch_log.reset([])
+    if rank == 0:
+        _write_json(cfg_path, {**asdict(cfg), "data_info": data.describe()})
+
+    params = list(model.parameters()) + list(readout.parameters())
+    base_opt = torch.optim.Adam(params, lr=cfg.lr)
+    if state is not None:
+        base_opt.load_state_dict(state.optimizer_state)
+    optimizer = ddp.AllReduceOptimizer(base_opt) if world > 1 else base_opt
+
+    n_batches = math.ceil(len(data) / cfg.batch)
+    if cfg.max_batches:
+        n_batches = min(n_batches, cfg.max_batches)
+    total = cfg.epochs * n_batches
+    bar = None
+    if progress and rank == 0:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, initial=counters["epoch"] * n_batches + counters["batch"],
+                   desc=f"train {cfg.model}-{cfg.method}", unit="batch", dynamic_ncols=True)
+    dtype = _DT[cfg.dtype]
+    wall0 = counters["wall_s"]
+    t_run = time.perf_counter()
+
+    def checkpoint() -> None:
+        counters["wall_s"] = wall0 + time.perf_counter() - t_run
+        if rank == 0:
+            save_checkpoint(ckpt_path, model, readout, base_opt, counters=dict(counters),
+                            rng={"torch": torch.get_rng_state()},
+                            metrics=batch_log.records + epoch_log.records, config=asdict(cfg))
+
+    while counters["epoch"] < cfg.epochs:
+        epoch = counters["epoch"]
+        order = _epoch_order(cfg.seed, epoch, len(data))
+        while counters["batch"] < n_batches:
+            b = counters["batch"]
+            global_idx = order[b * cfg.batch:(b + 1) * cfg.batch]
+            idx = ddp.shard(global_idx, rank, world)
+            x, labels = data.batch(idx, dtype)
+            T = x.shape[0]
+            loss_fn = make_loss(readout, labels, T, cfg.loss, len(global_idx))
+            learner = OnlineLearner(model, optimizer, loss_fn, k=cfg.k or T, method=cfg.method,
+                                    extra_parameters=readout.parameters())
+            t0 = time.perf_counter()
+            losses = learner.run(x)
+            dt_batch = time.perf_counter() - t0
+            loss_local = sum(v for v in losses if not math.isnan(v))
+            correct = int((loss_fn.logits.argmax(-1) == labels).sum()) if loss_fn.logits is not None else 0
+            st = learner.stats[-1].summary() if learner.stats else None
+            loss_steps = T if cfg.loss == "mean" else 1
+            macs_dense = dense_rtrl_macs(model, len(idx), T, loss_steps)
+            vals = [loss_local, correct, macs_dense,
+                    st["macs_total"] if st else float("nan"),
+                    st["alpha"] if st else float("nan"), st["beta"] if st else float("nan"),
+                    st["gamma_final"] if st else float("nan"),
+                    _m_density(learner.engine) if st else float("nan")]
+            vals = ddp.all_reduce_sum(vals)
+            loss_g, correct_g, macs_d, macs_e = vals[:4]
+            alpha, beta, gamma, mdens = (v / world for v in vals[4:])
+            counters["batch"] += 1
+            counters["global_batch"] += 1
+            counters["updates"] += learner.updates
+            rec = {
+                "kind": "batch", "epoch": epoch, "batch": b, "global_batch": counters["global_batch"],
+                "updates": counters["updates"], "loss": loss_g, "acc": correct_g / len(global_idx),
+                "alpha": alpha, "beta": beta, "gamma": gamma, "m_density": mdens,
+                "macs_event": macs_e, "macs_dense": macs_d,
+                "saving": macs_d / macs_e if macs_e and macs_e == macs_e else float("nan"),
+                "batch_s": dt_batch,
+            }
+            if rank == 0:
+                batch_log.write(rec)
+            if cfg.checkpoint_every and counters["global_batch"] % cfg.checkpoint_every == 0 \
+                    and counters["batch"] < n_batches:
+                checkpoint()
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss_g:.3f}", acc=f"{rec['acc']:.2f}", alpha=f"{alpha:.3f}",
+                                beta=f"{beta:.3f}", saving=f"{rec['saving']:.1f}x")
+            for cb in callbacks:
+                cb(rec)
+        # epoch end
+        recs = [r for r in batch_log.records if r["epoch"] == epoch] if rank == 0 else []
+        erec: dict[str, Any] = {"kind": "epoch", "epoch": epoch,
+                                "updates": counters["updates"],
+                                "wall_s": wall0 + time.perf_counter() - t_run}
+        if recs:
+            for k in ("loss", "acc", "alpha", "beta", "gamma", "m_density", "saving"):
+                erec[k] = sum(r[k] for r in recs) / len(recs)
+        if cfg.eval_each_epoch and test_data is not None:
+            erec["test_acc"] = _accuracy(model, readout, test_data, cfg.loss, cfg.eval_batch)
+        counters["epoch"] += 1
+        counters["batch"] = 0
+        if rank == 0:
+            epoch_log.write(erec)
+            save_model(model, run / "model.h5", readout=readout, epoch=epoch + 1, loss_mode=cfg.loss,
+                       data=cfg.data, test_acc=erec.get("test_acc"))
+        checkpoint()
+    if bar is not None:
+        bar.close()
+    wall = time.perf_counter() - t_start
+    if rank == 0:
+        _write_json(run / "summary.json", {
+            "epochs": counters["epoch"], "updates": counters["updates"],
+            "train_wall_s": wall0 + time.perf_counter() - t_run,
+            "last_epoch": epoch_log.records[-1] if epoch_log.records else None,
+        })
+    ddp.barrier()
+    return TrainResult(run, model, readout, list(batch_log.records), list(epoch_log.records), wall)

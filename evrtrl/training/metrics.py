@@ -1,0 +1,145 @@
+r"""Metrics of a training run: the dense-RTRL cost formula and the CSV / JSON-lines logs.
+
+Dense RTRL multiply-adds (what :class:`evrtrl.DenseRTRL` performs and counts, for the
+same model, batch and number of steps; it does no skipping, so the count does not depend
+on activity). Per layer ``l`` with ``n`` units, ``m`` state components (``nm = n m``),
+``w_l`` columns of its own parameters (``p_total``, or ``p_live`` for ``dense-live``) and
+``P_l = w_0 + ... + w_l`` columns of the parameters it depends on, one step costs
+
+.. math::
+
+    B\,[\; nm\,w_l \;(\bar M_t)
+        + [t>0,\ \text{recurrent}]\; nm \cdot n \cdot nm \;(J_t = D_t + A_t G_{t-1})
+        + (nm)^2 P_l \;(J_t M_{t-1}) \;]
+
+plus, for ``l > 0`` with the layer below of ``n' m'`` states,
+:math:`B\,[nm\, n' \cdot n'm' + nm \cdot n'm'\, P_{l-1}]` (input Jacobian and its product),
+and for every step that has a loss, :math:`B\,[n_L \cdot nm_L + nm_L P_L]` (the gradient
+:math:`e_t^T G_t M_t` of the last layer). The saving reported during training is
+``macs_dense / macs_event``, the event engine's MACs being *counted* as it runs.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterable
+
+__all__ = ["dense_rtrl_macs", "MetricsLog", "read_records"]
+
+
+def dense_rtrl_macs(model: Any, batch: int, steps: int, loss_steps: int | None = None,
+                    columns: str = "all") -> int:
+    """Multiply-adds of dense RTRL (module docstring) over ``steps`` steps of ``batch``
+    streams, with a loss at ``loss_steps`` of them (default: every step)."""
+    from evrtrl.network import layers_of
+
+    refs = layers_of(model)
+    loss_steps = steps if loss_steps is None else loss_steps
+    widths = []
+    for r in refs:
+        layer = r.layer
+        if columns == "all":
+            widths.append(sum(p.numel() for p in layer.parameters(recurse=False)))
+        else:
+            widths.append(layer.live_parameter_count)
+    total = 0
+    P = 0
+    below = None
+    for l, r in enumerate(refs):
+        layer = r.layer
+        n, m = layer.hidden_size, layer.state_size
+        nm = n * m
+        P_prev, P = P, P + widths[l]
+        recurrent = any(p.source == "recurrent" for p in layer.projections)
+        per_step = nm * widths[l] + nm * nm * P
+        total += steps * per_step
+        if recurrent and steps > 1:
+            total += (steps - 1) * nm * n * nm
+        if l > 0:
+            nb, mb = below.hidden_size, below.state_size
+            total += steps * (nm * nb * nb * mb + nm * nb * mb * P_prev)
+        below = layer
+    last = refs[-1].layer
+    nmL = last.hidden_size * last.state_size
+    total += loss_steps * (last.hidden_size * nmL + nmL * P)
+    return batch * total
+
+
+class MetricsLog:
+    """Append-only logs ``<name>.csv`` and/or ``<name>.jsonl`` in a run directory.
+
+    ``formats``: a subset of ``{"csv", "json"}``. The CSV header is the union of the
+    keys of the records written so far (the file is rewritten when a new key appears,
+    which happens at most a few times per run).
+    """
+
+    def __init__(self, run_dir: str | os.PathLike, name: str, formats: Iterable[str]) -> None:
+        self.dir, self.name = Path(run_dir), name
+        self.formats = set(formats)
+        self.records: list[dict[str, Any]] = []
+        self.keys: list[str] = []
+
+    @property
+    def csv_path(self) -> Path:
+        return self.dir / f"{self.name}.csv"
+
+    @property
+    def json_path(self) -> Path:
+        return self.dir / f"{self.name}.jsonl"
+
+    def reset(self, records: list[dict[str, Any]]) -> None:
+        """Rewrite both files from ``records`` (used on resume: the checkpoint's records
+        are the truth; rows logged after the checkpoint are dropped and redone)."""
+        self.records, self.keys = [], []
+        for p in (self.csv_path, self.json_path):
+            if p.exists():
+                p.unlink()
+        for r in records:
+            self.write(r)
+
+    def write(self, record: dict[str, Any]) -> None:
+        self.records.append(dict(record))
+        if "json" in self.formats:
+            with open(self.json_path, "a") as f:
+                f.write(json.dumps(record, sort_keys=False) + "\n")
+        if "csv" in self.formats:
+            new = [k for k in record if k not in self.keys]
+            if new:
+                self.keys += new
+                self._rewrite_csv()
+            else:
+                with open(self.csv_path, "a", newline="") as f:
+                    csv.DictWriter(f, self.keys).writerow(record)
+
+    def _rewrite_csv(self) -> None:
+        tmp = self.csv_path.with_suffix(".csv.tmp")
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, self.keys)
+            w.writeheader()
+            for r in self.records:
+                w.writerow(r)
+        os.replace(tmp, self.csv_path)
+
+
+def read_records(run_dir: str | os.PathLike, name: str) -> list[dict[str, Any]]:
+    """Records of ``<name>.jsonl`` (or ``<name>.csv``) in ``run_dir``; [] if neither."""
+    run_dir = Path(run_dir)
+    jp, cp = run_dir / f"{name}.jsonl", run_dir / f"{name}.csv"
+    if jp.exists():
+        with open(jp) as f:
+            return [json.loads(line) for line in f if line.strip()]
+    if cp.exists():
+        out = []
+        with open(cp, newline="") as f:
+            for row in csv.DictReader(f):
+                rec: dict[str, Any] = {}
+                for k, v in row.items():
+                    try:
+                        rec[k] = float(v) if v not in ("", None) else None
+                    except ValueError:
+                        rec[k] = v
+                out.append(rec)
+        return out
+    return []
