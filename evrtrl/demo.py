@@ -1,7 +1,7 @@
 """``evrtrl demo``: online exact RTRL with the event engine on the rotation task.
 
 An EGRU (16 units, 2 inputs) with a linear readout of its last output learns the
-direction of rotation of a spiralling 2-D trajectory (``datasets.rotation``), with
+direction of rotation of a spiralling 2-D trajectory (``evrtrl.training.data``), with
 exact gradients from the event-driven engine and one Adam step per batch of sequences.
 It prints the activity statistics and the counted multiply-adds against dense RTRL
 for the same model and ends with ``test accuracy: NN.N%``.
@@ -18,13 +18,13 @@ def run(*, epochs: int = 30, hidden: int = 16, batch: int = 64, seed: int = 0,
         progress: bool = True) -> float:
     """Train and return the test accuracy in [0, 1]."""
     import evrtrl
-    from datasets.rotation import rotation_task
+    from evrtrl.training.data import rotation_task
     from models import EGRU, Readout, Triangle
 
     torch.manual_seed(seed)
-    x_tr, y_tr = rotation_task(1024, seed=seed)
-    x_te, y_te = rotation_task(512, seed=seed + 1)
-    x_tr, y_tr, x_te, y_te = map(torch.from_numpy, (x_tr, y_tr, x_te, y_te))
+    train, test = rotation_task(1024, seed=seed), rotation_task(512, seed=seed + 1)
+    x_tr, y_tr = train.x.transpose(0, 1).float(), train.y
+    x_te, y_te = test.x.transpose(0, 1).float(), test.y
     T = x_tr.shape[0]
     model = EGRU(2, hidden, theta_init=0.1, pseudo_derivative=Triangle(0.7, 0.5),
                  generator=torch.Generator().manual_seed(seed))
