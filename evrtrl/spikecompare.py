@@ -226,12 +226,13 @@ def compare_spikes(
     states_b: Mapping[str, Any] | None = None,
     windows: Sequence[int] = MATCH_WINDOWS,
     vr_tau: float = VR_TAU_STEPS,
-    vp_q: float = VP_Q_PER_STEP,
+    vp_q: float | None = VP_Q_PER_STEP,
     names: tuple[str, str] = ("a", "b"),
 ) -> SpikeComparison:
     """Compare two spike rasters ``(T, B, n)`` (tensors or arrays of 0/1); see the module doc.
 
     ``states_a`` / ``states_b``: optional dicts of ``(T, B, n)`` traces compared by name.
+    ``vp_q=None`` skips the Victor–Purpura distance (O(N_a N_b) per neuron in Python; NaN).
     """
     ra, rb = _raster(a, names[0]), _raster(b, names[1])
     if ra.shape != rb.shape:
@@ -250,11 +251,15 @@ def compare_spikes(
         m = sum(match_count(ta[bb][k], tb[bb][k], int(s)) for bb in range(B) for k in range(n))
         matched[int(s)] = 1.0 if denom == 0 else m / denom
     vr = np.array([[van_rossum(ta[bb][k], tb[bb][k], vr_tau) for k in range(n)] for bb in range(B)])
-    vp = np.array([[victor_purpura(ta[bb][k], tb[bb][k], vp_q) for k in range(n)] for bb in range(B)])
+    if vp_q is None:
+        vp = np.full((B, n), np.nan)
+    else:
+        vp = np.array([[victor_purpura(ta[bb][k], tb[bb][k], vp_q) for k in range(n)]
+                       for bb in range(B)])
     rms, mx, arg = state_rms(states_a or {}, states_b or {})
     return SpikeComparison(
         names=tuple(names), shape=(T, B, n), count_a=ca, count_b=cb, count_diff=ca - cb,
-        matched=matched, vr_tau=float(vr_tau), van_rossum=vr.reshape(B, n), vp_q=float(vp_q),
+        matched=matched, vr_tau=float(vr_tau), van_rossum=vr.reshape(B, n), vp_q=float(vp_q) if vp_q is not None else float('nan'),
         victor_purpura=vp.reshape(B, n), n_mismatch=n_mis, first_mismatch=first,
         state_rms=rms, state_max_abs=mx, state_argmax=arg,
     )
