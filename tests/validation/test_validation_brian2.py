@@ -17,7 +17,7 @@ pytest.importorskip("brian2")
 
 from neuromorphic.brian2_bridge import run_brian2  # noqa: E402
 
-pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationWarning:brian2")]
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 
 # (seed, d, n, T, B, input rate, weight scale): several seeds, rates and sizes
 CONFIGS = [
