@@ -72,6 +72,9 @@ def _models(d, n, dt, tau_mem, tau_syn, recurrent, scale, seed):
     kw = dict(tau_mem=tau_mem, tau_syn=tau_syn, dt=dt, recurrent=recurrent, dtype=torch.float64)
     exact = LIF(d, n, integration="exact", weight_scale=scale, generator=g, **kw)
     euler = LIF(d, n, integration="euler", **kw)
+    if recurrent:  # recurrent weights at 1/4 of the input scale: no runaway excitation
+        with torch.no_grad():
+            exact.U.mul_(0.25)
     euler.load_state_dict(exact.state_dict())
     return exact, euler
 
