@@ -1,0 +1,227 @@
+"""Run a library LIF model (``integration="exact"``) in Brian2 and return its spikes and states.
+
+The network built from a ``models.LIF`` layer (or a ``models.Stack`` of them), with
+dimensionless ``v`` and ``isyn`` (Brian2 reserves the name ``i`` for the neuron index):
+
+.. code-block:: text
+
+    NeuronGroup(B*n, '''dv/dt = (v_leak - v + isyn)/tau_mem : 1
+                        disyn/dt = -isyn/tau_syn : 1''',
+                threshold='v > v_th', reset='v = v_reset'   # or 'v -= v_th - v_reset'
+                method='exact')
+    SpikeGeneratorGroup(B*d, ...)       # channel j of batch b fires at t*dt when x[t, b, j] = 1
+    Synapses(pre, post, 'w : 1', on_pre='isyn_post += w')  # input W, recurrent U, layer to layer
+    StateMonitor(..., when='end')       # end-of-step values, as evrtrl.simulate reports them
+
+Brian2's default schedule (groups, thresholds, synapses, resets) with zero-delay synapses is
+the library's exact step: integrate over ``dt``, threshold, current jumps of the spikes of the
+same step (input, recurrent, previous layer), reset. A batch of B sequences is B disconnected
+copies of the network in one run (block-diagonal synapses), so B should stay small.
+
+Brian2 runs with the ``numpy`` code-generation target (no compiler, no cache), its log file
+off, its Cython cache (unused by numpy) pointed at a temporary directory, and — when
+matplotlib (imported by sympy, imported by Brian2) has not been configured — matplotlib's
+config/cache directory pointed at a temporary directory, so that nothing is written into the
+user's home directory.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from evrtrl.api import LayerTrace
+from evrtrl.errors import ConfigError, UnsupportedError
+from neuromorphic._bridge import BridgeResult, check_spike_input, lif_layers
+
+__all__ = ["run_brian2", "brian2_network_code", "EULER_MESSAGE"]
+
+EULER_MESSAGE = (
+    "run_brian2: integration='euler' is Norse's schedule (current jumps of step t, then one "
+    "forward-Euler step, then threshold), which Brian2's method='euler' does not reproduce: "
+    "Brian2 integrates before the threshold and applies synaptic jumps after it, so the "
+    "input of step t reaches v one step later; compare euler models with "
+    "neuromorphic.norse_bridge.run_norse instead"
+)
+
+_TMP: str | None = None
+
+
+def _tmpdir() -> str:
+    global _TMP
+    if _TMP is None:
+        _TMP = tempfile.mkdtemp(prefix="evrtrl_brian2_")
+    return _TMP
+
+
+def _import_brian2():
+    """Import Brian2 with home-safe preferences (see the module docstring)."""
+    if "matplotlib" not in sys.modules and "MPLCONFIGDIR" not in os.environ:
+        user_cfg = os.path.join(os.path.expanduser("~"), ".config", "matplotlib")
+        if not os.path.isdir(user_cfg):  # no user configuration would be lost
+            os.environ["MPLCONFIGDIR"] = os.path.join(_tmpdir(), "matplotlib")
+    try:
+        import brian2
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            "run_brian2 needs Brian2 (pip install 'evrtrl[sim]' or pip install brian2)"
+        ) from e
+    prefs = brian2.prefs
+    prefs.codegen.target = "numpy"
+    prefs.codegen.runtime.cython.cache_dir = os.path.join(_tmpdir(), "cython")
+    prefs.logging.file_log = False
+    prefs.logging.save_script = False
+    prefs.logging.delete_log_on_exit = True
+    prefs.logging.std_redirection = False
+    brian2.BrianLogger.log_level_warn()
+    return brian2
+
+
+def _layer_namespace(layer, b2) -> dict:
+    return dict(
+        v_leak=layer.v_leak, v_th=layer.v_th, v_reset=layer.v_reset,
+        tau_mem=layer.tau_mem * b2.second, tau_syn=layer.tau_syn * b2.second,
+    )
+
+
+EQUATIONS = """
+dv/dt = (v_leak - v + isyn) / tau_mem : 1
+disyn/dt = -isyn / tau_syn : 1
+"""
+
+
+def _reset_code(layer) -> str:
+    return "v = v_reset" if layer.reset == "zero" else "v -= (v_th - v_reset)"
+
+
+def brian2_network_code(model) -> str:
+    """The Brian2 equations, threshold and reset used for each layer (for docs and reports)."""
+    from evrtrl.network import layers_of
+
+    out = []
+    for ref in layers_of(model):
+        l = ref.layer
+        out.append(
+            f"layer {ref.index}: NeuronGroup(n={l.hidden_size}, {EQUATIONS.strip()!r}, "
+            f"threshold='v > v_th', reset={_reset_code(l)!r}, method='exact'); "
+            f"tau_mem={l.tau_mem} s, tau_syn={l.tau_syn} s, v_th={l.v_th}, v_leak={l.v_leak}, "
+            f"v_reset={l.v_reset}, dt={l.dt} s"
+        )
+    return "\n".join(out)
+
+
+def _block_synapses(b2, pre, post, weight: np.ndarray, batches: int, n_pre: int, n_post: int,
+                    clock, name: str):
+    """Synapses pre->post for every batch copy, weight[k, j] from pre j to post k; None if empty."""
+    k, j = np.nonzero(weight)
+    if k.size == 0:
+        return None
+    offs = np.arange(batches)
+    src = (offs[:, None] * n_pre + j[None, :]).ravel()
+    dst = (offs[:, None] * n_post + k[None, :]).ravel()
+    syn = b2.Synapses(pre, post, "w : 1", on_pre="isyn_post += w", clock=clock, name=name)
+    syn.connect(i=src, j=dst)
+    syn.w[:] = np.tile(weight[k, j], batches)
+    return syn
+
+
+@torch.no_grad()
+def run_brian2(model, x: torch.Tensor, *, batch_index: int | Sequence[int] | None = None
+               ) -> BridgeResult:
+    """Simulate ``model`` (exact-integration LIF layer or Stack) in Brian2 on spikes ``x``.
+
+    ``x``: (T, B, d) of 0/1. ``batch_index``: simulate only these batch entries (an int or a
+    list; default all). Returns a :class:`BridgeResult` with spikes and the ``v``/``i``
+    traces (T, B', n) of every layer, recorded in the ``'end'`` slot, in float64.
+    Raises :class:`~evrtrl.errors.UnsupportedError` for EGRU layers (no Brian2 equivalent is
+    attempted), ``integration='euler'`` (see :data:`EULER_MESSAGE`) and graded inputs.
+    """
+    refs = lif_layers(model, x, "run_brian2", "exact") if not _is_euler(model) else None
+    if refs is None:
+        raise UnsupportedError(EULER_MESSAGE)
+    check_spike_input(x, "run_brian2")
+    T, B, d = x.shape
+    if batch_index is None:
+        bidx = list(range(B))
+    elif isinstance(batch_index, int):
+        bidx = [batch_index]
+    else:
+        bidx = [int(b) for b in batch_index]
+    for b in bidx:
+        if not 0 <= b < B:
+            raise ConfigError(f"run_brian2: batch_index {b} is outside 0..{B - 1}")
+    nb = len(bidx)
+    dts = {r.layer.dt for r in refs}
+    if len(dts) != 1:
+        raise ConfigError(f"run_brian2: all layers must share one dt, got {sorted(dts)}")
+    dt = dts.pop()
+
+    b2 = _import_brian2()
+    clock = b2.Clock(dt=dt * b2.second, name="evrtrl_clock*")
+    xs = x[:, bidx, :].detach().cpu().numpy()
+    tt, bb, jj = np.nonzero(xs)
+    gen = b2.SpikeGeneratorGroup(
+        nb * d, indices=(bb * d + jj).astype(np.int64), times=tt * dt * b2.second,
+        clock=clock, name="evrtrl_input*",
+    )
+    objects = [gen]
+    groups, state_mons, spike_mons = [], [], []
+    pre, n_pre = gen, d
+    for ref in refs:
+        layer = ref.layer
+        n = layer.hidden_size
+        w = layer.weights()
+        G = b2.NeuronGroup(
+            nb * n, EQUATIONS, threshold="v > v_th", reset=_reset_code(layer),
+            method="exact", clock=clock, namespace=_layer_namespace(layer, b2),
+            name=f"evrtrl_layer{ref.index}*",
+        )
+        G.v = layer.v_leak
+        G.isyn = 0.0
+        objects.append(G)
+        W = w.W.detach().to(torch.float64).cpu().numpy()
+        s = _block_synapses(b2, pre, G, W, nb, n_pre, n, clock, f"evrtrl_W{ref.index}*")
+        if s is not None:
+            objects.append(s)
+        if getattr(w, "U", None) is not None:
+            U = w.U.detach().to(torch.float64).cpu().numpy()
+            s = _block_synapses(b2, G, G, U, nb, n, n, clock, f"evrtrl_U{ref.index}*")
+            if s is not None:
+                objects.append(s)
+        sm = b2.SpikeMonitor(G, name=f"evrtrl_spikes{ref.index}*")
+        st = b2.StateMonitor(G, ["v", "isyn"], record=True, when="end",
+                             name=f"evrtrl_states{ref.index}*")
+        objects += [sm, st]
+        groups.append(G)
+        spike_mons.append(sm)
+        state_mons.append(st)
+        pre, n_pre = G, n
+
+    net = b2.Network(*objects)
+    net.run(T * dt * b2.second, namespace={})
+
+    traces = []
+    for ref, sm, st in zip(refs, spike_mons, state_mons):
+        n = ref.layer.hidden_size
+        spikes = np.zeros((T, nb, n))
+        steps = np.rint(np.asarray(sm.t_) / dt).astype(np.int64)
+        idx = np.asarray(sm.i, dtype=np.int64)
+        spikes[steps, idx // n, idx % n] = 1.0
+        if st.v.shape[1] != T:
+            raise RuntimeError(f"run_brian2: Brian2 recorded {st.v.shape[1]} steps, expected {T}")
+        v = np.asarray(st.v).T.reshape(T, nb, n)
+        i = np.asarray(st.isyn).T.reshape(T, nb, n)
+        sp = torch.from_numpy(spikes)
+        traces.append(LayerTrace(sp, sp, {"v": torch.from_numpy(v), "i": torch.from_numpy(i)}))
+    last = traces[-1]
+    return BridgeResult(last.spikes, last.states, traces, f"brian2 {b2.__version__}", bidx)
+
+
+def _is_euler(model) -> bool:
+    from evrtrl.network import layers_of
+
+    return any(getattr(r.layer, "integration", None) == "euler" for r in layers_of(model))

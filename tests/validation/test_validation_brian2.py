@@ -1,0 +1,101 @@
+"""exact integration reproduces Brian2 (method='exact', default schedule) spike for spike."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import evrtrl
+from evrtrl.errors import UnsupportedError
+from models import EGRU, Stack
+
+pytest.importorskip("brian2")
+
+from neuromorphic.brian2_bridge import run_brian2  # noqa: E402
+
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
+
+# (seed, d, n, T, B, input rate, weight scale): several seeds, rates and sizes
+CONFIGS = [
+    (0, 4, 6, 150, 2, 0.10, 3.0),
+    (1, 8, 16, 300, 2, 0.25, 2.0),
+    (2, 3, 24, 200, 1, 0.05, 5.0),
+]
+
+
+def _check(model, x, res):
+    sim = evrtrl.simulate(model, x)
+    for l, (a, b) in enumerate(zip(sim.layers, res.layers)):
+        assert a.spikes.sum() > 0, "test network is silent; the check would be vacuous"
+        mism = (a.spikes != b.spikes).nonzero()
+        assert mism.numel() == 0, f"layer {l}: first mismatch (t, b, k) = {mism[0].tolist()}"
+        for key in ("v", "i"):
+            err = (a.states[key] - b.states[key]).abs().max().item()
+            assert err < 1e-9, f"layer {l} state {key}: max |diff| {err:.3e}"
+
+
+@pytest.mark.parametrize("recurrent", [False, True], ids=["ff", "rec"])
+@pytest.mark.parametrize("reset", ["zero", "subtract"])
+@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: f"seed{c[0]}-n{c[2]}-rate{c[5]}")
+def test_exact_matches_brian2(make_lif, make_spikes, recurrent, reset, cfg):
+    seed, d, n, T, B, rate, scale = cfg
+    m = make_lif(d, n, seed=seed, reset=reset, recurrent=recurrent, scale=scale)
+    x = make_spikes(T, B, d, rate, seed)
+    _check(m, x, run_brian2(m, x))
+
+
+def test_exact_matches_brian2_nonzero_leak_reset_and_taus(make_lif, make_spikes):
+    m = make_lif(5, 12, seed=7, reset="subtract", tau_mem=8e-3, tau_syn=3e-3, dt=0.5e-3,
+                 v_leak=0.2, v_reset=-0.3, scale=6.0)
+    x = make_spikes(250, 2, 5, 0.2, 7)
+    _check(m, x, run_brian2(m, x))
+
+
+def test_stack_matches_brian2(make_lif, make_spikes):
+    m = Stack(make_lif(5, 10, seed=3, scale=4.0),
+              make_lif(10, 7, seed=4, reset="subtract", recurrent=False, scale=3.0,
+                       tau_mem=15e-3, tau_syn=5e-3))
+    x = make_spikes(200, 2, 5, 0.2, 3)
+    _check(m, x, run_brian2(m, x))
+
+
+def test_batch_index(make_lif, make_spikes):
+    m = make_lif(4, 6, seed=5)
+    x = make_spikes(120, 3, 4, 0.2, 5)
+    res = run_brian2(m, x, batch_index=2)
+    sim = evrtrl.simulate(m, x)
+    assert res.spikes.shape == (120, 1, 6)
+    assert torch.equal(res.spikes[:, 0], sim.spikes[:, 2])
+
+
+def test_unsupported(make_lif, make_spikes):
+    x = make_spikes(10, 1, 3, 0.5, 0)
+    with pytest.raises(UnsupportedError, match="EGRU"):
+        run_brian2(EGRU(3, 4, dtype=torch.float64), x)
+    with pytest.raises(UnsupportedError, match="euler"):
+        run_brian2(make_lif(3, 4, seed=0, integration="euler"), x)
+    with pytest.raises(UnsupportedError, match="0/1 spikes"):
+        run_brian2(make_lif(3, 4, seed=0), x * 0.5)
+
+
+def test_never_writes_into_home(tmp_path):
+    """A fresh process with HOME pointed at an empty directory leaves it empty."""
+    home = tmp_path / "home"
+    home.mkdir()
+    root = Path(__file__).resolve().parents[2]
+    code = (
+        "import torch\n"
+        "from models import LIF\n"
+        "from neuromorphic.brian2_bridge import run_brian2\n"
+        "m = LIF(2, 3, tau_mem=0.02, tau_syn=0.01, dt=1e-3, dtype=torch.float64)\n"
+        "run_brian2(m, torch.ones(5, 1, 2, dtype=torch.float64))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("MPLCONFIGDIR", "XDG_CACHE_HOME",
+                                                            "XDG_CONFIG_HOME")}
+    env.update(HOME=str(home), PYTHONPATH=str(root))
+    subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, check=True, timeout=300)
+    assert sorted(p.relative_to(home).as_posix() for p in home.rglob("*")) == []
