@@ -183,17 +183,10 @@ def _model_checks(model, T):
 
 
 def _load(model_path: str):
-    try:
-        from evrtrl.checkpoint import load_model  # the lead's loader, where it exists
-    except ImportError as e:
-        from evrtrl.errors import UnsupportedError
+    """The recurrent model of a file written by ``evrtrl.checkpoint.save_model``."""
+    from evrtrl.checkpoint import load_model
 
-        raise UnsupportedError(
-            f"validate --model {model_path}: this build has no checkpoint loader "
-            "(evrtrl.checkpoint.load_model); run `evrtrl validate` without --model to check "
-            "the built-in defaults"
-        ) from e
-    return load_model(model_path)
+    return load_model(model_path).model
 
 
 def run_validation(model_path: str | None = None, quick: bool = False) -> list[CheckResult]:
@@ -261,7 +254,7 @@ def main(args: argparse.Namespace | list[str] | None = None) -> int:
 
 def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", metavar="PATH", default=None,
-                   help="validate a saved model (needs evrtrl.checkpoint.load_model)")
+                   help="validate a model saved by evrtrl.checkpoint.save_model (or `evrtrl train`)")
     p.add_argument("--quick", action="store_true",
                    help="shorter sequences and fewer configurations")
 

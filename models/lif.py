@@ -143,7 +143,7 @@ def lif_parameters(
 
 def _reset(p: LIFParameters, q: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     if p.reset == "zero":
-        return q - z * (q - p.v_reset)
+        return (1 - z) * q + z * p.v_reset  # exactly v_reset where z = 1 (Norse's form)
     return q - z * (p.v_th - p.v_reset)
 
 
@@ -153,11 +153,12 @@ def lif_step(
     """One LIF step (module docstring); pure, differentiable."""
     v = _reset(p, state.q, state.e)
     j = state.i
+    if p.integration == "euler":
+        # Norse's operation order (i + W x) + U z, so that states agree bit for bit
+        j = j + F.linear(x, w.W)
     if w.U is not None:
         j = j + F.linear(state.e, w.U)
     if p.integration == "euler":
-        # Norse's operation order, so that spikes agree bit for bit
-        j = j + F.linear(x, w.W)
         q = v + p.dt * (1.0 / p.tau_mem) * ((p.v_leak - v) + j)
         i = j + (-p.dt * (1.0 / p.tau_syn)) * j
     else:

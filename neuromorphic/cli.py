@@ -1,7 +1,7 @@
 """CLI: ``evrtrl export MODEL --target NAME --format nir|bundle -o PATH`` and ``evrtrl targets``.
 
-MODEL is a checkpoint path. Until ``evrtrl.checkpoint`` exists, a ``.nir`` file or
-a bundle (``.h5``) is accepted as MODEL (TODO: read ``evrtrl.checkpoint.load_model``).
+MODEL is a model file written by ``evrtrl.checkpoint.save_model`` (``evrtrl train``
+writes ``RUN/model.h5``), a ``.nir`` graph, or an evrtrl bundle.
 """
 from __future__ import annotations
 
@@ -13,10 +13,8 @@ def _load(path: str, dt: float | None):
     from pathlib import Path
 
     p = Path(path)
-    try:
-        from evrtrl import checkpoint  # type: ignore[attr-defined]
-    except ImportError:
-        checkpoint = None
+    from evrtrl import checkpoint
+
     if p.suffix == ".nir":
         from .nir_io import import_nir
         return import_nir(p, dt=dt)
@@ -27,9 +25,7 @@ def _load(path: str, dt: float | None):
         from .bundle import read_bundle
         from .netspec import model_from_network
         return model_from_network(read_bundle(p).network)
-    if checkpoint is not None:
-        return checkpoint.load_model(p)
-    raise SystemExit(f"cannot read model {path!r}: expected .nir, an evrtrl bundle, or an evrtrl checkpoint")
+    return checkpoint.load_model(p).model
 
 
 def _export(args) -> int:

@@ -114,16 +114,21 @@ def test_register_adds_validate_command():
     assert args.model is None and not args.quick
 
 
-def test_validate_model_without_loader_is_a_clear_error(capsys):
-    from evrtrl.validate import main
+def test_validate_saved_model(tmp_path, capsys):
+    """`evrtrl validate --model PATH` checks a saved model; a missing file is exit code 2."""
+    import torch
 
-    try:
-        import evrtrl.checkpoint  # noqa: F401
-        pytest.skip("a checkpoint loader exists in this build")
-    except ImportError:
-        pass
-    assert main(["--model", "nope.h5"]) == 2
-    assert "checkpoint loader" in capsys.readouterr().out
+    from evrtrl.checkpoint import save_model
+    from evrtrl.validate import main
+    from models import EGRU
+
+    path = tmp_path / "m.h5"
+    save_model(EGRU(2, 5, generator=torch.Generator().manual_seed(0)), path)
+    code = main(["--quick", "--model", str(path)])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "pass" in out.lower()
+    assert main(["--model", str(tmp_path / "missing.h5")]) == 2
 
 
 @pytest.mark.slow
