@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -46,11 +45,12 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from evrtrl.atomic import atomic_write
 from evrtrl.errors import ConfigError, FormatError
 
 __all__ = [
     "FORMAT_VERSION", "save_model", "load_model", "save_checkpoint", "load_checkpoint",
-    "Checkpoint", "atomic_write",
+    "Checkpoint",
 ]
 
 #: the only format version this code writes and reads
@@ -66,44 +66,16 @@ _DTYPES = {
 
 
 # --------------------------------------------------------------------- atomic write
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(str(path), os.O_RDONLY)
-    except OSError:  # pragma: no cover - e.g. Windows
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[Any], None]) -> Path:
-    """Write an HDF5 file atomically: ``write(h5file)`` fills a temporary file next to
-    ``path``, which is flushed, fsync'ed and renamed over ``path`` only if ``write``
-    returns. On any exception the temporary file is removed and ``path`` is untouched."""
+def _write_h5(path: str | os.PathLike, write: Callable[[Any], None]) -> Path:
+    """Fill a new HDF5 file with ``write(h5file)`` atomically (:mod:`evrtrl.atomic`)."""
     import h5py
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
-    os.close(fd)
-    try:
+    def fill(tmp: str) -> None:
         with h5py.File(tmp, "w") as f:
             write(f)
             f.flush()
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(path.parent)
-    return path
+
+    return atomic_write(path, fill)
 
 
 def _open(path: str | os.PathLike, kind: str):
@@ -303,7 +275,7 @@ def save_model(model: Any, path: str | os.PathLike, *, readout: Any | None = Non
     """Store ``model`` (EGRU, LIF or a Stack of them) and an optional ``readout``
     (``models.Readout``) in a versioned HDF5 file, atomically. ``extra`` (JSON-able
     values, e.g. accuracy, data spec) is kept in the root attribute ``extra``."""
-    return atomic_write(path, lambda f: (_write_header(f, "evrtrl-model", extra),
+    return _write_h5(path, lambda f: (_write_header(f, "evrtrl-model", extra),
                                          _write_model(f, model, readout)))
 
 
@@ -455,7 +427,7 @@ def save_checkpoint(
         _write_tree(f, "rng", dict(rng))
         _write_tree(f, "metrics", list(metrics or []))
 
-    return atomic_write(path, write)
+    return _write_h5(path, write)
 
 
 def load_checkpoint(path: str | os.PathLike) -> Checkpoint:

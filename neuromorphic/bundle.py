@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from evrtrl.errors import FormatError
-from ._atomic import atomic_write
+from evrtrl.atomic import atomic_write
 from .netspec import EGRULayer, LIFLayer, Network, network_from_model
 
 __all__ = ["BUNDLE_VERSION", "READABLE_VERSIONS", "Bundle", "export_bundle", "read_bundle"]

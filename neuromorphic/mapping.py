@@ -20,7 +20,7 @@ from typing import Any, Callable
 import numpy as np
 
 from evrtrl.errors import ConfigError
-from .netspec import EGRULayer, LIFLayer, Network, network_from_model
+from .netspec import Network, network_from_model
 from .placement import CoreLimits, neuron_loads, place
 from .profiles import HardwareProfile, load_profile
 from .quantize import QuantizedWeights, quantize_decay, quantize_weights, tau_from_decay
@@ -257,7 +257,6 @@ def map_to_hardware(model, profile, *, quantization: str = "per_tensor", x=None,
             nnz = int(sum(np.count_nonzero(live[k]) for k in rec))
             V.append(Violation("recurrent_outputs", li, f"the output layer has {nnz} recurrent synapses; output "
                                f"neurons on {prof.name} cannot be recurrent", nnz, 0, True))
-        absmax = max((float(np.abs(w).max()) for w in live.values() if w.size), default=0.0)
         if not prof.weight_signed and any(np.any(w < 0) for w in live.values()):
             V.append(Violation("weight_signed", li, "negative weights on a chip with unsigned weights", True, False))
 

@@ -42,15 +42,12 @@ Conventions (also in ``docs/neuromorphic.md``):
 """
 from __future__ import annotations
 
-import copy
-import os
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from evrtrl.errors import ConfigError, FormatError, UnsupportedError
-from ._atomic import atomic_write
+from evrtrl.atomic import atomic_write
 from .netspec import LIFLayer, Network, model_from_network, network_from_model
 
 __all__ = ["export_nir", "import_nir", "nir_graph_from_network", "network_from_nir_graph",
@@ -351,7 +348,6 @@ def nir_graph_from_network(net: Network, prov: dict | None = None, *, nested: bo
     d0 = prov["input_size"] if prov else net.layers[0].d
     nodes[in_name] = nir.Input(input_type={"input": np.array([d0])})
     src = in_name
-    bias_next = None  # bias carried by a relay into this layer
     for li, L in enumerate(net.layers):
         P = prov["layers"][li] if prov else None
         W = np.where(L.mask("W"), L.W, 0.0).astype(np.float64)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 from typing import Sequence
 
 __all__ = ["register", "main", "cmd_train", "cmd_evaluate", "cmd_plot"]

@@ -33,6 +33,8 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from evrtrl.atomic import atomic_write_text
+
 from evrtrl.errors import ConfigError, UnknownMethodError
 from evrtrl.training import distributed as ddp
 from evrtrl.training.data import SequenceData, open_data, parse_data_spec
@@ -210,12 +212,7 @@ def _epoch_order(seed: int, epoch: int, n: int) -> list[int]:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, default=str)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(obj, indent=2, default=str))
 
 
 # ------------------------------------------------------------------------- train

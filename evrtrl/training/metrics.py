@@ -26,6 +26,8 @@ import os
 from pathlib import Path
 from typing import Any, Iterable
 
+from evrtrl.atomic import atomic_write
+
 __all__ = ["dense_rtrl_macs", "MetricsLog", "read_records"]
 
 
@@ -114,13 +116,14 @@ class MetricsLog:
                     csv.DictWriter(f, self.keys).writerow(record)
 
     def _rewrite_csv(self) -> None:
-        tmp = self.csv_path.with_suffix(".csv.tmp")
-        with open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, self.keys)
-            w.writeheader()
-            for r in self.records:
-                w.writerow(r)
-        os.replace(tmp, self.csv_path)
+        def write(tmp: str) -> None:
+            with open(tmp, "w", newline="") as f:
+                w = csv.DictWriter(f, self.keys)
+                w.writeheader()
+                for r in self.records:
+                    w.writerow(r)
+
+        atomic_write(self.csv_path, write)
 
 
 def read_records(run_dir: str | os.PathLike, name: str) -> list[dict[str, Any]]:

@@ -15,7 +15,6 @@ Writes into ``run_dir/figures/``:
 """
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 from typing import Any

@@ -12,7 +12,7 @@ from torch.func import jacrev
 
 from evrtrl.dense_engine import _gain_matrix, dense_step_jacobians
 from evrtrl.influence import ColumnBlock
-from models import EGRU, LIF, EGRUState, LIFState, Triangle, heaviside
+from models import EGRU, EGRUState, LIFState, heaviside
 
 from .helpers import egru, lif
 
@@ -58,7 +58,7 @@ def test_step_jacobians_match_torch_func(name, kw):
     g = torch.Generator().manual_seed(7)
     # run until the step under test has units inside the pseudo-derivative window, both
     # at the previous state (coupling, reset path) and at the new one (output gain)
-    s, first = layer.initial_state(1), True
+    s = layer.initial_state(1)
     x1 = torch.randn(1, 3, generator=g, dtype=torch.float64) * 2
     s1, aux1 = layer.step(w, s, x1)
     lj1 = layer.local_jacobian(w, s, x1, s1, aux1, True)

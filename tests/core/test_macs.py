@@ -25,7 +25,7 @@ def test_event_macs_equal_analytic_count_hand_built():
     n, m, d = 2, 1, 1
     expected = []
     p_born = 4 * n  # b_u, b_r, b_z, theta born at step 0
-    K_prev = 0
+    K_prev, prev_width = 0, 0
     y_prev_events = 0
     born_sources: set[int] = set()
     y_prev = torch.zeros(1, 2, dtype=torch.float64)

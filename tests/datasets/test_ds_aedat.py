@@ -5,7 +5,7 @@ import pytest
 
 from datasets import DVSGesture, camera_events, cut_segments, read_aedat2, read_aedat2_header, read_aedat31
 from datasets import read_gesture_labels
-from datasets.aedat import write_aedat2, write_aedat31
+from datasets.aedat import write_aedat31
 from evrtrl.errors import FormatError
 
 

@@ -1,4 +1,3 @@
-import os
 
 import h5py
 import nir
@@ -119,7 +118,6 @@ def test_failed_export_leaves_target_untouched(tmp_path, monkeypatch):
 
 def test_bundle_round_trip_egru_and_lif(tmp_path):
     torch.manual_seed(0)
-    from models import random_masks
     e = EGRU(5, 6, dtype=torch.float64)
     net = Stack(e, LIF(6, 3, tau_mem=0.02, tau_syn=0.005, dt=1e-3, dtype=torch.float64,
                        masks={"W": torch.rand(3, 6) < 0.5, "U": torch.rand(3, 3) < 0.5}))

@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 import torch
 
-import evrtrl
 from evrtrl.errors import ConfigError, FormatError
 from models import EGRU, LIF, Stack
 import neuromorphic as N

@@ -2,7 +2,6 @@
 data adapter, bit-exact resume, the CLI end to end, figures and 2-process equivalence."""
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from pathlib import Path
@@ -52,8 +51,10 @@ def _x(T=12, B=3, d=3, seed=0):
 
 # ------------------------------------------------------------------ checkpoints
 @pytest.mark.parametrize("make", [_egru, _lif_stack,
-                                  lambda: LIF(3, 4, tau_mem=0.02, tau_syn=0.02, dt=0.001).double()])
+                                  lambda: LIF(3, 4, tau_mem=0.02, tau_syn=0.02, dt=0.001,
+                                              weight_scale=6.0).double()])
 def test_model_round_trip_identical_outputs(tmp_path, make):
+    torch.manual_seed(0)
     model = make()
     readout = Readout(model.hidden_size, 3, dtype=torch.float64)
     p = save_model(model, tmp_path / "m.h5", readout=readout, note="hi", acc=0.25)

@@ -9,7 +9,7 @@ import torch
 
 import evrtrl.testing as et
 from models import EGRU, LIF
-from models.lif import LIFParameters, lif_step
+from models.lif import lif_step
 
 
 class WrongJacobianLIF(LIF):
