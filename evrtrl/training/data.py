@@ -19,14 +19,16 @@ Kinds
     Random spike-pattern classification: each class has a fixed random template of
     firing probabilities (``rate`` on average, a few channels per step much higher);
     a sample is a Bernoulli draw from its class template. Sparse 0/1 input.
-``shd:PATH[,dt_us=10000,duration_ms=1000,channels=700]``
+``shd:PATH[,dt_us=10000,duration_ms=1000,channels=700,factor=1]``
     Spiking Heidelberg Digits layout (``spikes/times`` in seconds, ``spikes/units``,
     ``labels``, optional ``extra/keys``). ``PATH`` is a ``.h5`` file (used for every
-    split) or a directory holding ``*train*.h5`` and ``*test*.h5``.
-``nmnist:PATH[,dt_us=10000,duration_ms=300,size=34x34]``
+    split) or a directory holding ``*train*.h5`` and ``*test*.h5``. ``factor`` merges
+    neighbouring channels (``unit // factor``; SHD 700 -> 140 with ``factor=5``).
+``nmnist:PATH[,dt_us=10000,duration_ms=300,size=34x34,pool=1]``
     N-MNIST ``.bin`` tree: ``PATH/Train/<class>/*.bin`` and ``PATH/Test/<class>/*.bin``
     (or ``PATH/<class>/*.bin`` for every split); classes are the sorted folder names.
-    Channel ``(p * height + y) * width + x``, ``n_inputs = 2 * width * height``.
+    Channel ``(p * height + y) * width + x``, ``n_inputs = 2 * width * height``;
+    ``pool=k`` pools ``k x k`` pixels into one (``x // k``, ``y // k``).
 
 Expectations of the ``datasets`` package (imported lazily, only for ``shd``/``nmnist``)
 ---------------------------------------------------------------------------------------
@@ -187,16 +189,18 @@ class _BinnedData(SequenceData):
     """Events read and binned per sample by the ``datasets`` package."""
 
     def __init__(self, ds_mod, n: int, labels: list[int], n_classes: int, T: int, d: int,
-                 dt_us: int, read, bin_kw: dict[str, Any]) -> None:
+                 dt_us: int, read, bin_kw: dict[str, Any], transform=None) -> None:
         self.ds, self._n, self.labels = ds_mod, n, labels
         self.n_classes, self.T, self.n_inputs, self.dt_us = n_classes, T, d, dt_us
         self._read, self._bin_kw = read, bin_kw
+        self._transform = transform or (lambda ev: ev)
 
     def __len__(self) -> int:
         return self._n
 
     def batch(self, indices, dtype=torch.float32):
-        steps = [self.ds.bin_events(self._read(int(i)), self.dt_us, T=self.T, **self._bin_kw)
+        steps = [self.ds.bin_events(self._transform(self._read(int(i))), self.dt_us, T=self.T,
+                                    **self._bin_kw)
                  for i in indices]
         x = self.ds.collate(steps, self.T)
         if x.shape != (self.T, len(steps), self.n_inputs):
@@ -219,13 +223,15 @@ def _split_file(path: Path, split: str, pattern: str) -> Path:
 def _open_shd(spec: DataSpec, split: str, dt_us: int) -> SequenceData:
     ds = _import_datasets("shd")
     f = _split_file(Path(spec.path), split, ".h5")
-    d = _opt(spec, "channels", 700)
+    factor = _opt(spec, "factor", 1)
+    d = -(-_opt(spec, "channels", 700) // factor)
     T = math.ceil(_opt(spec, "duration_ms", 1000, float) * 1000 / dt_us)
     h5 = ds.SpikeH5(f)
     n = len(h5)
     labels = [int(h5.label(i)) for i in range(n)]
     n_classes = len(h5.keys) or (max(labels) + 1 if labels else 0)
-    return _BinnedData(ds, n, labels, n_classes, T, d, dt_us, h5.events, {"n_channels": d})
+    return _BinnedData(ds, n, labels, n_classes, T, d, dt_us, h5.events, {"n_channels": d},
+                       ds.DownsampleChannels(factor) if factor > 1 else None)
 
 
 def _open_nmnist(spec: DataSpec, split: str, dt_us: int) -> SequenceData:
@@ -246,9 +252,12 @@ def _open_nmnist(spec: DataSpec, split: str, dt_us: int) -> SequenceData:
         raise FileNotFoundError(f"{base}: no <class>/*.bin files")
     w, _, h = spec.options.get("size", "34x34").partition("x")
     w, h = int(w), int(h or w)
+    pool = ds.SpatialPool(_opt(spec, "pool", 1))
+    w, h = pool.pooled_size(w, h)
     T = math.ceil(_opt(spec, "duration_ms", 300, float) * 1000 / dt_us)
     return _BinnedData(ds, len(files), labels, len(classes), T, 2 * w * h, dt_us,
-                       lambda i: ds.read_nmnist(files[i]), {"sensor_size": (w, h, 2)})
+                       lambda i: ds.read_nmnist(files[i]), {"sensor_size": (w, h, 2)},
+                       pool if pool.kx > 1 else None)
 
 
 def open_data(spec: str | DataSpec, split: str = "train", *, dt_us: int | None = None) -> SequenceData:

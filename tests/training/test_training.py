@@ -331,3 +331,37 @@ def test_two_processes_match_one_process(tmp_path):
     for r1, r2 in zip(one.batches, recs):
         assert r1["loss"] == pytest.approx(r2["loss"], rel=1e-12)
         assert r1["acc"] == r2["acc"] and r1["macs_dense"] == r2["macs_dense"]
+
+
+# ------------------------------------------------------------ down-sampling options
+def test_adapter_pools_and_downsamples_real_format_files(tmp_path):
+    """``factor`` (SHD) and ``pool`` (N-MNIST) shrink the inputs without losing events."""
+    import numpy as np
+
+    from datasets import audio_events, camera_events, write_nmnist, write_shd
+    from evrtrl.training.data import open_data
+
+    rng = np.random.default_rng(0)
+    units = rng.integers(0, 700, 300)
+    t = np.sort(rng.integers(0, 500_000, 300))
+    write_shd(tmp_path / "shd_train.h5", [audio_events(t, units)], [3], [str(k) for k in range(4)])
+    full = open_data("shd:" + str(tmp_path / "shd_train.h5") + ",duration_ms=500", dt_us=10_000)
+    down = open_data("shd:" + str(tmp_path / "shd_train.h5") + ",duration_ms=500,factor=5",
+                     dt_us=10_000)
+    assert (full.n_inputs, down.n_inputs) == (700, 140)
+    xf, yf = full.batch([0])
+    xd, _ = down.batch([0])
+    assert float(xf.sum()) == float(xd.sum()) == 300 and int(yf[0]) == 3
+    torch.testing.assert_close(xd[:, 0, 2], xf[:, 0, 10:15].sum(-1))  # channel 2 = units 10..14
+
+    (tmp_path / "nm" / "Train" / "7").mkdir(parents=True)
+    ev = camera_events(np.arange(200) * 1000, rng.integers(0, 34, 200), rng.integers(0, 34, 200),
+                       rng.integers(0, 2, 200))
+    write_nmnist(tmp_path / "nm" / "Train" / "7" / "00001.bin", ev)
+    pooled = open_data(f"nmnist:{tmp_path / 'nm'},pool=4,duration_ms=200", dt_us=10_000)
+    assert pooled.n_inputs == 2 * 9 * 9
+    xp, _ = pooled.batch([0])
+    assert float(xp.sum()) == 200
+    e0 = ev[0]
+    ch = (int(e0["p"]) * 9 + int(e0["y"]) // 4) * 9 + int(e0["x"]) // 4
+    assert float(xp[0, 0, ch]) >= 1
