@@ -32,7 +32,7 @@ from evrtrl.layer import Layer, LocalJacobian
 from evrtrl.network import check_parameters, layers_of
 from evrtrl.stats import EngineStats
 
-__all__ = ["EventRTRL", "DegradesToDenseWarning"]
+__all__ = ["EventRTRL", "DegradesToDenseWarning", "diag_pass_macs"]
 
 
 class DegradesToDenseWarning(UserWarning):
@@ -52,6 +52,14 @@ def _diag_pass(M: torch.Tensor, diag: torch.Tensor, structure, P: int) -> None:
         for k, ci in terms:
             if ci != c:
                 target.addcmul_(diag[:, :, k, None], M[:, :, ci, :P])
+
+
+def diag_pass_macs(layer: Layer, lj: LocalJacobian, P: int, state: Any = None) -> tuple[int, Any]:
+    """Multiply-adds of one step's diagonal pass over ``P`` born columns (for benchmarks).
+
+    Returns ``(macs, state)``; ``state`` carries whatever the count needs across steps.
+    """
+    return lj.diag.shape[0] * len(layer.diag_structure) * layer.hidden_size * P, state
 
 
 class EventRTRL:
