@@ -147,9 +147,11 @@ def analytic_event_macs(model, x: torch.Tensor) -> list[int]:
     .. math::
 
         \mathrm{MAC}_t = \underbrace{\mathrm{diag}_t}_{\text{leak/reset}}
-            + \underbrace{n m |K_{t-1}| (R + P_{t-1})}_{\text{coupling } A[:, K] N[K]}
-            + \underbrace{m F_t + n m U}_{\text{immediate}}
-            + \underbrace{B |K_t|\, (ng + 1)\, P_t}_{\text{emission + gradient}},
+            + \underbrace{n |K_{t-1}| (m R + nd + m P_{t-1})}_{\text{coupling } T^{-1} A[:, K] N[K]}
+            + \underbrace{nd (F_t + n U)}_{\text{immediate}}
+            + \underbrace{|K_t| (c P_t + m^2 + P_t)}_{\text{emission + gradient}},
+
+    (times B) with ``c = m - min(gain_structure)`` components of :math:`G T`,
 
     where ``diag_t`` is ``nd n P_{t-1}`` for an eager diagonal pass and the lazy-decay count
     (:func:`evrtrl.event_engine.lazy_diag_macs`) when the engine applies it lazily.
@@ -178,23 +180,23 @@ def analytic_event_macs(model, x: torch.Tensor) -> list[int]:
         diag, diag_state = diag_pass_macs(model, lj, P_prev, diag_state)
         macs = diag
         if K_prev:
-            macs += B * n * m * K_prev * (len(rec) + P_prev)
+            macs += B * n * K_prev * (m * len(rec) + nd + m * P_prev)
         # immediate: sources with an event this step (input channels of x_t, own y_{t-1})
         fired_in = (x[t] != 0).any(0)
         fired_rec = (st.y != 0).any(0) if not first else torch.zeros(n, dtype=torch.bool)
         for p in model.projections:
             fired = fired_in if p.source == "input" else fired_rec
             live = masks[p.name][:, fired]
-            macs += B * int(live.sum()) * m
+            macs += B * int(live.sum()) * nd
             newb = fired & ~born[p.name]
             P += int(masks[p.name][:, newb].sum())
             born[p.name] |= fired
-        macs += B * n * m * U
+        macs += B * n * nd * U
         a = (lj.gain != 0).any(-1)
         for gd in lj.gain_direct.values():
             a |= gd != 0
         K = int(a.any(0).sum())
-        macs += B * K * (ng + 1) * P
+        macs += B * K * ((m - min(model.gain_structure)) * P + m * m + P)
         out.append(macs)
         st, first, K_prev = new, False, K
     return out
@@ -332,7 +334,11 @@ def plan(quick: bool) -> list[dict[str, Any]]:
         add("headline", "lif", 128, 0.5, 0.1, 1000, ["event", "dense", "dense-live", "func", "bptt"])
         for b in (0.02, 0.05, 0.2, 0.5):
             add("beta", "egru", 128, 0.5, b, 1000, ["event"])
-        for T in (100, 1000):
+        for n in (64, 128, 256):
+            add("n", "egru", n, 0.2, 0.1, 1000, ["event", "bptt"] + (["dense-live"] if n <= 128 else []))
+        for rho in (1.0, 0.2, 0.1):
+            add("rho", "egru", 128, rho, 0.1, 1000, ["event", "dense-live"])
+        for T in (100, 1000, 3000):
             add("memory", "egru", 128, 0.5, 0.1, T, ["event", "bptt"])
         return cfgs
     for cell in ("egru", "lif"):

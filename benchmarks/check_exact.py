@@ -49,6 +49,15 @@ def cases():
                    d, B, T * 2)
 
 
+def long_cases():
+    """Long sequences, where the event engine's lazy transforms get re-materialised."""
+    d, n = 5, 9
+    yield "EGRU long T=400 B=2 masked", _egru(d, n, True, 30), d, 2, 400
+    for integration, reset in itertools.product(("exact", "euler"), ("zero", "subtract")):
+        yield (f"LIF {integration}/{reset} long T=600 B=2 masked",
+               _lif(d, n, True, 31, integration, reset), d, 2, 600)
+
+
 def rel_err(a: dict, b: dict) -> float:
     worst = 0.0
     for k in b:
@@ -62,7 +71,7 @@ def rel_err(a: dict, b: dict) -> float:
 def main() -> int:
     torch.manual_seed(0)
     ok = True
-    for name, model, d, B, T in cases():
+    for name, model, d, B, T in itertools.chain(cases(), long_cases()):
         g = torch.Generator().manual_seed(3)
         x = torch.randn(T, B, d, dtype=torch.float64, generator=g) * 2.0
         x = x * (torch.rand(T, B, d, generator=g, dtype=torch.float64) < 0.6)
