@@ -248,17 +248,21 @@ def run_config(cfg: dict[str, Any]) -> dict[str, Any]:
         eng = FuncRTRL(model, 1, chunk=int(cfg.get("chunk", 128)))
     else:
         eng = evrtrl.make_engine(model, 1, engine)
-    times = []
+    times, totals = [], [0]
     for t in range(steps):
         t0 = time.perf_counter()
         eng.step(x[t])
         eng.accumulate(r[t])
         times.append(time.perf_counter() - t0)
+        totals.append(eng.stats.total_macs)
     s = eng.stats
+    # per-step MACs from the running total: EngineStats.macs_per_step misses the gradient
+    # MACs that accumulate() adds after end_step()
+    per_step = [b - a for a, b in zip(totals, totals[1:])]
     timed = times[warm:] or times
     rec.update(
         ms_per_step=1e3 * statistics.median(timed),
-        macs_per_step=sum(s.macs_per_step[warm:]) / max(1, len(s.macs_per_step[warm:])),
+        macs_per_step=sum(per_step[warm:]) / max(1, len(per_step[warm:])),
         beta=(sum(s.beta[warm:]) / max(1, len(s.beta[warm:]))) if engine == "event"
         else _active_fraction(model, x[: min(steps, 300)], min(warm, steps // 2)),
         influence_bytes=s.influence_bytes, peak_bytes=max(0, _maxrss_bytes() - rss0),
