@@ -18,6 +18,27 @@ units K only. The savings are exact zeros, each skipped for real:
 2. :math:`\bar M_t` is scattered only for sources with an event in this step's buckets;
 3. pruned entries have no column; unborn columns are outside the prefix;
 4. the gradient :math:`e_t^T N_t` is accumulated from the rows K alone.
+
+Lazy diagonal pass. The diagonal pass :math:`M \leftarrow D_t M` would touch every entry
+of M at every step (``n m p`` multiply-adds, and on a CPU a full read and write of M,
+which costs as much time as the coupling itself). Instead each unit ``i`` keeps a small
+upper-triangular ``m x m`` transform :math:`T_i` with
+
+.. math::
+
+    M[i] = T_i\, \tilde M[i], \qquad T_i \leftarrow D_{t,i} T_i \quad (O(n m^2) \text{ per step}),
+
+and every contribution :math:`C` to row block ``i`` (coupling, immediate Jacobian) is added as
+:math:`\tilde M[i] \mathrel{+}= T_i^{-1} C[i]` (a triangular solve on the small factor ``A``
+or the scattered values, never on a ``p``-wide row). Readers use
+:math:`N[K] = (G T)[K]\, \tilde M[K]`. A unit is *materialised* (:math:`\tilde M[i]
+\leftarrow T_i \tilde M[i]`, :math:`T_i \leftarrow I`) only when :math:`T_i` becomes
+ill-conditioned: a diagonal entry outside :math:`[2^{-40}, 2^{40}]` (this includes a
+singular :math:`D`, e.g. the zero reset of a spiking LIF unit) or an off-diagonal entry
+larger than :math:`2^{8}` times the diagonal entry of its column (bounding the cancellation in
+:math:`T\tilde M` to a factor 256). For EGRU (``m = 1``) ``T`` is a per-row scale; for LIF
+it is the power of the constant block :math:`[[a, b], [0, \alpha]]` of silent units,
+applied lazily as DESIGN.md section 4 suggests. The results are the same up to rounding.
 """
 from __future__ import annotations
 
@@ -32,26 +53,69 @@ from evrtrl.layer import Layer, LocalJacobian
 from evrtrl.network import check_parameters, layers_of
 from evrtrl.stats import EngineStats
 
-__all__ = ["EventRTRL", "DegradesToDenseWarning"]
+__all__ = ["EventRTRL", "DegradesToDenseWarning", "diag_pass_macs"]
 
 
 class DegradesToDenseWarning(UserWarning):
     """The pseudo-derivative has infinite support: every unit is always active."""
 
 
-def _diag_pass(M: torch.Tensor, diag: torch.Tensor, structure, P: int) -> None:
-    """``M[b, i, :, :P] <- D[b, i] @ M[b, i, :, :P]`` for an upper-triangular D, in place."""
-    for c in range(M.shape[2]):
-        terms = [(k, ci) for k, (co, ci) in enumerate(structure) if co == c]
-        own = [k for k, ci in terms if ci == c]
-        target = M[:, :, c, :P]
-        if own:
-            target.mul_(diag[:, :, own[0], None])
-        else:
-            target.zero_()
-        for k, ci in terms:
-            if ci != c:
-                target.addcmul_(diag[:, :, k, None], M[:, :, ci, :P])
+#: conditioning bounds of the lazy transforms T (module docstring)
+_T_LO, _T_HI, _T_OFF = 2.0 ** -40, 2.0 ** 40, 2.0 ** 8
+
+
+def _diag_matrix(diag: torch.Tensor, structure, m: int) -> torch.Tensor:
+    """Per-unit ``D`` as ``(B, n, m, m)`` from its structural entries."""
+    D = diag.new_zeros(diag.shape[0], diag.shape[1], m, m)
+    for k, (co, ci) in enumerate(structure):
+        D[:, :, co, ci] = diag[:, :, k]
+    return D
+
+
+def _absorb(T: torch.Tensor, diag: torch.Tensor, structure) -> tuple[torch.Tensor, torch.Tensor]:
+    """``T <- D T`` per unit; returns the new T and the units that must be materialised.
+
+    A unit is flagged when, in any sequence of the batch, a diagonal entry of ``D T`` leaves
+    ``[2^-40, 2^40]`` (or is not finite), or an off-diagonal entry exceeds ``2^8`` times the
+    diagonal entry of its column.
+    """
+    m = T.shape[-1]
+    Tn = _diag_matrix(diag, structure, m) @ T if m > 1 else diag[:, :, :1, None] * T
+    d = torch.diagonal(Tn, dim1=-2, dim2=-1).abs()  # (B, n, m)
+    bad = ~((d >= _T_LO) & (d <= _T_HI)).all(-1)
+    if m > 1:
+        bad |= (Tn.triu(1).abs() > _T_OFF * d[:, :, None, :]).any(-1).any(-1)
+    return Tn, bad.any(0).nonzero(as_tuple=True)[0]
+
+
+def _tri_solve(T: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
+    """``T^{-1} X`` for upper-triangular ``T (B, r, m, m)`` and ``X (B, r, m, k)``."""
+    m = T.shape[-1]
+    if m == 1:
+        return X / T
+    out = torch.empty_like(X)
+    for c in reversed(range(m)):  # back substitution over the m state components
+        acc = X[:, :, c]
+        for c2 in range(c + 1, m):
+            acc = acc - T[:, :, c, c2, None] * out[:, :, c2]
+        out[:, :, c] = acc / T[:, :, c, c, None]
+    return out
+
+
+def diag_pass_macs(layer: Layer, lj: LocalJacobian, P: int, state: Any = None) -> tuple[int, Any]:
+    """Multiply-adds of one step's lazy diagonal pass over ``P`` born columns (benchmarks).
+
+    Replays the engine's transforms: ``B n nd`` for ``T <- D T`` plus ``B nd P`` per
+    materialised unit (``nd = len(diag_structure)``). ``state`` is the transform tensor,
+    None before the first step. Returns ``(macs, state)``.
+    """
+    B, n, m = lj.diag.shape[0], layer.hidden_size, layer.state_size
+    nd = len(layer.diag_structure)
+    if state is None:
+        state = torch.eye(m, dtype=lj.diag.dtype).expand(B, n, m, m).clone()
+    T, bad = _absorb(state, lj.diag, layer.diag_structure)
+    T[:, bad] = torch.eye(m, dtype=T.dtype)
+    return B * n * nd + B * nd * bad.numel() * P, T
 
 
 class EventRTRL:
@@ -87,6 +151,9 @@ class EventRTRL:
             for l, r in enumerate(self.refs)
         ]
         self.grad = [zeros(b.p_live) for b in self.blocks]
+        # lazy diagonal pass: M^{l,j}[i] = T^l_i Mt^{l,j}[i] (module docstring)
+        self.T = [torch.eye(r.layer.state_size, dtype=self.dtype, device=self.device)
+                  .expand(self.B, r.layer.hidden_size, -1, -1).clone() for r in self.refs]
         self.states = [r.layer.initial_state(self.B) for r in self.refs]
         # output influence of each layer's last step: (active rows K, [N^{l,j}])
         self.N: list[tuple[torch.Tensor, list[torch.Tensor]] | None] = [None] * len(self.refs)
@@ -139,20 +206,28 @@ class EventRTRL:
         layer, w, B = self.refs[l].layer, self.w[l], self.B
         n, m = layer.hidden_size, layer.state_size
         Ms = self.M[l]
-        # 1. diagonal pass (leak, reset) over the born prefix of every block
-        for j, M in enumerate(Ms):
-            P = self.blocks[j].p_born
-            if P:
-                _diag_pass(M.view(B, n, m, -1), lj.diag, layer.diag_structure, P)
-                self.stats.add_macs("diag", len(layer.diag_structure) * B * n * P)
+        # 1. lazy diagonal pass (leak, reset): T <- D T; materialise ill-conditioned units
+        nd = len(layer.diag_structure)
+        T, bad = _absorb(self.T[l], lj.diag, layer.diag_structure)
+        self.stats.add_macs("diag", B * n * nd)
+        if bad.numel():
+            for j, M in enumerate(Ms):
+                P = self.blocks[j].p_born
+                if P:
+                    Mv = M.view(B, n, m, -1)
+                    rows = Mv[:, bad, :, :P]
+                    Mv[:, bad, :, :P] = T[:, bad] @ rows if m > 1 else T[:, bad] * rows
+                    self.stats.add_macs("diag", B * bad.numel() * nd * P)
+            T[:, bad] = torch.eye(m, dtype=T.dtype, device=T.device)
+        self.T[l] = T
         # 2. recurrent coupling through the previous step's active units only
         if self.N[l] is not None:
             K, Ns = self.N[l]
-            self._couple(layer, lj, w, "recurrent", K, Ns, Ms)
+            self._couple(layer, lj, w, "recurrent", K, Ns, Ms, T)
         # 3. input coupling from the layer below (same step, its active units only)
         if lower is not None:
             K, Ns = lower
-            self._couple(layer, lj, w, "input", K, Ns, Ms)
+            self._couple(layer, lj, w, "input", K, Ns, Ms, T)
         # 4. immediate Jacobian of this layer's own block, only for sources with events
         blk, M = self.blocks[l], Ms[l]
         Mf, cap = M.view(B, -1), M.shape[-1]
@@ -164,18 +239,21 @@ class EventRTRL:
                 continue
             rows, cols, owner = blk.fire(proj, src.index)
             vals = lj.phi[proj.name][:, rows, :] * src.values[:, src.index[owner], None]
+            vals = _tri_solve(T[:, rows], vals[..., None])
             idx = ((rows * m)[:, None] + comp) * cap + cols[:, None]
             Mf.index_add_(1, idx.flatten(), vals.reshape(B, -1))
-            self.stats.add_macs("immediate", B * rows.numel() * m)
+            self.stats.add_macs("immediate", B * rows.numel() * nd)
         units = torch.arange(n, device=self.device)
         for u, cols in blk.unit_cols.items():
             idx = ((units * m)[:, None] + comp) * cap + cols[:, None]
-            Mf.index_add_(1, idx.flatten(), lj.unit_phi[u].reshape(B, -1))
-            self.stats.add_macs("immediate", B * n * m)
+            vals = _tri_solve(T, lj.unit_phi[u][..., None])
+            Mf.index_add_(1, idx.flatten(), vals.reshape(B, -1))
+            self.stats.add_macs("immediate", B * n * nd)
 
     def _couple(self, layer: Layer, lj: LocalJacobian, w: Any, source: str,
-                K: torch.Tensor, Ns: list[torch.Tensor], Ms: list[torch.Tensor]) -> None:
-        """``M[j] += (sum_g phi_g * W_g[:, K]) @ N[j]`` for the projections from ``source``."""
+                K: torch.Tensor, Ns: list[torch.Tensor], Ms: list[torch.Tensor],
+                T: torch.Tensor) -> None:
+        """``Mt[j] += T^{-1} (sum_g phi_g * W_g[:, K]) @ N[j]`` for the projections from ``source``."""
         if K.numel() == 0:
             return
         B, n, m = self.B, layer.hidden_size, layer.state_size
@@ -188,6 +266,8 @@ class EventRTRL:
             self.stats.add_macs("coupling", B * n * m * K.numel())
         if A is None:
             return
+        A = _tri_solve(T, A)  # contributions enter Mt as T^{-1} C
+        self.stats.add_macs("coupling", B * n * len(layer.diag_structure) * K.numel())
         A = A.reshape(B, n * m, K.numel())
         for j, Nj in enumerate(Ns):
             P = Nj.shape[-1]
@@ -203,17 +283,20 @@ class EventRTRL:
         for gd in lj.gain_direct.values():
             active |= (gd != 0).any(0)
         K = active.nonzero(as_tuple=True)[0]
-        gain = lj.gain[:, K, :]
+        # N[K] = G M[K] = (G T)[K] Mt[K]; T upper triangular: components >= min(gain_structure)
+        gain = (lj.gain[:, K, None, :] @ self.T[l][:, K]).squeeze(-2) if m > 1 \
+            else lj.gain[:, K, :] * self.T[l][:, K, 0]
+        comps = range(min(layer.gain_structure), m)
         Ns = []
         for j, M in enumerate(self.M[l]):
             P = self.blocks[j].p_born
             Mv = M.view(B, n, m, -1)
             Nj = None
-            for c in layer.gain_structure:
+            for c in comps:
                 term = Mv[:, K, c, :P] * gain[:, :, c, None]
                 Nj = term if Nj is None else Nj + term
             Ns.append(Nj)
-            self.stats.add_macs("emission", B * K.numel() * len(layer.gain_structure) * P)
+            self.stats.add_macs("emission", B * K.numel() * (len(comps) * P + m * m))
         rows = torch.arange(K.numel(), device=self.device)
         for u, gd in lj.gain_direct.items():
             Ns[l][:, rows, self.blocks[l].unit_cols[u][K]] += gd[:, K]
@@ -232,6 +315,11 @@ class EventRTRL:
             if P:
                 self.grad[j][:P] += torch.einsum("bk,bkp->p", e, Nj)
                 self.stats.add_macs("gradient", self.B * K.numel() * P)
+
+    def influence(self, l: int, j: int) -> torch.Tensor:
+        """The influence matrix ``M^{l,j} = T^l Mt^{l,j}`` materialised (B, n m, p_live of block j)."""
+        B, n, m = self.B, self.refs[l].layer.hidden_size, self.refs[l].layer.state_size
+        return (self.T[l] @ self.M[l][j].view(B, n, m, -1)).reshape(B, n * m, -1)
 
     def gradients(self) -> dict[str, torch.Tensor]:
         """Accumulated gradient, ``{parameter name: tensor of its shape}``."""
