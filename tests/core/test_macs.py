@@ -38,9 +38,11 @@ def test_event_macs_equal_analytic_count_hand_built():
         # births at step t: input channel fires (3 weights x n rows each), rec sources fire
         born_before = p_born
         macs = 0
-        macs += 1 * n * born_before                         # diag pass on the born prefix
+        macs += n * 1                                       # lazy diagonal pass: T <- D T
+        # (no unit is materialised: its decay stays within [2^-40, 2^40] over 3 steps)
         if t > 0 and K_prev:
             macs += 3 * n * m * K_prev                      # building A[:, K]
+            macs += n * 1 * K_prev                          # T^{-1} A[:, K]
             macs += n * m * K_prev * prev_width             # A[:, K] @ N[K]
         if input_events:
             p_born += 0 if t > 0 else 3 * n * d             # W_u, W_r, W_z columns born at t=0
@@ -51,7 +53,7 @@ def test_event_macs_equal_analytic_count_hand_built():
             p_born += 3 * n * len(new)                      # U_u, U_r, U_z[:, j] born
             macs += 3 * n * y_prev_events * m               # immediate for recurrent weights
         macs += 4 * n * m                                   # per-unit parameters
-        macs += k * p_born                                  # emission rows K
+        macs += k * (p_born + m * m)                        # emission rows K, (G T)[K]
         macs += k * p_born                                  # gradient rows K
         expected.append(macs)
         K_prev, prev_width = k, p_born
