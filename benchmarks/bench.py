@@ -312,8 +312,12 @@ def matmul_gmacs(size: int = 1024, repeats: int = 7) -> float:
 
 
 # --------------------------------------------------------------------------- the plan
-def plan(quick: bool) -> list[dict[str, Any]]:
-    """The configurations, grouped by sweep (``sweep`` names the figure they feed)."""
+def plan(quick: bool, core: bool = False) -> list[dict[str, Any]]:
+    """The configurations, grouped by sweep (``sweep`` names the figure they feed).
+
+    ``core``: event vs dense RTRL for EGRU at n in {64, 128, 256}, beta about 0.1 and 1,
+    no parameter sparsity (the activity saving alone).
+    """
     cfgs: list[dict[str, Any]] = []
 
     def add(sweep, cell, n, rho, beta, T, engines):
@@ -332,6 +336,11 @@ def plan(quick: bool) -> list[dict[str, Any]]:
                 c["warm"] = 1
             cfgs.append(c)
 
+    if core:
+        for n in (64, 128, 256):
+            for b in (0.1, 1.0):
+                add("core", "egru", n, 1.0, b, 1000, ["event", "dense"])
+        return cfgs
     if quick:
         add("headline", "egru", 256, 0.2, 0.1, 1000, ["event", "dense", "dense-live", "bptt"])
         add("headline", "egru", 128, 0.5, 0.1, 1000, ["event", "dense", "dense-live", "func", "bptt"])
@@ -543,7 +552,7 @@ def plot(recs: list[dict], outdir: str) -> list[str]:
 # --------------------------------------------------------------------------- CLI
 def run(args: argparse.Namespace) -> int:
     t_start = time.time()
-    cfgs = plan(args.quick)
+    cfgs = plan(args.quick, getattr(args, "core", False))
     cal: dict[tuple, tuple[float, float]] = {}
     recs = []
     torch.set_num_threads(args.threads)
@@ -585,6 +594,8 @@ def register(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("bench", help="benchmark event-driven vs dense RTRL vs BPTT",
                               description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="headline configurations only (< 10 min)")
+    p.add_argument("--core", action="store_true",
+                   help="only event vs dense for EGRU at n = 64, 128, 256 and beta ~0.1 and 1")
     p.add_argument("--json", metavar="PATH", help="write one record per configuration")
     p.add_argument("--plot", metavar="DIR", help="write PNG figures into DIR")
     p.add_argument("--threads", type=int, default=1,
