@@ -32,9 +32,9 @@ from typing import Any, Mapping, NamedTuple
 
 import torch
 
-from evrtrl.errors import MaskError, ShapeError
+from evrtrl.errors import ConfigError, MaskError, ShapeError
 
-__all__ = ["Projection", "LocalJacobian", "Layer"]
+__all__ = ["Projection", "LocalJacobian", "Layer", "check_sizes"]
 
 
 class Projection(NamedTuple):
@@ -184,3 +184,10 @@ class Layer(torch.nn.Module):
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
+
+
+def check_sizes(cls: str, input_size: int, hidden_size: int) -> None:
+    """Raise :class:`ConfigError` unless both sizes are positive ints."""
+    for name, v in (("input_size", input_size), ("hidden_size", hidden_size)):
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise ConfigError(f"{cls}: {name} must be a positive int, got {v!r}")

@@ -33,8 +33,7 @@ from typing import Mapping, NamedTuple
 import torch
 import torch.nn.functional as F
 
-from evrtrl.errors import ConfigError
-from evrtrl.layer import Layer, LocalJacobian, Projection
+from evrtrl.layer import Layer, LocalJacobian, Projection, check_sizes
 from models.surrogate import PseudoDerivative, Triangle, heaviside
 
 __all__ = ["EGRU", "EGRUState", "EGRUWeights", "EGRUAux", "egru_step", "egru_jacobian"]
@@ -153,7 +152,7 @@ class EGRU(Layer):
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__()
-        _check_sizes(type(self).__name__, input_size, hidden_size)
+        check_sizes(type(self).__name__, input_size, hidden_size)
         self.input_size, self.hidden_size = int(input_size), int(hidden_size)
         self.pseudo_derivative = pseudo_derivative
         n, d = self.hidden_size, self.input_size
@@ -195,8 +194,3 @@ class EGRU(Layer):
     def extra_repr(self) -> str:
         return f"{self.input_size}, {self.hidden_size}, pseudo_derivative={self.pseudo_derivative}"
 
-
-def _check_sizes(cls: str, input_size: int, hidden_size: int) -> None:
-    for name, v in (("input_size", input_size), ("hidden_size", hidden_size)):
-        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-            raise ConfigError(f"{cls}: {name} must be a positive int, got {v!r}")

@@ -66,8 +66,7 @@ import torch
 import torch.nn.functional as F
 
 from evrtrl.errors import ConfigError
-from evrtrl.layer import Layer, LocalJacobian, Projection
-from models.egru import _check_sizes
+from evrtrl.layer import Layer, LocalJacobian, Projection, check_sizes
 from models.surrogate import PseudoDerivative, Triangle, heaviside
 
 __all__ = ["LIF", "LIFState", "LIFWeights", "LIFParameters", "lif_step", "lif_jacobian"]
@@ -227,7 +226,7 @@ class LIF(Layer):
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__()
-        _check_sizes(type(self).__name__, input_size, hidden_size)
+        check_sizes(type(self).__name__, input_size, hidden_size)
         self.input_size, self.hidden_size = int(input_size), int(hidden_size)
         self.p = lif_parameters(
             tau_mem=tau_mem, tau_syn=tau_syn, dt=dt, v_th=v_th, v_leak=v_leak,

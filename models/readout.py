@@ -9,7 +9,7 @@ import math
 
 import torch
 
-from models.egru import _check_sizes
+from evrtrl.layer import check_sizes
 
 __all__ = ["Readout"]
 
@@ -18,7 +18,7 @@ class Readout(torch.nn.Linear):
     """``Readout(hidden_size, n_out)``: a ``torch.nn.Linear`` with a small uniform init."""
 
     def __init__(self, hidden_size: int, n_out: int, *, dtype=torch.float32, device=None) -> None:
-        _check_sizes("Readout", hidden_size, n_out)
+        check_sizes("Readout", hidden_size, n_out)
         super().__init__(hidden_size, n_out, dtype=dtype, device=device)
         bound = 1.0 / math.sqrt(hidden_size)
         with torch.no_grad():
