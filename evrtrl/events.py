@@ -27,26 +27,15 @@ class EventBucket(NamedTuple):
 
 
 class EventQueue:
-    """Buckets of one run: the input stream and each layer's most recent own events.
+    """Each layer's most recent own events: the recurrent bucket of the next step.
 
-    ``x`` is a dense ``(T, B, d)`` tensor (or any object with ``__getitem__`` over steps
-    returning ``(B, d)``); the active channels of all steps are found in one pass.
+    The input bucket of a step is ``EventBucket.of(x_t)``; a layer's emitted bucket is the
+    input bucket of the layer above in the same step and its own recurrent bucket in the
+    next one.
     """
 
     def __init__(self, n_layers: int) -> None:
         self.own: list[EventBucket | None] = [None] * n_layers
-        self._x: torch.Tensor | None = None
-        self._active: torch.Tensor | None = None
-
-    def feed(self, x: torch.Tensor) -> None:
-        """Queue a whole input sequence ``(T, B, d)``."""
-        self._x = x
-        self._active = (x != 0).any(1)  # (T, d)
-
-    def input(self, t: int) -> EventBucket:
-        """The input bucket of step ``t`` of the queued sequence."""
-        assert self._x is not None and self._active is not None
-        return EventBucket(self._active[t].nonzero(as_tuple=True)[0], self._x[t])
 
     def emit(self, layer: int, values: torch.Tensor) -> EventBucket:
         """Store layer ``layer``'s output of this step as its bucket for the next step."""
