@@ -204,16 +204,6 @@ def test_data_spec_and_synthetic_tasks():
     assert sp.n_classes == 3 and sorted(set(ys.tolist())) == [0, 1, 2]
 
 
-def test_real_data_kinds_import_datasets_lazily(tmp_path):
-    import importlib
-
-    ds = importlib.import_module("datasets")
-    if all(hasattr(ds, n) for n in ("SpikeH5", "read_nmnist", "bin_events", "collate")):
-        pytest.skip("the datasets package is present; covered by the glue check")
-    with pytest.raises(ConfigError, match="lacks"):
-        open_data(f"shd:{tmp_path}")
-
-
 # ---------------------------------------------------------------------- resume
 def _tiny(**kw):
     base = dict(data="synthetic:rotation,n=24", hidden=6, batch=6, epochs=2, lr=0.05,
