@@ -9,10 +9,11 @@ PY=${PYTHON:-python3}
 python -m pip install -q --upgrade pip
 # CPU torch, pinned, first: an unpinned torch pulls gigabytes of CUDA wheels
 python -m pip install -q "torch==2.13.0"
-# norse 1.1.0 declares torchvision, which has no CPU build that imports against CPU torch;
-# norse.torch needs only numpy, torch, nir and nirtorch (installed by the 'sim' extra)
-python -m pip install -q --no-deps "norse==1.1.0"
 python -m pip install -q -e ".[all]"
+# norse 1.1.0 declares torchvision, which has no CPU build that imports against CPU torch;
+# norse.torch needs only numpy, torch, nir and nirtorch (installed above by the 'sim' extra).
+# Installed last and without dependencies, so pip has no declared-but-missing torchvision to report.
+python -m pip install -q --no-deps "norse==1.1.0"
 # espeak-ng synthesises the offline spoken-digit set (optional; its tests skip without it)
 if ! command -v espeak-ng >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
   (apt-get update -qq && apt-get install -y -qq espeak-ng >/dev/null) \
