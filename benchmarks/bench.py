@@ -154,16 +154,15 @@ def analytic_event_macs(model, x: torch.Tensor) -> list[int]:
     (times B) with ``c = m - min(gain_structure)`` components of :math:`G T`,
 
     where ``diag_t`` is ``nd n P_{t-1}`` for an eager diagonal pass and the lazy-decay count
-    (:func:`evrtrl.event_engine.lazy_diag_macs`) when the engine applies it lazily.
+    (:func:`evrtrl.event_engine.diag_pass_macs`) when the engine applies it lazily.
     Single layer, B = 1.
     """
     from evrtrl.event_engine import diag_pass_macs
     B = x.shape[1]
     n, m = model.hidden_size, model.state_size
-    nd, ng = len(model.diag_structure), len(model.gain_structure)
+    nd = len(model.diag_structure)
     masks = model.masks
     rec = [p for p in model.projections if p.source == "recurrent"]
-    inp = [p for p in model.projections if p.source == "input"]
     U = len(model.unit_parameters)
     born = {p.name: torch.zeros(masks[p.name].shape[1], dtype=torch.bool) for p in model.projections}
     P = U * n

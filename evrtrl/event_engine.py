@@ -155,6 +155,14 @@ class EventRTRL:
         self.T = [torch.eye(r.layer.state_size, dtype=self.dtype, device=self.device)
                   .expand(self.B, r.layer.hidden_size, -1, -1).clone() for r in self.refs]
         self.states = [r.layer.initial_state(self.B) for r in self.refs]
+        # flat scatter index of each per-unit parameter's immediate term: row (i, c), column
+        # of p_i; fixed for the run (those columns are allocated at construction)
+        self.unit_idx = []
+        for l, r in enumerate(self.refs):
+            n, m, cap = r.layer.hidden_size, r.layer.state_size, self.blocks[l].p_live
+            rows = torch.arange(n * m, device=self.device).view(n, m)
+            self.unit_idx.append({u: (rows * cap + cols[:, None]).flatten()
+                                  for u, cols in self.blocks[l].unit_cols.items()})
         # output influence of each layer's last step: (active rows K, [N^{l,j}])
         self.N: list[tuple[torch.Tensor, list[torch.Tensor]] | None] = [None] * len(self.refs)
         self.queue = EventQueue(len(self.refs))
@@ -243,11 +251,9 @@ class EventRTRL:
             idx = ((rows * m)[:, None] + comp) * cap + cols[:, None]
             Mf.index_add_(1, idx.flatten(), vals.reshape(B, -1))
             self.stats.add_macs("immediate", B * rows.numel() * nd)
-        units = torch.arange(n, device=self.device)
-        for u, cols in blk.unit_cols.items():
-            idx = ((units * m)[:, None] + comp) * cap + cols[:, None]
+        for u, idx in self.unit_idx[l].items():
             vals = _tri_solve(T, lj.unit_phi[u][..., None])
-            Mf.index_add_(1, idx.flatten(), vals.reshape(B, -1))
+            Mf.index_add_(1, idx, vals.reshape(B, -1))
             self.stats.add_macs("immediate", B * n * nd)
 
     def _couple(self, layer: Layer, lj: LocalJacobian, w: Any, source: str,

@@ -106,8 +106,12 @@ def compare_with_reference(model: Any, x: torch.Tensor, ref, *, name: str = "ref
     """Per layer, :func:`compare_spikes` of ``evrtrl.simulate(model, x)`` against ``ref``."""
     from evrtrl.api import simulate
 
-    sim = simulate(model, x)
-    bidx = list(batch_index) if batch_index is not None else list(range(x.shape[1]))
+    return _compare(simulate(model, x), ref, name, batch_index, x.shape[1])
+
+
+def _compare(sim, ref, name: str, batch_index: Sequence[int] | None,
+             batch: int) -> list[SpikeComparison]:
+    bidx = list(batch_index) if batch_index is not None else list(range(batch))
     out = []
     for lt, rt in zip(sim.layers, ref.layers):
         states = {k: v[:, bidx] for k, v in lt.states.items()}
@@ -126,8 +130,8 @@ def _check(model, x, ref, who: str, max_step_shift: int, state_atol: float | Non
            batch_index: Sequence[int] | None) -> list[SpikeComparison]:
     from evrtrl.api import simulate
 
-    comps = compare_with_reference(model, x, ref, name=who, batch_index=batch_index)
     sim = simulate(model, x)
+    comps = _compare(sim, ref, who, batch_index, x.shape[1])
     bidx = list(batch_index) if batch_index is not None else list(range(x.shape[1]))
     for l, c in enumerate(comps):
         lib_st = {k: v[:, bidx] for k, v in sim.layers[l].states.items()}

@@ -5,7 +5,6 @@ import argparse
 import json
 
 import pytest
-import torch
 
 from benchmarks import bench
 from benchmarks.funcrtrl import check_against_dense

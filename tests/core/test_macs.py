@@ -36,7 +36,6 @@ def test_event_macs_equal_analytic_count_hand_built():
         k = K.numel()
         input_events = int((x[t] != 0).sum())
         # births at step t: input channel fires (3 weights x n rows each), rec sources fire
-        born_before = p_born
         macs = 0
         macs += n * 1                                       # lazy diagonal pass: T <- D T
         # (no unit is materialised: its decay stays within [2^-40, 2^40] over 3 steps)

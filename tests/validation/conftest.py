@@ -1,19 +1,11 @@
-"""Validation tests: small float64 networks; one torch thread (the CI machine has 2 cores,
-and thread oversubscription makes the step-by-step loops 50x slower)."""
+"""Validation tests: small float64 networks (tests/conftest.py pins one torch thread)."""
 from __future__ import annotations
 
 import pytest
 import torch
 
+import evrtrl
 from models import LIF
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _make_lif(d, n, *, seed, integration="exact", reset="zero", recurrent=True, scale=3.0,
@@ -40,3 +32,22 @@ def make_lif():
 def make_spikes():
     """``make_spikes(T, B, d, rate, seed)``: seeded Bernoulli 0/1 input spikes (float64)."""
     return _spikes
+
+
+def _same_dynamics(model, x, res, atol):
+    """Identical spike rasters in every layer and end-of-step v, i within ``atol``."""
+    sim = evrtrl.simulate(model, x)
+    for l, (a, b) in enumerate(zip(sim.layers, res.layers)):
+        assert a.spikes.sum() > 0, "test network is silent; the check would be vacuous"
+        mism = (a.spikes != b.spikes).nonzero()
+        assert mism.numel() == 0, f"layer {l}: first mismatch (t, b, k) = {mism[0].tolist()}"
+        for key in ("v", "i"):
+            err = (a.states[key] - b.states[key]).abs().max().item()
+            assert err <= atol, f"layer {l} state {key}: max |diff| {err:.3e}"
+    return sim
+
+
+@pytest.fixture
+def same_dynamics():
+    """``same_dynamics(model, x, bridge_result, atol)``: the library reproduces a simulator."""
+    return _same_dynamics
