@@ -7,12 +7,12 @@ memory growth of one run, for the engines
 * ``event``      -- :class:`evrtrl.EventRTRL` (the product),
 * ``dense``      -- textbook dense RTRL, a column for every parameter entry,
 * ``dense-live`` -- dense RTRL with the pruned columns dropped,
-* ``func``       -- forward-mode dense RTRL on ``torch.func`` (:mod:`benchmarks.funcrtrl`),
+* ``func``       -- forward-mode dense RTRL on ``torch.func`` (:mod:`evrtrl.benchmarks.funcrtrl`),
 * ``bptt``       -- autograd through the same step function.
 
 Method
 ------
-Every configuration runs in a fresh Python subprocess (``python -m benchmarks.bench
+Every configuration runs in a fresh Python subprocess (``python -m evrtrl.benchmarks.bench
 _child``), so that peak memory is that configuration's alone. *Peak memory* is the growth of
 the resident set: ``ru_maxrss`` at the end of the run minus the current RSS right before the
 engine is created (after the model and the input are built); it contains the influence
@@ -31,7 +31,7 @@ holds the ``beta`` the engine itself measured.
 
 Usage::
 
-    python -m benchmarks.bench [--quick] [--json PATH] [--plot DIR]
+    python -m evrtrl.benchmarks.bench [--quick] [--json PATH] [--plot DIR]
 """
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ __all__ = ["main", "register", "build_model", "run_config", "analytic_event_macs
 def build_model(cell: str, n: int, rho: float, width: float, theta: float = 0.3,
                 dtype: torch.dtype = torch.float32, d: int = D_IN):
     """EGRU or LIF layer with parameter density ``rho`` and a Triangle of ``width``."""
-    from models import EGRU, LIF, Triangle, random_masks
+    from evrtrl.models import EGRU, LIF, Triangle, random_masks
     g = torch.Generator().manual_seed(SEED)
     if cell == "egru":
         masks = random_masks(EGRU.weight_shapes(d, n), rho, seed=SEED + 1) if rho < 1 else None
@@ -243,7 +243,7 @@ def run_config(cfg: dict[str, Any]) -> dict[str, Any]:
         return rec
     rss0 = _rss_bytes()
     if engine == "func":
-        from benchmarks.funcrtrl import FuncRTRL
+        from evrtrl.benchmarks.funcrtrl import FuncRTRL
         eng = FuncRTRL(model, 1, chunk=int(cfg.get("chunk", 128)))
     else:
         eng = evrtrl.make_engine(model, 1, engine)
@@ -283,12 +283,9 @@ def run_config(cfg: dict[str, Any]) -> dict[str, Any]:
 
 def measure(cfg: dict[str, Any], timeout: float = 900) -> dict[str, Any] | None:
     """Run ``cfg`` in a fresh subprocess (own peak memory); None on failure or timeout."""
-    env = dict(os.environ)
-    root = str(Path(__file__).resolve().parents[1])
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
     try:
-        out = subprocess.run([sys.executable, "-m", "benchmarks.bench", "_child", json.dumps(cfg)],
-                             capture_output=True, text=True, timeout=timeout, env=env, cwd=root)
+        out = subprocess.run([sys.executable, "-m", "evrtrl.benchmarks.bench", "_child", json.dumps(cfg)],
+                             capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         print(f"  timeout: {cfg}", file=sys.stderr)
         return None

@@ -5,7 +5,7 @@ unmasked, B = 1 and B = 3, one layer and a 2-layer ``models.Stack``: the event e
 gradient must equal the dense engine's to 1e-12 relative and BPTT's to 1e-10 relative
 (relative to the largest entry of the reference gradient of each parameter).
 
-    PYTHONPATH=. python -m benchmarks.check_exact
+    python -m evrtrl.benchmarks.check_exact
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import sys
 import torch
 
 import evrtrl
-from models import EGRU, LIF, Stack, Triangle, random_masks
+from evrtrl.models import EGRU, LIF, Stack, Triangle, random_masks
 
 
 def _egru(d, n, masked, seed):

@@ -27,9 +27,9 @@ from torch.func import jvp, vjp, vmap
 
 from evrtrl.layer import Layer
 from evrtrl.stats import EngineStats
-from models.egru import EGRU, EGRUState
-from models.lif import LIF, LIFState
-from models.surrogate import heaviside
+from evrtrl.models.egru import EGRU, EGRUState
+from evrtrl.models.lif import LIF, LIFState
+from evrtrl.models.surrogate import heaviside
 
 __all__ = ["FuncRTRL"]
 
@@ -143,7 +143,7 @@ class FuncRTRL:
 def check_against_dense(verbose: bool = False) -> float:
     """Largest relative gradient error of FuncRTRL vs the dense engine and BPTT (float64)."""
     import evrtrl
-    from models import Triangle, random_masks
+    from evrtrl.models import Triangle, random_masks
     worst = 0.0
     g = torch.Generator().manual_seed(0)
     d, n, T = 4, 7, 25

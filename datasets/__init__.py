@@ -7,6 +7,10 @@ Importing this package does not import torch.
 """
 from __future__ import annotations
 
+if __name__ != "evrtrl.datasets":  # the folder is installed as evrtrl.datasets; a bare import would be a second copy
+    raise ImportError(f"import evrtrl.datasets, not {__name__}: this folder is installed as evrtrl.datasets "
+                      "(pip install -e . from the repository root)")
+
 from .aedat import (AedatHeader, GestureSegment, cut_segments, read_aedat2, read_aedat2_header, read_aedat31,
                     read_gesture_labels)
 from .binning import (CropTime, DownsampleChannels, MergePolarity, SparseSteps, SpatialPool, ToSparseSteps,

@@ -1,6 +1,6 @@
 """``evrtrl data ...`` sub-command: build the offline data sets.
 
-The lead wires it with ``datasets.cli.register(subparsers)``; it adds::
+The lead wires it with ``evrtrl.datasets.cli.register(subparsers)``; it adds::
 
     data build spoken   --out DIR [--per-class N] [--test-per-class N] [--seed S] [--channels C]
                         [--languages de,en] [--workers W]
@@ -55,7 +55,7 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Stand-alone entry (``python -m datasets.cli data build ...``)."""
+    """Stand-alone entry (``python -m evrtrl.datasets.cli data build ...``)."""
     parser = argparse.ArgumentParser(prog="evrtrl")
     register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)

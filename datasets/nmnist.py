@@ -47,7 +47,7 @@ def read_nmnist(path: str | os.PathLike) -> np.ndarray:
     Returns
     -------
     numpy.ndarray
-        Camera events (:data:`datasets.events.CAMERA_DTYPE`), stably sorted by time.
+        Camera events (:data:`evrtrl.datasets.events.CAMERA_DTYPE`), stably sorted by time.
 
     Raises
     ------

@@ -1,7 +1,7 @@
 """evrtrl: exact, event-driven Real-Time Recurrent Learning for activity-sparse networks.
 
 >>> import torch, evrtrl
->>> from models import EGRU
+>>> from evrtrl.models import EGRU
 >>> model = EGRU(2, 8).double()
 >>> x = torch.randn(5, 3, 2, dtype=torch.float64)
 >>> evrtrl.simulate(model, x).spikes.shape
@@ -20,7 +20,7 @@ from evrtrl.layer import Layer, LocalJacobian, Projection
 from evrtrl.online import OnlineLearner
 from evrtrl.stats import EngineStats
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "simulate", "gradients", "make_engine", "METHODS", "Gradients", "SimulationResult",

@@ -142,7 +142,7 @@ def _pd_attrs(pd: Any) -> dict[str, Any]:
 
 
 def _write_layer(g: Any, layer: Any) -> None:
-    from models import EGRU, LIF
+    from evrtrl.models import EGRU, LIF
 
     if not isinstance(layer, (EGRU, LIF)):
         raise ConfigError(
@@ -166,7 +166,7 @@ def _write_layer(g: Any, layer: Any) -> None:
 
 
 def _read_layer(g: Any, path: Path) -> Any:
-    from models import EGRU, LIF, surrogate
+    from evrtrl.models import EGRU, LIF, surrogate
 
     where = g.name
     cls = _attr_str(g, "class", path, where)
@@ -210,7 +210,7 @@ def _read_layer(g: Any, path: Path) -> Any:
 
 
 def _write_model(f: Any, model: Any, readout: Any | None) -> None:
-    from models import Stack
+    from evrtrl.models import Stack
 
     mg = f.create_group("model")
     layers = model.layers if isinstance(model, Stack) else [model]
@@ -230,7 +230,7 @@ def _write_model(f: Any, model: Any, readout: Any | None) -> None:
 
 
 def _read_model(f: Any, path: Path) -> tuple[Any, Any | None]:
-    from models import Readout, Stack
+    from evrtrl.models import Readout, Stack
 
     mg = _group(f, "model", path)
     cls = _attr_str(mg, "class", path, "/model")

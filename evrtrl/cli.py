@@ -12,13 +12,15 @@ import importlib
 import sys
 from typing import Sequence
 
+from evrtrl import __version__
+
 #: (module, attribute) of each ``register(subparsers)`` that adds commands
 REGISTRARS = (
     ("evrtrl.validate", "register"),
     ("evrtrl.training.cli", "register"),
-    ("benchmarks.bench", "register"),
-    ("datasets.cli", "register"),
-    ("neuromorphic.cli", "register"),
+    ("evrtrl.benchmarks.bench", "register"),
+    ("evrtrl.datasets.cli", "register"),
+    ("evrtrl.neuromorphic.cli", "register"),
 )
 
 
@@ -37,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="evrtrl",
         description="Exact, event-driven RTRL for activity-sparse recurrent and spiking networks.",
     )
-    parser.add_argument("--version", action="version", version="evrtrl 0.1.0")
+    parser.add_argument("--version", action="version", version=f"evrtrl {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     demo = sub.add_parser("demo", help="train an EGRU online with the event engine (embedded task)")
     demo.add_argument("--epochs", type=int, default=30, help="maximum epochs (default 30)")

@@ -19,7 +19,7 @@ def run(*, epochs: int = 30, hidden: int = 16, batch: int = 64, seed: int = 0,
     """Train and return the test accuracy in [0, 1]."""
     import evrtrl
     from evrtrl.training.data import rotation_task
-    from models import EGRU, Readout, Triangle
+    from evrtrl.models import EGRU, Readout, Triangle
 
     torch.manual_seed(seed)
     train, test = rotation_task(1024, seed=seed), rotation_task(512, seed=seed + 1)

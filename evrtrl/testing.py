@@ -1,7 +1,7 @@
 """Assertions for users' own tests: gradient agreement and cross-simulator agreement.
 
 >>> import torch, evrtrl.testing as et
->>> from models import LIF
+>>> from evrtrl.models import LIF
 >>> m = LIF(3, 4, tau_mem=20e-3, tau_syn=10e-3, dt=1e-3, weight_scale=3.0, dtype=torch.float64)
 >>> x = (torch.rand(50, 2, 3) < 0.3).double()
 >>> errs = et.assert_gradients_match(m, x, lambda y, t: y.sum())   # event, dense, bptt
@@ -189,7 +189,7 @@ def assert_matches_brian2(model: Any, x: torch.Tensor, *, max_step_shift: int = 
     end-of-step ``v``/``i`` difference, checked where the rasters are identical (None: skip).
     Returns one :class:`SpikeComparison` per layer.
     """
-    from neuromorphic.brian2_bridge import run_brian2
+    from evrtrl.neuromorphic.brian2_bridge import run_brian2
 
     ref = run_brian2(model, x, batch_index=batch_index)
     return _check(model, x, ref, "Brian2", max_step_shift, state_atol, ref.batch_index)
@@ -201,10 +201,10 @@ def assert_matches_norse(model: Any, x: torch.Tensor, *, max_step_shift: int = 0
     """Assert that ``evrtrl.simulate`` (``integration='euler'``) and Norse give the same spikes.
 
     As :func:`assert_matches_brian2`; ``state_atol`` defaults to 1e-9 for float64 models and
-    1e-4 otherwise. ``parameter_dtype`` is passed to :func:`neuromorphic.norse_bridge.run_norse`.
+    1e-4 otherwise. ``parameter_dtype`` is passed to :func:`evrtrl.neuromorphic.norse_bridge.run_norse`.
     """
     from evrtrl.network import layers_of
-    from neuromorphic.norse_bridge import run_norse
+    from evrtrl.neuromorphic.norse_bridge import run_norse
 
     if state_atol is None:
         state_atol = 1e-9 if layers_of(model)[0].layer.dtype == torch.float64 else 1e-4

@@ -52,7 +52,7 @@ class CheckResult:
 
 
 def _lif(d, n, seed, **kw):
-    from models import LIF
+    from evrtrl.models import LIF
 
     g = torch.Generator().manual_seed(seed)
     kw.setdefault("weight_scale", 3.0)
@@ -104,7 +104,7 @@ def _have(module: str) -> bool:
 
 
 def _checks(quick: bool, model=None) -> list[tuple[str, str, Callable[[], CheckResult]]]:
-    from models import EGRU, Stack
+    from evrtrl.models import EGRU, Stack
 
     T = 60 if quick else 200
     out: list[tuple[str, str, Callable[[], CheckResult]]] = []
@@ -119,8 +119,8 @@ def _checks(quick: bool, model=None) -> list[tuple[str, str, Callable[[], CheckR
         x = _spikes(T // 2, 2, 4, 0.2, 1)
         out.append((f"gradients LIF {integ}", "",
                     lambda m=m, x=x, i=integ: _gradient_check(f"gradients LIF {i}", m, x)))
-    from neuromorphic.brian2_bridge import run_brian2
-    from neuromorphic.norse_bridge import run_norse
+    from evrtrl.neuromorphic.brian2_bridge import run_brian2
+    from evrtrl.neuromorphic.norse_bridge import run_norse
 
     variants = [(False, "zero"), (True, "zero"), (True, "subtract")]
     if not quick:
@@ -145,7 +145,7 @@ def _checks(quick: bool, model=None) -> list[tuple[str, str, Callable[[], CheckR
 
 
 def _drift_check(quick: bool) -> CheckResult:
-    from neuromorphic.drift import drift_pair
+    from evrtrl.neuromorphic.drift import drift_pair
 
     r = 0.05
     rows = [drift_pair(r, recurrent=rec, seed=s, duration=0.25 if quick else 0.5)
@@ -160,7 +160,7 @@ def _drift_check(quick: bool) -> CheckResult:
 def _model_checks(model, T):
     """Checks for a loaded model: gradients, plus the simulator its integration matches."""
     from evrtrl.network import layers_of
-    from models import LIF
+    from evrtrl.models import LIF
 
     layers = [r.layer for r in layers_of(model)]
     model = model.double()
@@ -170,12 +170,12 @@ def _model_checks(model, T):
     if all(isinstance(l, LIF) for l in layers):
         integ = {l.integration for l in layers}
         if integ == {"exact"}:
-            from neuromorphic.brian2_bridge import run_brian2
+            from evrtrl.neuromorphic.brian2_bridge import run_brian2
 
             out.append(("model vs Brian2", "brian2",
                         lambda: _sim_check("model vs Brian2", "Brian2", model, x, run_brian2)))
         elif integ == {"euler"} and all(l.reset == "zero" for l in layers):
-            from neuromorphic.norse_bridge import run_norse
+            from evrtrl.neuromorphic.norse_bridge import run_norse
 
             out.append(("model vs Norse", "norse",
                         lambda: _sim_check("model vs Norse", "Norse", model, x, run_norse)))

@@ -1,10 +1,13 @@
 """Cells (EGRU, LIF), their pseudo-derivatives, stacks, masks and readouts."""
-from models.egru import EGRU, EGRUState, EGRUWeights, egru_jacobian, egru_step
-from models.lif import LIF, LIFParameters, LIFState, LIFWeights, lif_jacobian, lif_step
-from models.masks import random_masks
-from models.readout import Readout
-from models.stack import Stack
-from models.surrogate import FastSigmoid, PseudoDerivative, Triangle, heaviside
+if __name__ != "evrtrl.models":  # the folder is installed as evrtrl.models; a bare import would be a second copy
+    raise ImportError(f"import evrtrl.models, not {__name__}: this folder is installed as evrtrl.models "
+                      "(pip install -e . from the repository root)")
+from evrtrl.models.egru import EGRU, EGRUState, EGRUWeights, egru_jacobian, egru_step
+from evrtrl.models.lif import LIF, LIFParameters, LIFState, LIFWeights, lif_jacobian, lif_step
+from evrtrl.models.masks import random_masks
+from evrtrl.models.readout import Readout
+from evrtrl.models.stack import Stack
+from evrtrl.models.surrogate import FastSigmoid, PseudoDerivative, Triangle, heaviside
 
 __all__ = [
     "EGRU", "EGRUState", "EGRUWeights", "egru_step", "egru_jacobian",

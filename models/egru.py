@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from evrtrl.layer import Layer, LocalJacobian, Projection, check_sizes
-from models.surrogate import PseudoDerivative, Triangle, heaviside
+from evrtrl.models.surrogate import PseudoDerivative, Triangle, heaviside
 
 __all__ = ["EGRU", "EGRUState", "EGRUWeights", "EGRUAux", "egru_step", "egru_jacobian"]
 
@@ -174,7 +174,7 @@ class EGRU(Layer):
 
     @staticmethod
     def weight_shapes(input_size: int, hidden_size: int) -> dict[str, tuple[int, int]]:
-        """Shapes of the maskable weights, for :func:`models.random_masks`."""
+        """Shapes of the maskable weights, for :func:`evrtrl.models.random_masks`."""
         n, d = hidden_size, input_size
         return {**{f"W_{g}": (n, d) for g in "urz"}, **{f"U_{g}": (n, n) for g in "urz"}}
 

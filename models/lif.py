@@ -67,7 +67,7 @@ import torch.nn.functional as F
 
 from evrtrl.errors import ConfigError
 from evrtrl.layer import Layer, LocalJacobian, Projection, check_sizes
-from models.surrogate import PseudoDerivative, Triangle, heaviside
+from evrtrl.models.surrogate import PseudoDerivative, Triangle, heaviside
 
 __all__ = ["LIF", "LIFState", "LIFWeights", "LIFParameters", "lif_step", "lif_jacobian"]
 
@@ -263,7 +263,7 @@ class LIF(Layer):
     def weight_shapes(
         input_size: int, hidden_size: int, recurrent: bool = True
     ) -> dict[str, tuple[int, int]]:
-        """Shapes of the maskable weights, for :func:`models.random_masks`."""
+        """Shapes of the maskable weights, for :func:`evrtrl.models.random_masks`."""
         shapes = {"W": (hidden_size, input_size)}
         if recurrent:
             shapes["U"] = (hidden_size, hidden_size)

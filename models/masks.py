@@ -18,7 +18,7 @@ def random_masks(
     ``shapes`` is e.g. ``EGRU.weight_shapes(d, n)``; entries are drawn uniformly without
     replacement, independently per weight, from ``seed``.
 
-    >>> from models import EGRU
+    >>> from evrtrl.models import EGRU
     >>> m = random_masks(EGRU.weight_shapes(2, 4), 0.5, seed=0)
     >>> int(m["U_u"].sum())
     8

@@ -2,11 +2,14 @@
 
 Public API::
 
-    from neuromorphic import (list_profiles, load_profile, map_to_hardware,
+    from evrtrl.neuromorphic import (list_profiles, load_profile, map_to_hardware,
                               export_nir, import_nir, export_bundle, read_bundle)
 
 See ``docs/neuromorphic.md``.
 """
+if __name__ != "evrtrl.neuromorphic":  # the folder is installed as evrtrl.neuromorphic; a bare import would be a second copy
+    raise ImportError(f"import evrtrl.neuromorphic, not {__name__}: this folder is installed as evrtrl.neuromorphic "
+                      "(pip install -e . from the repository root)")
 from .profiles import HardwareProfile, list_profiles, load_profile, PROFILE_PATH_ENV
 from .netspec import EGRULayer, LIFLayer, Network, network_from_model, model_from_network
 from .mapping import MappingReport, ParameterDrift, Violation, map_to_hardware, quantized_model, compare_spikes

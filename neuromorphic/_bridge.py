@@ -31,7 +31,7 @@ class BridgeResult:
 
 def lif_layers(model, x: torch.Tensor, who: str, integration: str) -> list:
     """The LIF layers of ``model``; raises UnsupportedError for anything else."""
-    from models.lif import LIF  # local: neuromorphic -> models
+    from evrtrl.models.lif import LIF  # local: neuromorphic -> models
 
     check_sequence(model, x)
     refs = layers_of(model)

@@ -36,7 +36,7 @@ import torch
 
 from evrtrl.api import LayerTrace
 from evrtrl.errors import ConfigError, UnsupportedError
-from neuromorphic._bridge import BridgeResult, check_spike_input, lif_layers
+from evrtrl.neuromorphic._bridge import BridgeResult, check_spike_input, lif_layers
 
 __all__ = ["run_brian2", "brian2_network_code", "EULER_MESSAGE"]
 
@@ -45,7 +45,7 @@ EULER_MESSAGE = (
     "forward-Euler step, then threshold), which Brian2's method='euler' does not reproduce: "
     "Brian2 integrates before the threshold and applies synaptic jumps after it, so the "
     "input of step t reaches v one step later; compare euler models with "
-    "neuromorphic.norse_bridge.run_norse instead"
+    "evrtrl.neuromorphic.norse_bridge.run_norse instead"
 )
 
 _TMP: str | None = None

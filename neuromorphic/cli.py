@@ -73,7 +73,7 @@ def register(subparsers) -> None:
     t.set_defaults(func=_targets)
 
 
-def main(argv=None) -> int:  # standalone use: python -m neuromorphic.cli
+def main(argv=None) -> int:  # standalone use: python -m evrtrl.neuromorphic.cli
     ap = argparse.ArgumentParser(prog="neuromorphic")
     register(ap.add_subparsers(dest="cmd", required=True))
     args = ap.parse_args(argv)

@@ -66,7 +66,7 @@ def bin_events(events: list[np.ndarray], dt: float, steps: int, batch: int = 1) 
 
 
 def _models(d, n, dt, tau_mem, tau_syn, recurrent, scale, seed):
-    from models import LIF
+    from evrtrl.models import LIF
 
     g = torch.Generator().manual_seed(seed)
     kw = dict(tau_mem=tau_mem, tau_syn=tau_syn, dt=dt, recurrent=recurrent, dtype=torch.float64)
@@ -98,8 +98,8 @@ def drift_pair(dt_over_tau: float, *, recurrent: bool = True, seed: int = 0, n: 
     exact, euler = _models(d, n, dt, tau_mem, tau_syn, recurrent, scale, seed)
     x = bin_events(poisson_events(d, rate_hz, duration, seed), dt, steps)
     if use_simulators:
-        from neuromorphic.brian2_bridge import run_brian2
-        from neuromorphic.norse_bridge import run_norse
+        from evrtrl.neuromorphic.brian2_bridge import run_brian2
+        from evrtrl.neuromorphic.norse_bridge import run_norse
 
         a, b = run_brian2(exact, x).spikes, run_norse(euler, x).spikes
     else:

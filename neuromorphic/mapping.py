@@ -434,7 +434,7 @@ def quantized_model(model, report: MappingReport):
                 for k in ql.weight_names():
                     p = getattr(cell, k)
                     p.copy_(torch.as_tensor(np.asarray(ql.weight(k)), dtype=p.dtype))
-                from models.lif import lif_parameters
+                from evrtrl.models.lif import lif_parameters
 
                 p = cell.p
                 cell.p = lif_parameters(

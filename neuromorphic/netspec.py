@@ -184,7 +184,7 @@ def network_from_model(model) -> Network:
 def model_from_network(net: Network, *, dtype=None, device=None):
     """Build ``models`` cells (a ``Stack`` when there is more than one layer) from a :class:`Network`."""
     import torch
-    from models import EGRU, LIF, Stack
+    from evrtrl.models import EGRU, LIF, Stack
 
     dtype = dtype or torch.float32
     cells = []

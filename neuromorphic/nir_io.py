@@ -450,7 +450,7 @@ def export_nir(model, path, *, nested: bool = False):
     """Write a LIF model (cell, Stack or :class:`Network`) to ``path`` as NIR, atomically.
 
     EGRU layers raise :class:`UnsupportedError` (NIR has no gated neuron: use
-    :func:`neuromorphic.export_bundle`). Returns the written graph.
+    :func:`evrtrl.neuromorphic.export_bundle`). Returns the written graph.
     """
     nir = _nir()
     prov = getattr(model, "nir_provenance", None)

@@ -15,7 +15,7 @@ Pipeline per image (all seeded, deterministic):
    changes for ``refractory_us``. Timestamps are jittered uniformly inside the
    frame. Background noise: Poisson events at ``noise_hz`` per pixel with random
    polarity.
-4. Events are written with :func:`datasets.nmnist.write_nmnist` into
+4. Events are written with :func:`evrtrl.datasets.nmnist.write_nmnist` into
    ``Train/<digit>/<id>.bin`` and ``Test/<digit>/<id>.bin`` and read back by
    :class:`datasets.NMNIST`.
 """

@@ -35,10 +35,10 @@ Expectations of the ``datasets`` package (imported lazily, only for ``shd``/``nm
 * ``datasets.SpikeH5(path)``: ``len()``, ``.keys`` (class names, may be empty),
   ``.label(i) -> int``, ``.events(i) -> structured array`` with fields ``t`` (int64 us)
   and ``unit``; fork-safe.
-* ``datasets.read_nmnist(path) -> structured array`` with fields ``t`` (us), ``x``,
+* ``evrtrl.datasets.read_nmnist(path) -> structured array`` with fields ``t`` (us), ``x``,
   ``y``, ``p``.
-* ``datasets.bin_events(events, dt_us, n_channels=..., sensor_size=(w, h, 2), T=...)
-  -> SparseSteps`` and ``datasets.collate(list_of_SparseSteps, T) -> torch (T, B, d)``
+* ``evrtrl.datasets.bin_events(events, dt_us, n_channels=..., sensor_size=(w, h, 2), T=...)
+  -> SparseSteps`` and ``evrtrl.datasets.collate(list_of_SparseSteps, T) -> torch (T, B, d)``
   (event counts per step and channel as values).
 The step length comes from ``dt_us`` in the spec or ``--dt-us`` on the command line.
 """
@@ -52,6 +52,7 @@ from typing import Any, Sequence
 
 import torch
 
+from evrtrl import datasets as ds
 from evrtrl.errors import ConfigError, UnknownMethodError
 
 __all__ = ["DataSpec", "parse_data_spec", "open_data", "SequenceData", "KINDS"]
@@ -169,22 +170,6 @@ def spike_task(n: int, seed: int, T: int = 20, d: int = 16, classes: int = 4,
     return TensorData(x, y, classes)
 
 
-def _import_datasets(kind: str):
-    try:
-        import datasets  # noqa: PLC0415 - lazy on purpose
-    except ImportError as exc:  # pragma: no cover - depends on the install
-        raise ConfigError(f"--data {kind}:...: needs the evrtrl 'datasets' package ({exc})") from exc
-    need = {"shd": ("SpikeH5", "bin_events", "collate"),
-            "nmnist": ("read_nmnist", "bin_events", "collate")}[kind]
-    missing = [n for n in need if not hasattr(datasets, n)]
-    if missing:
-        raise ConfigError(
-            f"--data {kind}:...: the installed 'datasets' package ({getattr(datasets, '__file__', '?')}) "
-            f"lacks {missing}; it must provide {list(need)} (see evrtrl/training/data.py)"
-        )
-    return datasets
-
-
 class _BinnedData(SequenceData):
     """Events read and binned per sample by the ``datasets`` package."""
 
@@ -204,7 +189,7 @@ class _BinnedData(SequenceData):
                  for i in indices]
         x = self.ds.collate(steps, self.T)
         if x.shape != (self.T, len(steps), self.n_inputs):
-            raise ConfigError(f"datasets.collate returned shape {tuple(x.shape)}, expected "
+            raise ConfigError(f"evrtrl.datasets.collate returned shape {tuple(x.shape)}, expected "
                               f"{(self.T, len(steps), self.n_inputs)}")
         return x.to(dtype), torch.tensor([self.labels[int(i)] for i in indices], dtype=torch.long)
 
@@ -221,7 +206,6 @@ def _split_file(path: Path, split: str, pattern: str) -> Path:
 
 
 def _open_shd(spec: DataSpec, split: str, dt_us: int) -> SequenceData:
-    ds = _import_datasets("shd")
     f = _split_file(Path(spec.path), split, ".h5")
     factor = _opt(spec, "factor", 1)
     d = -(-_opt(spec, "channels", 700) // factor)
@@ -235,7 +219,6 @@ def _open_shd(spec: DataSpec, split: str, dt_us: int) -> SequenceData:
 
 
 def _open_nmnist(spec: DataSpec, split: str, dt_us: int) -> SequenceData:
-    ds = _import_datasets("nmnist")
     root = Path(spec.path)
     base = root / {"train": "Train", "test": "Test"}[split]
     if not base.is_dir():

@@ -125,7 +125,7 @@ class TrainResult:
 # ----------------------------------------------------------------------- building
 def build_model(cfg: TrainConfig, n_inputs: int, n_classes: int, dt_us: int | None):
     """The recurrent model and its readout, from the seed (deterministic)."""
-    from models import EGRU, LIF, Readout, Stack, Triangle, random_masks
+    from evrtrl.models import EGRU, LIF, Readout, Stack, Triangle, random_masks
 
     dtype = _DT[cfg.dtype]
     g = torch.Generator().manual_seed(cfg.seed)

@@ -13,8 +13,8 @@ the same float readout for the float and the quantised network).
 Then ``map_to_hardware`` on Loihi 2, Xylo Audio 2 and SpiNNaker 2 with test inputs,
 labels, loss and prediction, and print the three reports.
 
-    python -m neuromorphic.examples.map_trained            # full (about 4 minutes on 2 CPU cores)
-    python -m neuromorphic.examples.map_trained --quick    # smoke test (seconds)
+    python -m evrtrl.neuromorphic.examples.map_trained            # full (about 4 minutes on 2 CPU cores)
+    python -m evrtrl.neuromorphic.examples.map_trained --quick    # smoke test (seconds)
 """
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ def make_task(n: int, *, T: int, d: int = 12, classes: int = 4, seed: int = 0):
 
 
 def build(seed: int = 0):
-    from models import LIF, Readout, Stack
+    from evrtrl.models import LIF, Readout, Stack
 
     torch.manual_seed(seed)
     kw = dict(tau_mem=20e-3, tau_syn=5e-3, dt=1e-3, v_th=1.0)
@@ -85,7 +85,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--quick", action="store_true", help="tiny run for smoke tests")
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args(argv)
-    from neuromorphic import map_to_hardware
+    from evrtrl.neuromorphic import map_to_hardware
 
     T = 15 if a.quick else 40
     n_tr, n_te, epochs, batch = (16, 16, 1, 16) if a.quick else (192, 128, 2, 32)

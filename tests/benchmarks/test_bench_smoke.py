@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from benchmarks import bench
-from benchmarks.funcrtrl import check_against_dense
+from evrtrl.benchmarks import bench
+from evrtrl.benchmarks.funcrtrl import check_against_dense
 
 FIELDS = ("engine", "cell", "n", "rho", "beta", "T", "ms_per_step", "macs_per_step",
           "influence_bytes", "peak_bytes")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 import evrtrl
-from models import EGRU, LIF, Triangle, random_masks
+from evrtrl.models import EGRU, LIF, Triangle, random_masks
 
 ENGINES = ("event", "dense", "dense-live", "bptt")
 

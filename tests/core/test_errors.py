@@ -6,7 +6,7 @@ import torch
 
 import evrtrl
 from evrtrl.errors import ConfigError, MaskError, NonFiniteError, ShapeError, UnknownMethodError
-from models import EGRU, LIF, Stack
+from evrtrl.models import EGRU, LIF, Stack
 
 from .helpers import egru, per_step_loss
 

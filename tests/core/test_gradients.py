@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import evrtrl
-from models import EGRU, LIF, Stack, Triangle
+from evrtrl.models import EGRU, LIF, Stack, Triangle
 
 from .helpers import (
     assert_engines_agree, egru, last_step_loss, lif, per_step_loss, spikes_in, values_in,
@@ -67,7 +67,7 @@ def test_two_layer_stacks(kinds):
 
 
 def test_three_layer_stack_masked():
-    from models import random_masks
+    from evrtrl.models import random_masks
     layers = [
         EGRU(2, 6, theta_init=0.05, masks=random_masks(EGRU.weight_shapes(2, 6), 0.5, seed=1)),
         LIF(6, 5, tau_mem=0.01, tau_syn=0.004, dt=0.001, weight_scale=12.0,
@@ -107,7 +107,7 @@ def test_online_gradient_is_not_trivially_equal():
     density=st.sampled_from([None, 0.3, 0.7]),
 )
 def test_property_engines_agree(cell, d, n, B, T, seed, threshold, width, density):
-    from models import random_masks
+    from evrtrl.models import random_masks
     g = torch.Generator().manual_seed(seed)
     if cell == "egru":
         masks = random_masks(EGRU.weight_shapes(d, n), density, seed=seed) if density else None
@@ -130,7 +130,7 @@ def test_property_engines_agree(cell, d, n, B, T, seed, threshold, width, densit
 
 
 def test_fast_sigmoid_works_and_event_engine_warns():
-    from models import FastSigmoid
+    from evrtrl.models import FastSigmoid
     model = EGRU(3, 5, pseudo_derivative=FastSigmoid(1.0, 0.2), theta_init=0.1).double()
     x = values_in(15, 2, 3)
     with pytest.warns(evrtrl.DegradesToDenseWarning):

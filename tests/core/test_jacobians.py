@@ -12,7 +12,7 @@ from torch.func import jacrev
 
 from evrtrl.dense_engine import _gain_matrix, dense_step_jacobians
 from evrtrl.influence import ColumnBlock
-from models import EGRU, EGRUState, LIFState, heaviside
+from evrtrl.models import EGRU, EGRUState, LIFState, heaviside
 
 from .helpers import egru, lif
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 import evrtrl
-from models import EGRU, Triangle
+from evrtrl.models import EGRU, Triangle
 
 from .helpers import egru, per_step_loss, values_in
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import evrtrl
-from models import Readout
+from evrtrl.models import Readout
 
 from .helpers import egru, per_step_loss, values_in
 

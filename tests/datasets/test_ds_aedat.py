@@ -3,9 +3,9 @@ import struct
 import numpy as np
 import pytest
 
-from datasets import DVSGesture, camera_events, cut_segments, read_aedat2, read_aedat2_header, read_aedat31
-from datasets import read_gesture_labels
-from datasets.aedat import write_aedat31
+from evrtrl.datasets import DVSGesture, camera_events, cut_segments, read_aedat2, read_aedat2_header, read_aedat31
+from evrtrl.datasets import read_gesture_labels
+from evrtrl.datasets.aedat import write_aedat31
 from evrtrl.errors import FormatError
 
 

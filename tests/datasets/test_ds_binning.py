@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from datasets import (CropTime, DownsampleChannels, MergePolarity, SparseSteps, SpatialPool, audio_events,
+from evrtrl.datasets import (CropTime, DownsampleChannels, MergePolarity, SparseSteps, SpatialPool, audio_events,
                       bin_events, camera_channels, camera_events, collate)
 from evrtrl.errors import ConfigError, ShapeError
 

@@ -4,8 +4,8 @@ import threading
 
 import pytest
 
-from datasets import ChecksumError, DownloadError, Resource, download, extract
-from datasets.catalog import NMNIST, SHD, SSC, DVSGesture, NCaltech101
+from evrtrl.datasets import ChecksumError, DownloadError, Resource, download, extract
+from evrtrl.datasets.catalog import NMNIST, SHD, SSC, DVSGesture, NCaltech101
 
 PAYLOAD = bytes(range(256)) * 400  # 102,400 bytes
 

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from datasets.events import (AUDIO_DTYPE, CAMERA_DTYPE, as_events, audio_events, camera_events, from_tonic,
+from evrtrl.datasets.events import (AUDIO_DTYPE, CAMERA_DTYPE, as_events, audio_events, camera_events, from_tonic,
                              to_tonic_dtype)
 from evrtrl.errors import FormatError, ShapeError
 

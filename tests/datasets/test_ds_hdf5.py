@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from datasets import SHD, SpikeH5, audio_events, read_shd, write_shd
+from evrtrl.datasets import SHD, SpikeH5, audio_events, read_shd, write_shd
 from evrtrl.errors import FormatError
 
 

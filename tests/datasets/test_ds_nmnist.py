@@ -1,9 +1,10 @@
 import numpy as np
 import pytest
 
-import datasets
-from datasets.events import camera_events
-from datasets.nmnist import OVERFLOW_INCREMENT_US, read_nmnist, write_nmnist
+from evrtrl import datasets
+
+from evrtrl.datasets.events import camera_events
+from evrtrl.datasets.nmnist import OVERFLOW_INCREMENT_US, read_nmnist, write_nmnist
 from evrtrl.errors import FormatError
 
 

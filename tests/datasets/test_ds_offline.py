@@ -4,10 +4,10 @@ import shutil
 import numpy as np
 import pytest
 
-from datasets import NMNIST, SHD, bin_events
-from datasets.cli import register
-from datasets.offline.cochlea import Cochlea, erb_space, sieroka_space
-from datasets.offline.saccades import EventCamera, build_saccades, saccade_events
+from evrtrl.datasets import NMNIST, SHD, bin_events
+from evrtrl.datasets.cli import register
+from evrtrl.datasets.offline.cochlea import Cochlea, erb_space, sieroka_space
+from evrtrl.datasets.offline.saccades import EventCamera, build_saccades, saccade_events
 
 needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None,
                                   reason="espeak-ng not installed (apt-get install -y espeak-ng)")
@@ -92,7 +92,7 @@ def test_cli_register_and_build_saccades(tmp_path, capsys):
 
 @needs_espeak
 def test_build_spoken_small(tmp_path):
-    from datasets.offline.spoken import build_spoken
+    from evrtrl.datasets.offline.spoken import build_spoken
 
     build_spoken(tmp_path, per_class=1, test_per_class=1, channels=70, languages=("en",), workers=1,
                  progress=False)
@@ -105,7 +105,7 @@ def test_build_spoken_small(tmp_path):
 @needs_espeak
 @pytest.mark.slow
 def test_build_spoken_both_languages_700(tmp_path):
-    from datasets.offline.spoken import build_spoken
+    from evrtrl.datasets.offline.spoken import build_spoken
 
     build_spoken(tmp_path, per_class=2, test_per_class=1, seed=3, progress=False)
     tr, te = SHD(tmp_path, train=True), SHD(tmp_path, train=False)

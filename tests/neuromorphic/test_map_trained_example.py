@@ -1,5 +1,5 @@
 """Smoke test of neuromorphic/examples/map_trained.py in --quick mode (train briefly, map on 3 chips)."""
-from neuromorphic.examples import map_trained
+from evrtrl.neuromorphic.examples import map_trained
 
 
 def test_map_trained_quick(capsys):

@@ -7,9 +7,9 @@ import torch
 
 import evrtrl
 from evrtrl.errors import FormatError, UnsupportedError
-from models import EGRU, LIF, Stack
-import neuromorphic as N
-from neuromorphic.nir_io import append_bias_channel, flatten_graph
+from evrtrl.models import EGRU, LIF, Stack
+from evrtrl import neuromorphic as N
+from evrtrl.neuromorphic.nir_io import append_bias_channel, flatten_graph
 
 GRAPHS = ["braille_noDelay_bias_zero.nir", "braille_noDelay_noBias_subtract.nir", "lif_norse.nir",
           "two_lif_neurons.nir"]
@@ -145,7 +145,7 @@ def test_bundle_round_trip_egru_and_lif(tmp_path):
 
 def test_cli(tmp_path, shared_data, capsys):
     import argparse
-    from neuromorphic import cli
+    from evrtrl.neuromorphic import cli
 
     ap = argparse.ArgumentParser()
     cli.register(ap.add_subparsers(dest="cmd"))

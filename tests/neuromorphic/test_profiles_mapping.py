@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from evrtrl.errors import ConfigError, FormatError
-from models import EGRU, LIF, Stack
-import neuromorphic as N
-from neuromorphic.quantize import quantize_decay, quantize_weights
-from neuromorphic.profiles import _SOURCED_FIELDS
+from evrtrl.models import EGRU, LIF, Stack
+from evrtrl import neuromorphic as N
+from evrtrl.neuromorphic.quantize import quantize_decay, quantize_weights
+from evrtrl.neuromorphic.profiles import _SOURCED_FIELDS
 
 ALL = ["brainscales2", "loihi1", "loihi2", "speck", "spinnaker2", "truenorth", "xylo_audio2", "xylo_audio3", "xylo_imu"]
 
@@ -193,7 +193,7 @@ def test_parameter_drift_is_reported_as_warnings():
 
 def test_cli_prints_parameter_drift(tmp_path, capsys):
     import argparse
-    from neuromorphic import cli
+    from evrtrl.neuromorphic import cli
 
     src = tmp_path / "m.h5"
     N.export_bundle(_drift_net(), src)

@@ -16,7 +16,7 @@ from evrtrl.checkpoint import (
 )
 from evrtrl.errors import ConfigError, FormatError, UnknownMethodError
 from evrtrl.training import TrainConfig, dense_rtrl_macs, open_data, parse_data_spec, train
-from models import EGRU, LIF, FastSigmoid, Readout, Stack, Triangle, random_masks
+from evrtrl.models import EGRU, LIF, FastSigmoid, Readout, Stack, Triangle, random_masks
 
 
 @pytest.fixture(autouse=True)
@@ -328,7 +328,7 @@ def test_adapter_pools_and_downsamples_real_format_files(tmp_path):
     """``factor`` (SHD) and ``pool`` (N-MNIST) shrink the inputs without losing events."""
     import numpy as np
 
-    from datasets import audio_events, camera_events, write_nmnist, write_shd
+    from evrtrl.datasets import audio_events, camera_events, write_nmnist, write_shd
     from evrtrl.training.data import open_data
 
     rng = np.random.default_rng(0)

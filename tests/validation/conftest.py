@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import evrtrl
-from models import LIF
+from evrtrl.models import LIF
 
 
 def _make_lif(d, n, *, seed, integration="exact", reset="zero", recurrent=True, scale=3.0,

@@ -12,11 +12,11 @@ import torch
 
 import evrtrl
 from evrtrl.errors import UnsupportedError
-from models import EGRU, Stack
+from evrtrl.models import EGRU, Stack
 
 pytest.importorskip("brian2")
 
-from neuromorphic.brian2_bridge import run_brian2  # noqa: E402
+from evrtrl.neuromorphic.brian2_bridge import run_brian2  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 
@@ -80,16 +80,15 @@ def test_never_writes_into_home(tmp_path):
     """A fresh process with HOME pointed at an empty directory leaves it empty."""
     home = tmp_path / "home"
     home.mkdir()
-    root = Path(__file__).resolve().parents[2]
     code = (
         "import torch\n"
-        "from models import LIF\n"
-        "from neuromorphic.brian2_bridge import run_brian2\n"
+        "from evrtrl.models import LIF\n"
+        "from evrtrl.neuromorphic.brian2_bridge import run_brian2\n"
         "m = LIF(2, 3, tau_mem=0.02, tau_syn=0.01, dt=1e-3, dtype=torch.float64)\n"
         "run_brian2(m, torch.ones(5, 1, 2, dtype=torch.float64))\n"
     )
     env = {k: v for k, v in os.environ.items() if k not in ("MPLCONFIGDIR", "XDG_CACHE_HOME",
                                                             "XDG_CONFIG_HOME")}
-    env.update(HOME=str(home), PYTHONPATH=str(root))
+    env.update(HOME=str(home))
     subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, check=True, timeout=300)
     assert sorted(p.relative_to(home).as_posix() for p in home.rglob("*")) == []

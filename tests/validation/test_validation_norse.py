@@ -6,11 +6,11 @@ import torch
 
 import evrtrl
 from evrtrl.errors import UnsupportedError
-from models import EGRU, Stack
+from evrtrl.models import EGRU, Stack
 
 pytest.importorskip("norse.torch")
 
-from neuromorphic.norse_bridge import norse_cell, run_norse  # noqa: E402
+from evrtrl.neuromorphic.norse_bridge import norse_cell, run_norse  # noqa: E402
 
 slow = pytest.mark.slow  # cross-simulator checks (DESIGN.md section 1); CI runs them
 
@@ -66,7 +66,7 @@ def test_stack(same_dynamics, make_lif, make_spikes):
 @slow
 def test_masked_diagonal_autapses(same_dynamics, make_lif, make_spikes):
     n = 10
-    from models import LIF
+    from evrtrl.models import LIF
     g = torch.Generator().manual_seed(9)
     m = LIF(4, n, tau_mem=20e-3, tau_syn=10e-3, dt=1e-3, integration="euler", weight_scale=3.0,
             masks={"U": 1 - torch.eye(n)}, dtype=torch.float64, generator=g)

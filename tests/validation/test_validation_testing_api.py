@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import evrtrl.testing as et
-from models import EGRU, LIF
-from models.lif import lif_step
+from evrtrl.models import EGRU, LIF
+from evrtrl.models.lif import lif_step
 
 
 class WrongJacobianLIF(LIF):
@@ -120,7 +120,7 @@ def test_validate_saved_model(tmp_path, capsys):
 
     from evrtrl.checkpoint import save_model
     from evrtrl.validate import main
-    from models import EGRU
+    from evrtrl.models import EGRU
 
     path = tmp_path / "m.h5"
     save_model(EGRU(2, 5, generator=torch.Generator().manual_seed(0)), path)
