@@ -23,13 +23,14 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from evrtrl.models import Triangle, random_masks
+from evrtrl.models.egru import EGRU, EGRUState
+from evrtrl.models.lif import LIF, LIFState
+from evrtrl.models.surrogate import heaviside
 from torch.func import jvp, vjp, vmap
 
 from evrtrl.layer import Layer
 from evrtrl.stats import EngineStats
-from evrtrl.models.egru import EGRU, EGRUState
-from evrtrl.models.lif import LIF, LIFState
-from evrtrl.models.surrogate import heaviside
 
 __all__ = ["FuncRTRL"]
 
@@ -143,7 +144,6 @@ class FuncRTRL:
 def check_against_dense(verbose: bool = False) -> float:
     """Largest relative gradient error of FuncRTRL vs the dense engine and BPTT (float64)."""
     import evrtrl
-    from evrtrl.models import Triangle, random_masks
     worst = 0.0
     g = torch.Generator().manual_seed(0)
     d, n, T = 4, 7, 25

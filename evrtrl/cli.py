@@ -1,9 +1,9 @@
 """The ``evrtrl`` command line.
 
-``evrtrl demo`` trains on the embedded task; the other commands come from the packages
-that own them and are imported only when the command line is built:
-``validate`` (evrtrl.validate), ``bench`` (benchmarks), ``train``/``evaluate``/``plot``
-(evrtrl.training), ``data build`` (datasets), ``export``/``targets`` (neuromorphic).
+The commands come from the packages that own them and are imported only when the command
+line is built: ``validate`` (evrtrl.validation.validate), ``bench`` (evrtrl.benchmarks),
+``demo``/``train``/``evaluate``/``plot`` (evrtrl.training), ``data build`` (evrtrl.datasets),
+``export``/``targets`` (evrtrl.neuromorphic).
 """
 from __future__ import annotations
 
@@ -16,22 +16,12 @@ from evrtrl import __version__
 
 #: (module, attribute) of each ``register(subparsers)`` that adds commands
 REGISTRARS = (
-    ("evrtrl.validate", "register"),
+    ("evrtrl.validation.validate", "register"),
     ("evrtrl.training.cli", "register"),
     ("evrtrl.benchmarks.bench", "register"),
     ("evrtrl.datasets.cli", "register"),
     ("evrtrl.neuromorphic.cli", "register"),
 )
-
-
-def _demo(args: argparse.Namespace) -> int:
-    import torch
-
-    from evrtrl.demo import run
-
-    torch.set_num_threads(args.threads)
-    acc = run(epochs=args.epochs, hidden=args.hidden, seed=args.seed, progress=not args.quiet)
-    return 0 if acc >= 0.99 else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,14 +31,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"evrtrl {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    demo = sub.add_parser("demo", help="train an EGRU online with the event engine (embedded task)")
-    demo.add_argument("--epochs", type=int, default=30, help="maximum epochs (default 30)")
-    demo.add_argument("--hidden", type=int, default=16, help="EGRU units (default 16)")
-    demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--threads", type=int, default=1,
-                      help="torch threads (default 1: fastest for small models)")
-    demo.add_argument("--quiet", action="store_true", help="no progress bar")
-    demo.set_defaults(func=_demo)
     for module, attr in REGISTRARS:
         try:
             mod = importlib.import_module(module)

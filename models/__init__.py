@@ -8,10 +8,12 @@ from evrtrl.models.masks import random_masks
 from evrtrl.models.readout import Readout
 from evrtrl.models.stack import Stack
 from evrtrl.models.surrogate import FastSigmoid, PseudoDerivative, Triangle, heaviside
+from evrtrl.models.modelfile import LoadedModel, load_model, save_model  # noqa: E402  (needs the cells above)
 
 __all__ = [
     "EGRU", "EGRUState", "EGRUWeights", "egru_step", "egru_jacobian",
     "LIF", "LIFState", "LIFWeights", "LIFParameters", "lif_step", "lif_jacobian",
     "Stack", "random_masks", "Readout",
     "PseudoDerivative", "Triangle", "FastSigmoid", "heaviside",
+    "save_model", "load_model", "LoadedModel",
 ]

@@ -1,6 +1,6 @@
 """CLI: ``evrtrl export MODEL --target NAME --format nir|bundle -o PATH`` and ``evrtrl targets``.
 
-MODEL is a model file written by ``evrtrl.checkpoint.save_model`` (``evrtrl train``
+MODEL is a model file written by ``evrtrl.models.save_model`` (``evrtrl train``
 writes ``RUN/model.h5``), a ``.nir`` graph, or an evrtrl bundle.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ def _load(path: str, dt: float | None):
     from pathlib import Path
 
     p = Path(path)
-    from evrtrl import checkpoint
+    from evrtrl.models.modelfile import load_model
 
     if p.suffix == ".nir":
         from .nir_io import import_nir
@@ -25,7 +25,7 @@ def _load(path: str, dt: float | None):
         from .bundle import read_bundle
         from .netspec import model_from_network
         return model_from_network(read_bundle(p).network)
-    return checkpoint.load_model(p).model
+    return load_model(p).model
 
 
 def _export(args) -> int:

@@ -4,8 +4,9 @@ from __future__ import annotations
 import ast
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 FOLDERS = ("evrtrl", "models", "datasets", "neuromorphic", "benchmarks")
@@ -55,6 +56,73 @@ def test_bare_import_is_refused_from_the_repository_root():
     assert out.returncode != 0 and "import evrtrl.models" in out.stderr
 
 
+#: folder -> installed package name
+PACKAGE = {"evrtrl": "evrtrl", "models": "evrtrl.models", "datasets": "evrtrl.datasets",
+           "neuromorphic": "evrtrl.neuromorphic", "benchmarks": "evrtrl.benchmarks"}
+#: the wings: applications on top of everything else (each may import only itself and the floors)
+WINGS = ("evrtrl.training", "evrtrl.validation", "evrtrl.benchmarks")
+CLI = ("evrtrl.cli", "evrtrl.__main__")
+
+
+def _floor(module: str) -> tuple[int, str]:
+    """(floor, group) of an evrtrl module: 0 engine core, 1 models | datasets, 2 neuromorphic,
+    3 a wing. Modules of one group may import each other; otherwise only lower floors."""
+    if module in CLI:
+        return 3, "cli"
+    for wing in WINGS:
+        if module == wing or module.startswith(wing + "."):
+            return 3, wing
+    for pkg, floor in (("evrtrl.models", 1), ("evrtrl.datasets", 1), ("evrtrl.neuromorphic", 2)):
+        if module == pkg or module.startswith(pkg + "."):
+            return floor, pkg
+    return 0, "evrtrl"
+
+
+def _module_name(path: Path) -> str:
+    folder, *rest = path.relative_to(ROOT).with_suffix("").parts
+    parts = [PACKAGE[folder], *rest]
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _imports(path: Path, module: str):
+    is_pkg = path.name == "__init__.py"
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            yield from ((node.lineno, a.name) for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = module.split(".")
+                base = base[: len(base) - node.level + (1 if is_pkg else 0)]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            yield node.lineno, target
+            # `from evrtrl import models` imports the sub-package evrtrl.models
+            for a in node.names:
+                yield node.lineno, f"{target}.{a.name}"
+
+
+def test_import_floors():
+    """DESIGN.md section 1: engine core < models, datasets < neuromorphic < the wings (training,
+    validation, benchmarks, CLI), checked on every import statement, function-local ones too."""
+    known = {_module_name(p) for f in FOLDERS for p in (ROOT / f).rglob("*.py")}
+    bad = []
+    for folder in FOLDERS:
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            module = _module_name(path)
+            floor, group = _floor(module)
+            for line, target in _imports(path, module):
+                if not target.startswith("evrtrl") or target not in known:
+                    continue
+                t_floor, t_group = _floor(target)
+                if t_group != group and t_floor >= floor:
+                    bad.append(f"{path.relative_to(ROOT)}:{line}: {module} (floor {floor}) imports "
+                               f"{target} (floor {t_floor})")
+    assert bad == [], "imports against the floors:\n" + "\n".join(sorted(set(bad)))
+
+
 def _loaded_after(statement: str) -> set[str]:
     code = (f"import sys; {statement}; "
             "print(' '.join(m for m in ('evrtrl.models', 'evrtrl.datasets', 'evrtrl.neuromorphic')"
@@ -65,7 +133,7 @@ def _loaded_after(statement: str) -> set[str]:
 
 
 def test_core_imports_no_other_package():
-    assert _loaded_after("import evrtrl, evrtrl.checkpoint, evrtrl.testing") == set()
+    assert _loaded_after("import evrtrl") == set()
 
 
 def test_models_and_datasets_do_not_import_neuromorphic():

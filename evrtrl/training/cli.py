@@ -1,4 +1,4 @@
-"""CLI sub-commands ``train``, ``evaluate`` and ``plot``.
+"""CLI sub-commands ``demo``, ``train``, ``evaluate`` and ``plot``.
 
 ``register(subparsers)`` adds them to the ``evrtrl`` parser (the lead wires it into
 ``evrtrl/cli.py``); each handler is ``handler(args) -> int`` via ``set_defaults(func=...)``.
@@ -11,12 +11,34 @@ import json
 import sys
 from typing import Sequence
 
-__all__ = ["register", "main", "cmd_train", "cmd_evaluate", "cmd_plot"]
+import torch
+
+from evrtrl.errors import EvrtrlError
+from evrtrl.training import distributed as ddp
+from evrtrl.training.demo import run as run_demo
+from evrtrl.training.evaluate import evaluate
+from evrtrl.training.loop import TrainConfig, train
+from evrtrl.training.plot import plot
+
+__all__ = ["register", "main", "cmd_demo", "cmd_train", "cmd_evaluate", "cmd_plot"]
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    torch.set_num_threads(args.threads)
+    acc = run_demo(epochs=args.epochs, hidden=args.hidden, seed=args.seed, progress=not args.quiet)
+    return 0 if acc >= 0.99 else 1
 
 
 def register(subparsers) -> None:
-    """Add ``train``, ``evaluate`` and ``plot`` to an ``add_subparsers()`` object."""
-    from evrtrl.training.loop import TrainConfig
+    """Add ``demo``, ``train``, ``evaluate`` and ``plot`` to an ``add_subparsers()`` object."""
+    demo = subparsers.add_parser("demo", help="train an EGRU online with the event engine (embedded task)")
+    demo.add_argument("--epochs", type=int, default=30, help="maximum epochs (default 30)")
+    demo.add_argument("--hidden", type=int, default=16, help="EGRU units (default 16)")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--threads", type=int, default=1,
+                      help="torch threads (default 1: fastest for small models)")
+    demo.add_argument("--quiet", action="store_true", help="no progress bar")
+    demo.set_defaults(func=cmd_demo)
 
     d = TrainConfig()
     p = subparsers.add_parser(
@@ -75,9 +97,6 @@ def _error(exc: Exception) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from evrtrl.errors import EvrtrlError
-    from evrtrl.training import distributed as ddp
-    from evrtrl.training.loop import TrainConfig, train
 
     cfg = TrainConfig(
         data=args.data, model=args.model, hidden=args.hidden, layers=args.layers,
@@ -106,8 +125,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from evrtrl.errors import EvrtrlError
-    from evrtrl.training.evaluate import evaluate
 
     try:
         acc = evaluate(args.target, args.data, split=args.split, batch=args.batch)
@@ -118,7 +135,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from evrtrl.training.plot import plot
 
     try:
         paths = plot(args.run_dir, sample=args.sample)

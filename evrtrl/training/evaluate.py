@@ -6,16 +6,18 @@ from pathlib import Path
 from typing import Any
 
 from evrtrl.errors import ConfigError
+from evrtrl.models.modelfile import LoadedModel, load_model
+from evrtrl.network import layers_of
 from evrtrl.training.data import DataSpec, SequenceData, open_data
+from evrtrl.training.loop import _accuracy
 
 __all__ = ["evaluate", "resolve_model"]
 
 
 def resolve_model(run_or_model: Any) -> tuple[Any, Any, dict[str, Any]]:
     """``(model, readout, info)`` from a run directory, a model/checkpoint file, a
-    :class:`~evrtrl.checkpoint.LoadedModel` or a ``(model, readout)`` pair. ``info`` holds
+    :class:`~evrtrl.models.LoadedModel` or a ``(model, readout)`` pair. ``info`` holds
     ``loss_mode``, ``data`` and ``dt_us`` where known."""
-    from evrtrl.checkpoint import LoadedModel, load_model
 
     if isinstance(run_or_model, LoadedModel):
         return run_or_model.model, run_or_model.readout, dict(run_or_model.extra)
@@ -43,7 +45,6 @@ def evaluate(run_or_model: Any, data: str | DataSpec | SequenceData | None = Non
     The prediction rule follows the run's loss (``mean``: argmax of the time-summed
     readout logits; ``last``: of the last step's), read from the file or ``loss_mode``.
     """
-    from evrtrl.training.loop import _accuracy
 
     model, readout, info = resolve_model(run_or_model)
     mode = loss_mode or info.get("loss_mode") or "mean"
@@ -60,6 +61,5 @@ def evaluate(run_or_model: Any, data: str | DataSpec | SequenceData | None = Non
 
 
 def model_input_size(model: Any) -> int:
-    from evrtrl.network import layers_of
 
     return layers_of(model)[0].layer.input_size

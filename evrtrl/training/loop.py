@@ -34,9 +34,10 @@ from typing import Any, Callable, Sequence
 import torch
 
 from evrtrl.atomic import atomic_write_text
-
 from evrtrl.errors import ConfigError, UnknownMethodError
+from evrtrl.models.modelfile import save_model
 from evrtrl.training import distributed as ddp
+from evrtrl.training.checkpoint import load_checkpoint, save_checkpoint
 from evrtrl.training.data import SequenceData, open_data, parse_data_spec
 from evrtrl.training.metrics import MetricsLog, dense_rtrl_macs
 
@@ -234,7 +235,6 @@ def train(
     the run as a kill would. Runs distributed when a ``torch.distributed`` group is
     initialised (:mod:`evrtrl.training.distributed`).
     """
-    from evrtrl.checkpoint import load_checkpoint, save_checkpoint, save_model
     from evrtrl.online import OnlineLearner
 
     t_start = time.perf_counter()

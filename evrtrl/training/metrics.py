@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from evrtrl.atomic import atomic_write
+from evrtrl.network import layers_of
 
 __all__ = ["dense_rtrl_macs", "MetricsLog", "read_records"]
 
@@ -35,7 +36,6 @@ def dense_rtrl_macs(model: Any, batch: int, steps: int, loss_steps: int | None =
                     columns: str = "all") -> int:
     """Multiply-adds of dense RTRL (module docstring) over ``steps`` steps of ``batch``
     streams, with a loss at ``loss_steps`` of them (default: every step)."""
-    from evrtrl.network import layers_of
 
     refs = layers_of(model)
     loss_steps = steps if loss_steps is None else loss_steps

@@ -19,6 +19,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from evrtrl.training.data import open_data
+from evrtrl.training.evaluate import resolve_model
 from evrtrl.training.metrics import read_records
 
 __all__ = ["plot"]
@@ -106,8 +108,6 @@ def plot(run_dir: str | os.PathLike, *, sample: int = 0) -> list[Path]:
 
 def _raster(run: Path, figdir: Path, sample: int, plt) -> Path | None:
     import evrtrl
-    from evrtrl.training.data import open_data
-    from evrtrl.training.evaluate import resolve_model
 
     if not (run / "model.h5").exists():
         raise FileNotFoundError(f"{run / 'model.h5'} is absent (the run has not finished an epoch)")

@@ -11,9 +11,8 @@ import pytest
 import torch
 
 import evrtrl
-from evrtrl.checkpoint import (
-    FORMAT_VERSION, load_checkpoint, load_model, save_checkpoint, save_model,
-)
+from evrtrl.models.modelfile import FORMAT_VERSION, load_model, save_model
+from evrtrl.training.checkpoint import load_checkpoint, save_checkpoint
 from evrtrl.errors import ConfigError, FormatError, UnknownMethodError
 from evrtrl.training import TrainConfig, dense_rtrl_macs, open_data, parse_data_spec, train
 from evrtrl.models import EGRU, LIF, FastSigmoid, Readout, Stack, Triangle, random_masks
@@ -103,7 +102,7 @@ def test_checkpoint_round_trip_optimizer_rng_metrics(tmp_path):
 
 
 def test_failed_write_leaves_previous_file_intact(tmp_path, monkeypatch):
-    import evrtrl.checkpoint as ck
+    import evrtrl.models.modelfile as ck
 
     path = tmp_path / "m.h5"
     old = _egru(seed=0)

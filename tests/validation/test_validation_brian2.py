@@ -5,7 +5,6 @@ import math
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -16,7 +15,7 @@ from evrtrl.models import EGRU, Stack
 
 pytest.importorskip("brian2")
 
-from evrtrl.neuromorphic.brian2_bridge import run_brian2  # noqa: E402
+from evrtrl.validation.brian2_bridge import run_brian2  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 
@@ -83,7 +82,7 @@ def test_never_writes_into_home(tmp_path):
     code = (
         "import torch\n"
         "from evrtrl.models import LIF\n"
-        "from evrtrl.neuromorphic.brian2_bridge import run_brian2\n"
+        "from evrtrl.validation.brian2_bridge import run_brian2\n"
         "m = LIF(2, 3, tau_mem=0.02, tau_syn=0.01, dt=1e-3, dtype=torch.float64)\n"
         "run_brian2(m, torch.ones(5, 1, 2, dtype=torch.float64))\n"
     )

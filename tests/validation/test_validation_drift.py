@@ -6,8 +6,8 @@ import pytest
 pytest.importorskip("brian2")
 pytest.importorskip("norse.torch")
 
-from evrtrl.validate import DRIFT_BOUND  # noqa: E402
-from evrtrl.neuromorphic.drift import drift_pair  # noqa: E402
+from evrtrl.validation.validate import DRIFT_BOUND  # noqa: E402
+from evrtrl.validation.drift import drift_pair  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 

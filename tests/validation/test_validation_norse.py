@@ -10,7 +10,7 @@ from evrtrl.models import EGRU, Stack
 
 pytest.importorskip("norse.torch")
 
-from evrtrl.neuromorphic.norse_bridge import norse_cell, run_norse  # noqa: E402
+from evrtrl.validation.norse_bridge import norse_cell, run_norse  # noqa: E402
 
 slow = pytest.mark.slow  # cross-simulator checks (DESIGN.md section 1); CI runs them
 

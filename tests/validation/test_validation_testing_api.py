@@ -7,7 +7,7 @@ import re
 import pytest
 import torch
 
-import evrtrl.testing as et
+import evrtrl.validation.testing as et
 from evrtrl.models import EGRU, LIF
 from evrtrl.models.lif import lif_step
 
@@ -96,14 +96,14 @@ def test_testing_imports_without_simulators():
     import subprocess
     import sys
 
-    code = ("import sys; import evrtrl.testing, evrtrl.validate, evrtrl.spikecompare; "
+    code = ("import sys; import evrtrl.validation.testing, evrtrl.validation.validate, evrtrl.spikecompare; "
             "bad = [m for m in ('brian2', 'norse') if m in sys.modules]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 
 def test_register_adds_validate_command():
-    from evrtrl.validate import main, register
+    from evrtrl.validation.validate import main, register
 
     p = argparse.ArgumentParser(prog="evrtrl")
     sub = p.add_subparsers(dest="command")
@@ -118,8 +118,8 @@ def test_validate_saved_model(tmp_path, capsys):
     """`evrtrl validate --model PATH` checks a saved model; a missing file is exit code 2."""
     import torch
 
-    from evrtrl.checkpoint import save_model
-    from evrtrl.validate import main
+    from evrtrl.models.modelfile import save_model
+    from evrtrl.validation.validate import main
     from evrtrl.models import EGRU
 
     path = tmp_path / "m.h5"
@@ -136,7 +136,7 @@ def test_validate_saved_model(tmp_path, capsys):
 def test_validate_quick_passes_and_prints_table(capsys):
     pytest.importorskip("brian2")
     pytest.importorskip("norse.torch")
-    from evrtrl.validate import main
+    from evrtrl.validation.validate import main
 
     assert main(["--quick"]) == 0
     out = capsys.readouterr().out
@@ -145,7 +145,7 @@ def test_validate_quick_passes_and_prints_table(capsys):
 
 
 def test_validate_failure_returns_nonzero(monkeypatch, capsys):
-    import evrtrl.validate as v
+    import evrtrl.validation.validate as v
 
     def fake_checks(quick, model=None):
         return [("always fails", "", lambda: v.CheckResult("always fails", "x", 1.0, 0.0, False,

@@ -36,7 +36,8 @@ import torch
 
 from evrtrl.api import LayerTrace
 from evrtrl.errors import ConfigError, UnsupportedError
-from evrtrl.neuromorphic._bridge import BridgeResult, check_spike_input, lif_layers
+from evrtrl.network import layers_of
+from evrtrl.validation.bridge import BridgeResult, check_spike_input, lif_layers
 
 __all__ = ["run_brian2", "brian2_network_code", "EULER_MESSAGE"]
 
@@ -45,7 +46,7 @@ EULER_MESSAGE = (
     "forward-Euler step, then threshold), which Brian2's method='euler' does not reproduce: "
     "Brian2 integrates before the threshold and applies synaptic jumps after it, so the "
     "input of step t reaches v one step later; compare euler models with "
-    "evrtrl.neuromorphic.norse_bridge.run_norse instead"
+    "evrtrl.validation.norse_bridge.run_norse instead"
 )
 
 _TMP: str | None = None
@@ -100,7 +101,6 @@ def _reset_code(layer) -> str:
 
 def brian2_network_code(model) -> str:
     """The Brian2 equations, threshold and reset used for each layer (for docs and reports)."""
-    from evrtrl.network import layers_of
 
     out = []
     for ref in layers_of(model):
@@ -222,6 +222,5 @@ def run_brian2(model, x: torch.Tensor, *, batch_index: int | Sequence[int] | Non
 
 
 def _is_euler(model) -> bool:
-    from evrtrl.network import layers_of
 
     return any(getattr(r.layer, "integration", None) == "euler" for r in layers_of(model))

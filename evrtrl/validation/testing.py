@@ -1,6 +1,6 @@
 """Assertions for users' own tests: gradient agreement and cross-simulator agreement.
 
->>> import torch, evrtrl.testing as et
+>>> import torch, evrtrl.validation.testing as et
 >>> from evrtrl.models import LIF
 >>> m = LIF(3, 4, tau_mem=20e-3, tau_syn=10e-3, dt=1e-3, weight_scale=3.0, dtype=torch.float64)
 >>> x = (torch.rand(50, 2, 3) < 0.3).double()
@@ -18,7 +18,11 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from evrtrl.spikecompare import SpikeComparison, compare_spikes
+from evrtrl.api import gradients, simulate
+from evrtrl.network import layers_of
+from evrtrl.spikecompare import SpikeComparison, compare_spikes, match_count, spike_times
+from evrtrl.validation.brian2_bridge import run_brian2
+from evrtrl.validation.norse_bridge import run_norse
 
 __all__ = [
     "assert_gradients_match", "gradient_errors", "GradientError",
@@ -51,7 +55,6 @@ class GradientError:
 def gradient_errors(model: Any, x: torch.Tensor, loss_fn: Callable,
                     methods: Sequence[str] = ("event", "dense", "bptt")) -> list[GradientError]:
     """One :class:`GradientError` per parameter and pair of ``methods``."""
-    from evrtrl.api import gradients
 
     if len(methods) < 2:
         raise ValueError(f"need at least two methods to compare, got {list(methods)}")
@@ -104,7 +107,6 @@ def assert_gradients_match(model: Any, x: torch.Tensor, loss_fn: Callable,
 def compare_with_reference(model: Any, x: torch.Tensor, ref, *, name: str = "reference",
                            batch_index: Sequence[int] | None = None) -> list[SpikeComparison]:
     """Per layer, :func:`compare_spikes` of ``evrtrl.simulate(model, x)`` against ``ref``."""
-    from evrtrl.api import simulate
 
     return _compare(simulate(model, x), ref, name, batch_index, x.shape[1])
 
@@ -128,7 +130,6 @@ def _value(states: dict, key: str, t: int, b: int, k: int) -> str:
 
 def _check(model, x, ref, who: str, max_step_shift: int, state_atol: float | None,
            batch_index: Sequence[int] | None) -> list[SpikeComparison]:
-    from evrtrl.api import simulate
 
     sim = simulate(model, x)
     comps = _compare(sim, ref, who, batch_index, x.shape[1])
@@ -153,7 +154,6 @@ def _check(model, x, ref, who: str, max_step_shift: int, state_atol: float | Non
                 mf = c.matched[max_step_shift]
             if mf < 1.0:
                 import numpy as np
-                from evrtrl.spikecompare import match_count, spike_times
 
                 ta, tb = spike_times(lib_sp), spike_times(ref_sp)
                 for b in range(len(ta)):
@@ -189,7 +189,6 @@ def assert_matches_brian2(model: Any, x: torch.Tensor, *, max_step_shift: int = 
     end-of-step ``v``/``i`` difference, checked where the rasters are identical (None: skip).
     Returns one :class:`SpikeComparison` per layer.
     """
-    from evrtrl.neuromorphic.brian2_bridge import run_brian2
 
     ref = run_brian2(model, x, batch_index=batch_index)
     return _check(model, x, ref, "Brian2", max_step_shift, state_atol, ref.batch_index)
@@ -201,10 +200,8 @@ def assert_matches_norse(model: Any, x: torch.Tensor, *, max_step_shift: int = 0
     """Assert that ``evrtrl.simulate`` (``integration='euler'``) and Norse give the same spikes.
 
     As :func:`assert_matches_brian2`; ``state_atol`` defaults to 1e-9 for float64 models and
-    1e-4 otherwise. ``parameter_dtype`` is passed to :func:`evrtrl.neuromorphic.norse_bridge.run_norse`.
+    1e-4 otherwise. ``parameter_dtype`` is passed to :func:`evrtrl.validation.norse_bridge.run_norse`.
     """
-    from evrtrl.network import layers_of
-    from evrtrl.neuromorphic.norse_bridge import run_norse
 
     if state_atol is None:
         state_atol = 1e-9 if layers_of(model)[0].layer.dtype == torch.float64 else 1e-4

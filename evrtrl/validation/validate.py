@@ -21,6 +21,14 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
+from evrtrl.models import EGRU, LIF, Stack
+from evrtrl.models.modelfile import load_model
+
+from evrtrl.network import layers_of
+from evrtrl.validation.brian2_bridge import run_brian2
+from evrtrl.validation.drift import drift_pair
+from evrtrl.validation.norse_bridge import run_norse
+from evrtrl.validation.testing import compare_with_reference, gradient_errors
 
 __all__ = ["CheckResult", "run_validation", "main", "register", "DRIFT_BOUND"]
 
@@ -52,7 +60,6 @@ class CheckResult:
 
 
 def _lif(d, n, seed, **kw):
-    from evrtrl.models import LIF
 
     g = torch.Generator().manual_seed(seed)
     kw.setdefault("weight_scale", 3.0)
@@ -71,7 +78,6 @@ def _loss(T, B, n, seed):
 
 
 def _gradient_check(name, model, x) -> CheckResult:
-    from evrtrl.testing import gradient_errors
 
     T, B = x.shape[:2]
     errs = gradient_errors(model, x, _loss(T, B, model.hidden_size, 0))
@@ -82,7 +88,6 @@ def _gradient_check(name, model, x) -> CheckResult:
 
 
 def _sim_check(name, reference, model, x, runner) -> CheckResult:
-    from evrtrl.testing import compare_with_reference
 
     comps = compare_with_reference(model, x, runner(model, x), name=reference)
     mism = sum(c.n_mismatch for c in comps)
@@ -104,7 +109,6 @@ def _have(module: str) -> bool:
 
 
 def _checks(quick: bool, model=None) -> list[tuple[str, str, Callable[[], CheckResult]]]:
-    from evrtrl.models import EGRU, Stack
 
     T = 60 if quick else 200
     out: list[tuple[str, str, Callable[[], CheckResult]]] = []
@@ -119,8 +123,6 @@ def _checks(quick: bool, model=None) -> list[tuple[str, str, Callable[[], CheckR
         x = _spikes(T // 2, 2, 4, 0.2, 1)
         out.append((f"gradients LIF {integ}", "",
                     lambda m=m, x=x, i=integ: _gradient_check(f"gradients LIF {i}", m, x)))
-    from evrtrl.neuromorphic.brian2_bridge import run_brian2
-    from evrtrl.neuromorphic.norse_bridge import run_norse
 
     variants = [(False, "zero"), (True, "zero"), (True, "subtract")]
     if not quick:
@@ -145,7 +147,6 @@ def _checks(quick: bool, model=None) -> list[tuple[str, str, Callable[[], CheckR
 
 
 def _drift_check(quick: bool) -> CheckResult:
-    from evrtrl.neuromorphic.drift import drift_pair
 
     r = 0.05
     rows = [drift_pair(r, recurrent=rec, seed=s, duration=0.25 if quick else 0.5)
@@ -159,8 +160,6 @@ def _drift_check(quick: bool) -> CheckResult:
 
 def _model_checks(model, T):
     """Checks for a loaded model: gradients, plus the simulator its integration matches."""
-    from evrtrl.network import layers_of
-    from evrtrl.models import LIF
 
     layers = [r.layer for r in layers_of(model)]
     model = model.double()
@@ -170,12 +169,10 @@ def _model_checks(model, T):
     if all(isinstance(l, LIF) for l in layers):
         integ = {l.integration for l in layers}
         if integ == {"exact"}:
-            from evrtrl.neuromorphic.brian2_bridge import run_brian2
 
             out.append(("model vs Brian2", "brian2",
                         lambda: _sim_check("model vs Brian2", "Brian2", model, x, run_brian2)))
         elif integ == {"euler"} and all(l.reset == "zero" for l in layers):
-            from evrtrl.neuromorphic.norse_bridge import run_norse
 
             out.append(("model vs Norse", "norse",
                         lambda: _sim_check("model vs Norse", "Norse", model, x, run_norse)))
@@ -183,8 +180,7 @@ def _model_checks(model, T):
 
 
 def _load(model_path: str):
-    """The recurrent model of a file written by ``evrtrl.checkpoint.save_model``."""
-    from evrtrl.checkpoint import load_model
+    """The recurrent model of a file written by ``evrtrl.models.save_model``."""
 
     return load_model(model_path).model
 
@@ -254,7 +250,7 @@ def main(args: argparse.Namespace | list[str] | None = None) -> int:
 
 def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", metavar="PATH", default=None,
-                   help="validate a model saved by evrtrl.checkpoint.save_model (or `evrtrl train`)")
+                   help="validate a model saved by evrtrl.models.save_model (or `evrtrl train`)")
     p.add_argument("--quick", action="store_true",
                    help="shorter sequences and fewer configurations")
 

@@ -21,8 +21,11 @@ from typing import Sequence
 
 import numpy as np
 import torch
+from evrtrl.models import LIF
 
 from evrtrl.spikecompare import compare_spikes
+from evrtrl.validation.brian2_bridge import run_brian2
+from evrtrl.validation.norse_bridge import run_norse
 
 __all__ = ["DriftRow", "drift_pair", "drift_study", "poisson_events", "bin_events"]
 
@@ -66,7 +69,6 @@ def bin_events(events: list[np.ndarray], dt: float, steps: int, batch: int = 1) 
 
 
 def _models(d, n, dt, tau_mem, tau_syn, recurrent, scale, seed):
-    from evrtrl.models import LIF
 
     g = torch.Generator().manual_seed(seed)
     kw = dict(tau_mem=tau_mem, tau_syn=tau_syn, dt=dt, recurrent=recurrent, dtype=torch.float64)
@@ -98,8 +100,6 @@ def drift_pair(dt_over_tau: float, *, recurrent: bool = True, seed: int = 0, n: 
     exact, euler = _models(d, n, dt, tau_mem, tau_syn, recurrent, scale, seed)
     x = bin_events(poisson_events(d, rate_hz, duration, seed), dt, steps)
     if use_simulators:
-        from evrtrl.neuromorphic.brian2_bridge import run_brian2
-        from evrtrl.neuromorphic.norse_bridge import run_norse
 
         a, b = run_brian2(exact, x).spikes, run_norse(euler, x).spikes
     else:

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from evrtrl.api import LayerTrace
 from evrtrl.errors import UnsupportedError
-from evrtrl.neuromorphic._bridge import BridgeResult, lif_layers
+from evrtrl.validation.bridge import BridgeResult, lif_layers
 
 __all__ = ["run_norse", "norse_parameters", "norse_cell"]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+from evrtrl.models.lif import LIF  # local: neuromorphic -> models
 
 from evrtrl.api import LayerTrace
 from evrtrl.errors import UnsupportedError
@@ -31,7 +32,6 @@ class BridgeResult:
 
 def lif_layers(model, x: torch.Tensor, who: str, integration: str) -> list:
     """The LIF layers of ``model``; raises UnsupportedError for anything else."""
-    from evrtrl.models.lif import LIF  # local: neuromorphic -> models
 
     check_sequence(model, x)
     refs = layers_of(model)

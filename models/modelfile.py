@@ -1,0 +1,208 @@
+r"""The model file: a trained network (EGRU, LIF or a Stack) and its readout in versioned HDF5.
+
+Written **atomically** (:mod:`evrtrl.atomic`): a crash or a kill mid-write leaves the
+previous file intact, never a half-written one. Format version 1::
+
+    /                       attrs: format_version=1, kind="evrtrl-model",
+                                   evrtrl_version, extra (JSON of **extra)
+    /model                  attrs: class ("EGRU" | "LIF" | "Stack"), n_layers
+    /model/layers/<i>       attrs: class, input_size, hidden_size, dtype,
+                                   pd_kind, pd_gamma, pd_width,
+                                   (LIF) tau_mem tau_syn dt v_th v_leak v_reset
+                                         reset integration recurrent
+                            datasets: every parameter (W_u, ..., theta; W, U), stored
+                                      masked (pruned entries hold 0), and mask_<weight>
+    /readout (optional)     attrs: class="Readout", hidden_size, n_out, dtype
+                            datasets: weight (n_out x n), bias (n_out)
+
+``theta_init`` and ``weight_scale`` are not stored: they only set initial values, and the
+values themselves are stored. A single layer is stored as a one-layer model with
+``class`` = the layer's class, so ``load_model`` returns the same type it was given.
+A training checkpoint (:mod:`evrtrl.training.checkpoint`) holds the same ``/model`` and
+``/readout`` groups, so :func:`load_model` reads the model part of a checkpoint too.
+
+Every reading error is a :class:`~evrtrl.errors.FormatError` naming the file and the
+missing or bad field.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from evrtrl.models import surrogate
+from evrtrl.models.egru import EGRU
+from evrtrl.models.lif import LIF
+from evrtrl.models.readout import Readout
+from evrtrl.models.stack import Stack
+
+from evrtrl.errors import ConfigError, FormatError
+from evrtrl.h5file import (
+    DTYPES,
+    attr,
+    attr_str,
+    dataset,
+    dtype_name,
+    group,
+    open_h5,
+    read_extra,
+    write_h5,
+    write_header,
+)
+
+__all__ = ["FORMAT_VERSION", "SUPPORTED_VERSIONS", "save_model", "load_model", "LoadedModel", "write_model",
+           "read_model"]
+
+#: the only format version this code writes; the versions it reads
+FORMAT_VERSION = 1
+SUPPORTED_VERSIONS = (1,)
+
+_LIF_FIELDS = ("tau_mem", "tau_syn", "dt", "v_th", "v_leak", "v_reset", "reset", "integration")
+
+
+def _pd_attrs(pd: Any) -> dict[str, Any]:
+    return {"pd_kind": type(pd).__name__, "pd_gamma": float(pd.gamma), "pd_width": float(pd.width)}
+
+
+def _write_layer(g: Any, layer: Any) -> None:
+    if not isinstance(layer, (EGRU, LIF)):
+        raise ConfigError(
+            f"save_model: cannot store a layer of type {type(layer).__name__}; "
+            "supported: EGRU, LIF (alone or in a Stack)"
+        )
+    g.attrs["class"] = type(layer).__name__
+    g.attrs["input_size"] = layer.input_size
+    g.attrs["hidden_size"] = layer.hidden_size
+    g.attrs["dtype"] = dtype_name(layer.dtype)
+    for k, v in _pd_attrs(layer.pseudo_derivative).items():
+        g.attrs[k] = v
+    if isinstance(layer, LIF):
+        for name in _LIF_FIELDS:
+            g.attrs[name] = getattr(layer, name)
+        g.attrs["recurrent"] = bool(layer.recurrent)
+    for name, p in layer.named_parameters(recurse=False):
+        g.create_dataset(name, data=p.detach().cpu().numpy())
+    for name, m in layer.masks.items():
+        g.create_dataset(f"mask_{name}", data=m.cpu().numpy())
+
+
+def _read_layer(g: Any, path: Path) -> Any:
+    where = g.name
+    cls = attr_str(g, "class", path, where)
+    d = int(attr(g, "input_size", path, where))
+    n = int(attr(g, "hidden_size", path, where))
+    stored_dtype = attr_str(g, "dtype", path, where)
+    if stored_dtype not in DTYPES:
+        raise FormatError(f"{path}: attribute 'dtype' at '{where}' is {stored_dtype!r}; expected one of {sorted(DTYPES)}")
+    dtype = DTYPES[stored_dtype]
+    pd_kind = attr_str(g, "pd_kind", path, where)
+    pd_cls = getattr(surrogate, pd_kind, None)
+    if not (isinstance(pd_cls, type) and issubclass(pd_cls, surrogate.PseudoDerivative)):
+        raise FormatError(f"{path}: attribute 'pd_kind' at '{where}' is {pd_kind!r}; expected a "
+                          "pseudo-derivative of models.surrogate (Triangle, FastSigmoid)")
+    pd = pd_cls(gamma=float(attr(g, "pd_gamma", path, where)), width=float(attr(g, "pd_width", path, where)))
+    if cls == "EGRU":
+        names = [f"W_{c}" for c in "urz"] + [f"U_{c}" for c in "urz"]
+        masks = {k: torch.from_numpy(np.asarray(dataset(g, f"mask_{k}", path))) for k in names}
+        layer = EGRU(d, n, pseudo_derivative=pd, masks=masks, dtype=dtype)
+    elif cls == "LIF":
+        kw = {k: attr(g, k, path, where) for k in _LIF_FIELDS}
+        kw = {k: (v.decode() if isinstance(v, bytes) else (str(v) if k in ("reset", "integration") else float(v)))
+              for k, v in kw.items()}
+        recurrent = bool(attr(g, "recurrent", path, where))
+        names = ["W"] + (["U"] if recurrent else [])
+        masks = {k: torch.from_numpy(np.asarray(dataset(g, f"mask_{k}", path))) for k in names}
+        try:
+            layer = LIF(d, n, recurrent=recurrent, pseudo_derivative=pd, masks=masks, dtype=dtype, **kw)
+        except ConfigError as exc:
+            raise FormatError(f"{path}: bad LIF hyper-parameters at '{where}': {exc}") from exc
+    else:
+        raise FormatError(f"{path}: attribute 'class' at '{where}' is {cls!r}; expected 'EGRU' or 'LIF'")
+    with torch.no_grad():
+        for name, p in layer.named_parameters(recurse=False):
+            v = np.asarray(dataset(g, name, path))
+            if v.shape != tuple(p.shape):
+                raise FormatError(f"{path}: dataset '{where}/{name}' has shape {v.shape}, expected "
+                                  f"{tuple(p.shape)} (hidden_size={n}, input_size={d})")
+            p.copy_(torch.from_numpy(v))
+    return layer
+
+
+def write_model(f: Any, model: Any, readout: Any | None) -> None:
+    mg = f.create_group("model")
+    layers = model.layers if isinstance(model, Stack) else [model]
+    mg.attrs["class"] = "Stack" if isinstance(model, Stack) else type(model).__name__
+    mg.attrs["n_layers"] = len(layers)
+    lg = mg.create_group("layers")
+    for i, layer in enumerate(layers):
+        _write_layer(lg.create_group(str(i)), layer)
+    if readout is not None:
+        rg = f.create_group("readout")
+        rg.attrs["class"] = "Readout"
+        rg.attrs["hidden_size"] = readout.in_features
+        rg.attrs["n_out"] = readout.out_features
+        rg.attrs["dtype"] = dtype_name(readout.weight.dtype)
+        rg.create_dataset("weight", data=readout.weight.detach().cpu().numpy())
+        rg.create_dataset("bias", data=readout.bias.detach().cpu().numpy())
+
+
+def read_model(f: Any, path: Path) -> tuple[Any, Any | None]:
+    mg = group(f, "model", path)
+    cls = attr_str(mg, "class", path, "/model")
+    n_layers = int(attr(mg, "n_layers", path, "/model"))
+    lg = group(mg, "layers", path)
+    layers = [_read_layer(group(lg, str(i), path), path) for i in range(n_layers)]
+    if cls == "Stack":
+        model = Stack(*layers)
+    elif n_layers == 1 and cls == type(layers[0]).__name__:
+        model = layers[0]
+    else:
+        raise FormatError(f"{path}: attribute 'class' at '/model' is {cls!r} with {n_layers} layer(s); "
+                          "expected 'Stack', or the class of its single layer")
+    readout = None
+    if "readout" in f:
+        rg = f["readout"]
+        n = int(attr(rg, "hidden_size", path, "/readout"))
+        n_out = int(attr(rg, "n_out", path, "/readout"))
+        dtype = DTYPES.get(attr_str(rg, "dtype", path, "/readout"), torch.float32)
+        readout = Readout(n, n_out, dtype=dtype)
+        with torch.no_grad():
+            for name in ("weight", "bias"):
+                v = np.asarray(dataset(rg, name, path))
+                p = getattr(readout, name)
+                if v.shape != tuple(p.shape):
+                    raise FormatError(f"{path}: dataset '/readout/{name}' has shape {v.shape}, "
+                                      f"expected {tuple(p.shape)}")
+                p.copy_(torch.from_numpy(v))
+    return model, readout
+
+
+def save_model(model: Any, path: str | os.PathLike, *, readout: Any | None = None, **extra: Any) -> Path:
+    """Store ``model`` (EGRU, LIF or a Stack of them) and an optional ``readout``
+    (``models.Readout``) in a versioned HDF5 file, atomically. ``extra`` (JSON-able
+    values, e.g. accuracy, data spec) is kept in the root attribute ``extra``."""
+    return write_h5(path, lambda f: (write_header(f, "evrtrl-model", FORMAT_VERSION, extra),
+                                    write_model(f, model, readout)))
+
+
+@dataclass
+class LoadedModel:
+    """What :func:`load_model` returns: ``model``, ``readout`` (or None), ``extra``."""
+
+    model: Any
+    readout: Any | None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __iter__(self):  # model, readout = load_model(path)
+        return iter((self.model, self.readout))
+
+
+def load_model(path: str | os.PathLike) -> LoadedModel:
+    """Read a file written by :func:`save_model` (or the model part of a checkpoint)."""
+    path = Path(path)
+    with open_h5(path, ("evrtrl-model", "evrtrl-checkpoint"), SUPPORTED_VERSIONS) as f:
+        model, readout = read_model(f, path)
+        return LoadedModel(model, readout, read_extra(f, path))
