@@ -11,6 +11,7 @@ from evrtrl.dense_engine import DenseRTRL
 from evrtrl.errors import ShapeError, UnknownMethodError
 from evrtrl.event_engine import EventRTRL
 from evrtrl.network import check_parameters, check_sequence, layers_of
+from evrtrl.shards import ColumnShard
 from evrtrl.stats import EngineStats
 
 __all__ = ["simulate", "gradients", "make_engine", "Gradients", "SimulationResult", "LayerTrace",
@@ -81,12 +82,18 @@ def simulate(model: Any, x: torch.Tensor) -> SimulationResult:
     return SimulationResult(last.spikes, last.outputs, last.states, traces)
 
 
-def make_engine(model: Any, batch: int, method: str = "event") -> EventRTRL | DenseRTRL:
-    """An RTRL engine for ``batch`` streams: ``"event"``, ``"dense"`` or ``"dense-live"``."""
+def make_engine(model: Any, batch: int, method: str = "event", *,
+                shard: ColumnShard | None = None, allow_memory: bool = False) -> EventRTRL | DenseRTRL:
+    """An RTRL engine for ``batch`` streams: ``"event"``, ``"dense"`` or ``"dense-live"``.
+
+    ``shard``: track only one column shard (:mod:`evrtrl.shards`); ``allow_memory``: do
+    not refuse an influence matrix above the memory available (:mod:`evrtrl.memory`).
+    """
+    opts = dict(shard=shard, allow_memory=allow_memory)
     if method == "event":
-        return EventRTRL(model, batch)
+        return EventRTRL(model, batch, **opts)
     if method in ("dense", "dense-live"):
-        return DenseRTRL(model, batch, columns="all" if method == "dense" else "live")
+        return DenseRTRL(model, batch, columns="all" if method == "dense" else "live", **opts)
     raise UnknownMethodError(
         f"unknown RTRL method {method!r}; expected one of 'event', 'dense', 'dense-live'"
         + (" ('bptt' is not an online engine; use gradients(..., method='bptt'))"
@@ -112,20 +119,25 @@ def loss_gradient(loss_fn: LossFn, y: torch.Tensor, t: int) -> torch.Tensor | No
     return g
 
 
-def gradients(model: Any, x: torch.Tensor, loss_fn: LossFn, method: str = "event") -> Gradients:
+def gradients(model: Any, x: torch.Tensor, loss_fn: LossFn, method: str = "event", *,
+              shard: ColumnShard | None = None, allow_memory: bool = False) -> Gradients:
     """Exact gradient of :math:`\\sum_t` ``loss_fn(y_t, t)`` with respect to every parameter.
 
     ``x``: ``(T, B, d)``; ``y_t``: the last layer's output ``(B, n)``; ``method``: one of
     :data:`METHODS`. Returns :class:`Gradients` (a dict name -> tensor shaped like the
     parameter, exactly 0 at masked entries) with the engine's statistics in ``.stats``.
+    ``shard`` (RTRL methods): only that column shard's entries, exactly 0 elsewhere; the
+    gradients of all shards of one partition sum to the unsharded gradient.
     """
     if method not in METHODS:
         raise UnknownMethodError(f"unknown method {method!r}; expected one of {METHODS}")
     check_sequence(model, x)
     check_parameters(model)
     if method == "bptt":
+        if shard is not None:
+            raise UnknownMethodError("column shards are for the RTRL engines, not method='bptt'")
         return Gradients(*bptt_gradients(model, x, loss_fn))
-    engine = make_engine(model, x.shape[1], method)
+    engine = make_engine(model, x.shape[1], method, shard=shard, allow_memory=allow_memory)
     for t in range(x.shape[0]):
         y = engine.step(x[t])
         g = loss_gradient(loss_fn, y, t)

@@ -50,7 +50,9 @@ import torch
 from evrtrl.events import EventBucket, EventQueue
 from evrtrl.influence import ColumnBlock
 from evrtrl.layer import Layer, LocalJacobian
+from evrtrl.memory import check_memory, plan_memory
 from evrtrl.network import check_parameters, layers_of
+from evrtrl.shards import ColumnShard
 from evrtrl.stats import EngineStats
 
 __all__ = ["EventRTRL", "DegradesToDenseWarning", "diag_pass_macs"]
@@ -122,13 +124,19 @@ class EventRTRL:
     """Event-driven exact RTRL over a layer or a stack; one instance per run of ``B`` streams.
 
     Use: ``y = eng.step(x_t)`` then ``eng.accumulate(dL/dy_t)``; ``eng.gradients()``.
+    ``shard``: track only that column shard (:mod:`evrtrl.shards`; the forward pass is
+    unchanged, the gradient is exactly zero outside the shard). ``allow_memory``: skip the
+    refusal of an influence matrix larger than the memory available (:mod:`evrtrl.memory`).
     """
 
     name = "event"
 
-    def __init__(self, model: Any, batch: int) -> None:
+    def __init__(self, model: Any, batch: int, *, shard: ColumnShard | None = None,
+                 allow_memory: bool = False) -> None:
         self.refs = layers_of(model)
         check_parameters(model)
+        check_memory(plan_memory(model, int(batch), "event", shard=shard), allow=allow_memory,
+                     device=self.refs[0].layer.device)
         for ref in self.refs:
             _check_structure(ref.layer)
             if not getattr(ref.layer.pseudo_derivative, "compact", False):
@@ -143,7 +151,7 @@ class EventRTRL:
         self.B = int(batch)
         layer0 = self.refs[0].layer
         self.dtype, self.device = layer0.dtype, layer0.device
-        self.blocks = [ColumnBlock(r.layer, r.prefix) for r in self.refs]
+        self.blocks = [ColumnBlock(r.layer, r.prefix, shard) for r in self.refs]
         zeros = lambda *s: torch.zeros(*s, dtype=self.dtype, device=self.device)  # noqa: E731
         self.M = [
             [zeros(self.B, r.layer.hidden_size * r.layer.state_size, self.blocks[j].p_live)
@@ -156,13 +164,18 @@ class EventRTRL:
                   .expand(self.B, r.layer.hidden_size, -1, -1).clone() for r in self.refs]
         self.states = [r.layer.initial_state(self.B) for r in self.refs]
         # flat scatter index of each per-unit parameter's immediate term: row (i, c), column
-        # of p_i; fixed for the run (those columns are allocated at construction)
+        # of p_i; fixed for the run (those columns are allocated at construction). With a
+        # shard, only the units whose p_i column is tracked here (``sel``; all: a slice)
         self.unit_idx = []
         for l, r in enumerate(self.refs):
             n, m, cap = r.layer.hidden_size, r.layer.state_size, self.blocks[l].p_live
             rows = torch.arange(n * m, device=self.device).view(n, m)
-            self.unit_idx.append({u: (rows * cap + cols[:, None]).flatten()
-                                  for u, cols in self.blocks[l].unit_cols.items()})
+            idx = {}
+            for u, cols in self.blocks[l].unit_cols.items():
+                units = (cols >= 0).nonzero(as_tuple=True)[0]
+                sel = slice(None) if units.numel() == n else units
+                idx[u] = (sel, (rows[units] * cap + cols[units, None]).flatten())
+            self.unit_idx.append(idx)
         # output influence of each layer's last step: (active rows K, [N^{l,j}])
         self.N: list[tuple[torch.Tensor, list[torch.Tensor]] | None] = [None] * len(self.refs)
         self.queue = EventQueue(len(self.refs))
@@ -251,8 +264,8 @@ class EventRTRL:
             idx = ((rows * m)[:, None] + comp) * cap + cols[:, None]
             Mf.index_add_(1, idx.flatten(), vals.reshape(B, -1))
             self.stats.add_macs("immediate", B * rows.numel() * nd)
-        for u, idx in self.unit_idx[l].items():
-            vals = _tri_solve(T, lj.unit_phi[u][..., None])
+        for u, (sel, idx) in self.unit_idx[l].items():
+            vals = _tri_solve(T[:, sel], lj.unit_phi[u][:, sel, :, None])
             Mf.index_add_(1, idx, vals.reshape(B, -1))
             self.stats.add_macs("immediate", B * n * nd)
 
@@ -305,7 +318,9 @@ class EventRTRL:
             self.stats.add_macs("emission", B * K.numel() * (len(comps) * P + m * m))
         rows = torch.arange(K.numel(), device=self.device)
         for u, gd in lj.gain_direct.items():
-            Ns[l][:, rows, self.blocks[l].unit_cols[u][K]] += gd[:, K]
+            cols = self.blocks[l].unit_cols[u][K]
+            kept = cols >= 0  # shard: units whose p_u column is tracked here
+            Ns[l][:, rows[kept], cols[kept]] += gd[:, K[kept]]
         return K, Ns
 
     # ---------------------------------------------------------------- gradients
