@@ -29,6 +29,8 @@ class OnlineLearner:
     ``loss_fn(y_t, t)`` returns a scalar tensor or None (no loss at that step).
     ``run(x)`` processes one batch of sequences ``(T, B, d)`` from a fresh state and
     returns the per-step losses; ``updates`` counts optimizer steps so far.
+    ``engine_options``: keyword arguments of :func:`evrtrl.make_engine` (``shard``,
+    ``allow_memory``).
     """
 
     def __init__(
@@ -40,6 +42,7 @@ class OnlineLearner:
         k: int = 1,
         method: str = "event",
         extra_parameters: Iterable[torch.nn.Parameter] = (),
+        engine_options: dict[str, Any] | None = None,
     ) -> None:
         if method not in METHODS:
             raise UnknownMethodError(f"unknown method {method!r}; expected one of {METHODS}")
@@ -48,6 +51,8 @@ class OnlineLearner:
         self.model, self.optimizer, self.loss_fn = model, optimizer, loss_fn
         self.k, self.method = k, method
         self.extra = list(extra_parameters)
+        # keyword arguments of make_engine: a column shard, allow_memory (evrtrl.shards, .memory)
+        self.engine_options = dict(engine_options or {})
         self.params = {
             ref.prefix + n: p
             for ref in layers_of(model)
@@ -80,7 +85,7 @@ class OnlineLearner:
         self.optimizer.zero_grad(set_to_none=True)
         if self.method == "bptt":
             return self._run_bptt(x)
-        self.engine = make_engine(self.model, B, self.method)
+        self.engine = make_engine(self.model, B, self.method, **self.engine_options)
         pending = 0
         for t in range(T):
             y = self.engine.step(x[t])
