@@ -17,7 +17,9 @@ processes, ``b = ceil(B / data)`` and ``c_j`` is the largest column shard of lay
 Beside it the plan states (worst case, so that a plan that passes cannot run out later):
 
 * ``working``: the per-step transients. Event engine: the output influence rows
-  ``N[K]`` with every unit active, ``b s \sum_l \sum_{j\le l} n_l c_j``. Dense engine: the
+  ``N[K]`` with every unit active, ``b s \sum_l \sum_{j\le l} n_l c_j``, counted twice (the
+  previous step's rows live until the new ones are made) and twice more for cells with
+  ``m > 1`` (the per-component temporaries of the emission). Dense engine: the
   new ``M`` and the scattered immediate Jacobian (each as large as ``M`` of that layer), the
   full-width immediate Jacobian ``b n_l m_l p_l`` and ``J_t`` (``b (n_l m_l)^2``), for the
   largest layer.
@@ -116,7 +118,7 @@ class MemoryPlan:
 
 def plan_memory(
     model: Any | Sequence[LayerSize], batch: int, method: str = "event", *,
-    data: int = 1, columns: int = 1, partition: str = "contiguous",
+    data: int = 1, columns: int = 1, partition: str = "strided",
     shard: ColumnShard | None = None, dtype: torch.dtype | None = None,
 ) -> MemoryPlan:
     """Predict one process's bytes for ``method`` on a ``data x columns`` grid.
@@ -150,7 +152,8 @@ def plan_memory(
     per_shard = [tuple(shard_size(c, k) for c in candidates) for k in shards]
     cols = max(per_shard, key=influence)
     if method == "event":
-        working = b * itemsize * sum(s.n * sum(cols[: l + 1]) for l, s in enumerate(sizes))
+        working = b * itemsize * sum((2 if s.m == 1 else 4) * s.n * sum(cols[: l + 1])
+                                     for l, s in enumerate(sizes))
     else:
         working = max(
             b * itemsize * (2 * s.n * s.m * sum(cols[: l + 1]) + s.n * s.m * s.p_total

@@ -79,6 +79,8 @@ def register(subparsers) -> None:
     p.add_argument("--shard-columns", type=int, default=d.shard_columns, metavar="C",
                    help="split the influence columns over C processes (grid: WORLD_SIZE/C data x "
                         "C columns; docs/training.md)")
+    p.add_argument("--shard-partition", choices=("strided", "contiguous"), default=d.shard_partition,
+                   help="how the influence columns are split (evrtrl/shards.py; default strided)")
     p.add_argument("--allow-memory", action="store_true",
                    help="run even if the planned influence memory exceeds the memory available")
     p.set_defaults(func=cmd_train)
@@ -113,7 +115,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         checkpoint_every=args.checkpoint_every,
         log=("csv", "json") if args.log == "both" else (args.log,),
         eval_each_epoch=not args.no_eval, max_batches=args.max_batches,
-        shard_columns=args.shard_columns,
+        shard_columns=args.shard_columns, shard_partition=args.shard_partition,
     )
     if args.threads:
         import torch

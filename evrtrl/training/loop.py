@@ -83,6 +83,7 @@ class TrainConfig:
     eval_batch: int = 64
     max_batches: int | None = None  # per epoch, for quick runs
     shard_columns: int = 1  # influence-column shards (evrtrl.training.sharded); grid data x this
+    shard_partition: str = "strided"  # evrtrl.shards: "strided" | "contiguous"
 
     def validate(self) -> None:
         parse_data_spec(self.data)
@@ -254,7 +255,9 @@ def train(
             stored.epochs = cfg.epochs
         cfg = stored
     cfg.validate()
-    grid = sharded.setup_grid(cfg.shard_columns)
+    grid = sharded.setup_grid(cfg.shard_columns, cfg.shard_partition)
+    if grid.columns > 1 and cfg.method == "bptt":
+        raise ConfigError("--shard-columns splits the RTRL influence matrix; --method bptt has none")
     if rank == 0:
         run.mkdir(parents=True, exist_ok=True)
     ddp.barrier()

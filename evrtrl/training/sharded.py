@@ -91,7 +91,7 @@ class ColumnOwnership:
     """
 
     def __init__(self, model: Any, columns: int, method: str = "event",
-                 partition: str = "contiguous") -> None:
+                 partition: str = "strided") -> None:
         refs = layers_of(model)
         self.params = [p for r in refs for _, p in r.layer.named_parameters(recurse=False)]
         self.numel = sum(p.numel() for p in self.params)
@@ -145,7 +145,7 @@ class ShardGrid:
     data: int
     columns: int
     rank: int = 0
-    partition: str = "contiguous"
+    partition: str = "strided"
     data_group: Any = None  # processes with this column rank (None: all, or alone)
     column_group: Any = None  # processes with this data rank
     log: CommLog = field(default_factory=CommLog)
@@ -182,7 +182,7 @@ class ShardGrid:
         return ShardedOptimizer(optimizer, model, self, method=method, exchange=exchange)
 
 
-def setup_grid(columns: int = 1, partition: str = "contiguous") -> ShardGrid:
+def setup_grid(columns: int = 1, partition: str = "strided") -> ShardGrid:
     """The grid of the initialised default group (collective: every process calls it).
 
     Raises :class:`ConfigError` unless the world size is a multiple of ``columns``.

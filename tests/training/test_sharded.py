@@ -184,3 +184,16 @@ def test_cli_plan(capsys):
     assert got["influence_bytes"] == plan_memory(sizes_for("egru", inputs=8, hidden=64), 4).influence_bytes
     assert main(["plan", "--hidden", "4096", "--batch", "4096", "--available", "1"]) == 1
     assert "does NOT fit" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_shard_bench_smoke(tmp_path):
+    """The benchmark runs (P = 1, 2 both partitions, probe); its exact checks hold."""
+    from evrtrl.training.shard_bench import report, run
+
+    recs = run(dict(n=12, d=3, density=0.5, B=2, T=4, k=2, theta=0.3), str(tmp_path))
+    exact = [c for c in recs["checks"] if c["what"].startswith("plan == engine")]
+    assert len(exact) == 5 and all(c["ok"] for c in exact)
+    two = recs["runs"]["2 contiguous"]
+    assert all(r["comm"]["calls"]["all_gather_weights"] == 2 for r in two)
+    assert "| 4096 | 64 |" in report(recs)
