@@ -193,8 +193,9 @@ def setup_grid(columns: int = 1, partition: str = "strided") -> ShardGrid:
     rank, world = ddp.rank_and_world()
     if world % columns:
         raise ConfigError(
-            f"--shard-columns {columns} does not divide the {world} processes: the grid is "
-            f"data x columns, so WORLD_SIZE must be a multiple of the column shards"
+            f"--shard-columns {columns} needs a multiple of {columns} processes (the grid is "
+            f"data x columns), got WORLD_SIZE {world}; launch with torchrun "
+            f"--nproc_per_node={columns} (docs/training.md)"
         )
     grid = ShardGrid(world // columns, columns, rank, partition)
     if columns > 1 and grid.data > 1:
