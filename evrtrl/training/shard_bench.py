@@ -212,7 +212,7 @@ def run(cfg: dict, out_dir: str, partitions: tuple[str, ...] = ("contiguous", "s
     for r in [one] + two:
         pl = plan_memory(model, cfg["B"], "event", shard=None if r["P"] == 1
                          else ColumnShard(r["rank"], r["P"], r["partition"]))
-        tag = f"P=1 unsharded" if r["P"] == 1 else f"P=2 {r['partition']} rank {r['rank']}"
+        tag = "P=1 unsharded" if r["P"] == 1 else f"P=2 {r['partition']} rank {r['rank']}"
         checks.append({"what": f"plan == engine influence bytes ({tag})",
                        "predicted": pl.influence_bytes, "measured": r["influence_bytes"],
                        "ok": pl.influence_bytes == r["influence_bytes"]})
@@ -250,9 +250,9 @@ def report(recs: dict) -> str:
         comm = (f"{(c['sent_bytes'][kind] + c['received_bytes'][kind]) // calls}"
                 if calls else "0")
         sec = f"{c['seconds'][kind] / calls:.4f}" if calls else "-"
+        label = "(forward probe)" if r["probe"] else "(unsharded)" if r["P"] == 1 else r["partition"]
         lines.append(
-            f"| {r['P']}{' (forward probe)' if r['probe'] else ' (unsharded)' if r['P'] == 1 else ' ' + r['partition']} | {r['rank']} | "
-            f"{r['p_columns']} | "
+            f"| {r['P']} {label} | {r['rank']} | {r['p_columns']} | "
             f"{format_bytes(r['influence_bytes'])} | {format_bytes(r['census_bytes'])} | "
             f"{format_bytes(r['peak_rss_bytes'])} | {r['ms_per_step']:.1f} | "
             f"{r['forward_ms_per_step']:.2f} | {comm} | {sec} |")
