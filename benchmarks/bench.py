@@ -140,35 +140,38 @@ def rho_A(model) -> float:
 def analytic_event_macs(model, x: torch.Tensor) -> list[int]:
     r"""Per-step multiply-adds of the event engine's algorithm, from the run's events alone.
 
-    With :math:`K_t` the active set, :math:`P_t` the born columns at the end of step t,
-    :math:`F_t` the live entries of the projections whose source carries an event at t,
-    ``nd = len(diag_structure)``, ``ng = len(gain_structure)``, ``R`` recurrent projections:
+    With :math:`k_t = \max_b |K_{t,b}|` the padded active-set size, :math:`P_t` the born
+    columns at the end of step t, :math:`E_t` the born weight entries (times ``m``, per-unit
+    parameters included), ``G`` local-factor groups (projections and per-unit parameters),
+    ``R`` recurrent projections, ``nd = len(diag_structure)``, ``c = m - min(gain_structure)``
+    and ``U_d`` parameters with a direct output gain:
 
     .. math::
 
-        \mathrm{MAC}_t = \underbrace{\mathrm{diag}_t}_{\text{leak/reset}}
-            + \underbrace{n |K_{t-1}| (m R + nd + m P_{t-1})}_{\text{coupling } T^{-1} A[:, K] N[K]}
-            + \underbrace{nd (F_t + n U)}_{\text{immediate}}
-            + \underbrace{|K_t| (c P_t + m^2 + P_t)}_{\text{emission + gradient}},
+        \mathrm{MAC}_t = B\big[\underbrace{\mathrm{diag}_t}_{\text{leak/reset}}
+            + \underbrace{n G\, nd}_{T^{-1}\phi}
+            + \underbrace{n m k_{t-1} (R + P_{t-1})}_{\text{coupling } A[:, K] N[K]}
+            + \underbrace{E_t}_{\text{immediate}}
+            + \underbrace{k_t (c P_t + U_d + P_t) + [k_t > 0]\, n m^2}_{\text{emission + gradient}}\big],
 
-    (times B) with ``c = m - min(gain_structure)`` components of :math:`G T`,
-
-    where ``diag_t`` is ``nd n P_{t-1}`` for an eager diagonal pass and the lazy-decay count
-    (:func:`evrtrl.event_engine.diag_pass_macs`) when the engine applies it lazily.
-    Single layer, B = 1.
+    where ``diag_t`` is the lazy-transform count (:func:`evrtrl.event_engine.diag_pass_macs`:
+    ``n nd`` plus ``nd P`` per materialised unit). Single layer.
     """
     from evrtrl.event_engine import diag_pass_macs
     B = x.shape[1]
     n, m = model.hidden_size, model.state_size
     nd = len(model.diag_structure)
     masks = model.masks
-    rec = [p for p in model.projections if p.source == "recurrent"]
+    R = sum(1 for p in model.projections if p.source == "recurrent")
     U = len(model.unit_parameters)
+    G = len(model.projections) + U
+    c = m - min(model.gain_structure)
     born = {p.name: torch.zeros(masks[p.name].shape[1], dtype=torch.bool) for p in model.projections}
     P = U * n
+    E = U * n * m
     w = model.weights()
     st = model.initial_state(B)
-    K_prev = 0
+    k_prev = 0
     first = True
     out = []
     diag_state = None
@@ -177,27 +180,27 @@ def analytic_event_macs(model, x: torch.Tensor) -> list[int]:
         lj = model.local_jacobian(w, st, x[t], new, aux, first)
         P_prev = P
         diag, diag_state = diag_pass_macs(model, lj, P_prev, diag_state)
-        macs = diag
-        if K_prev:
-            macs += B * n * K_prev * (m * len(rec) + nd + m * P_prev)
-        # immediate: sources with an event this step (input channels of x_t, own y_{t-1})
+        macs = diag + B * n * G * nd
+        if k_prev:
+            macs += B * n * m * k_prev * (R + P_prev)
+        # births: sources with their first event (input channels of x_t, own y_{t-1})
         fired_in = (x[t] != 0).any(0)
         fired_rec = (st.y != 0).any(0) if not first else torch.zeros(n, dtype=torch.bool)
         for p in model.projections:
             fired = fired_in if p.source == "input" else fired_rec
-            live = masks[p.name][:, fired]
-            macs += B * int(live.sum()) * nd
             newb = fired & ~born[p.name]
-            P += int(masks[p.name][:, newb].sum())
+            nb = int(masks[p.name][:, newb].sum())
+            P += nb
+            E += nb * m
             born[p.name] |= fired
-        macs += B * n * nd * U
+        macs += B * E
         a = (lj.gain != 0).any(-1)
         for gd in lj.gain_direct.values():
             a |= gd != 0
-        K = int(a.any(0).sum())
-        macs += B * K * ((m - min(model.gain_structure)) * P + m * m + P)
+        k = int(a.sum(1).max())
+        macs += B * (k * (c * P + len(lj.gain_direct) + P) + (n * m * m if k else 0))
         out.append(macs)
-        st, first, K_prev = new, False, K
+        st, first, k_prev = new, False, k
     return out
 
 
