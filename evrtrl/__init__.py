@@ -8,7 +8,7 @@
 torch.Size([5, 3, 8])
 """
 from evrtrl.api import (
-    METHODS, Gradients, LayerTrace, SimulationResult, gradients, make_engine, simulate,
+    METHODS, Gradients, LayerTrace, SimulationResult, gradients, make_engine, relative_error, simulate,
 )
 from evrtrl.dense_engine import DenseRTRL
 from evrtrl.errors import (
@@ -23,7 +23,7 @@ from evrtrl.stats import EngineStats
 __version__ = "0.2.0"
 
 __all__ = [
-    "simulate", "gradients", "make_engine", "METHODS", "Gradients", "SimulationResult",
+    "simulate", "gradients", "make_engine", "relative_error", "METHODS", "Gradients", "SimulationResult",
     "LayerTrace", "EventRTRL", "DenseRTRL", "DegradesToDenseWarning", "EngineStats",
     "Layer", "LocalJacobian", "Projection", "OnlineLearner",
     "EvrtrlError", "ShapeError", "NonFiniteError", "MaskError", "UnknownMethodError",

@@ -14,7 +14,7 @@ from evrtrl.network import check_parameters, check_sequence, layers_of
 from evrtrl.stats import EngineStats
 
 __all__ = ["simulate", "gradients", "make_engine", "Gradients", "SimulationResult", "LayerTrace",
-           "METHODS"]
+           "METHODS", "relative_error"]
 
 #: gradient methods: the event engine, dense RTRL (all or live columns) and BPTT
 METHODS = ("event", "dense", "dense-live", "bptt")
@@ -41,12 +41,30 @@ class SimulationResult:
     layers: list[LayerTrace] = field(default_factory=list)
 
 
+def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Norm-wise error of ``a`` relative to the reference ``b``: ``||a - b|| / ||b||`` in float64.
+
+    Where ``b`` is exactly zero, the absolute error ``||a - b||``; ``inf`` if either holds
+    NaN or inf. The one definition behind every "relative error" the library states
+    (float64: event vs dense <= 1e-12, vs BPTT <= 1e-10).
+    """
+    a, b = a.detach().double(), b.detach().double()
+    if not (bool(torch.isfinite(a).all()) and bool(torch.isfinite(b).all())):
+        return float("inf")
+    diff, ref = float((a - b).norm()), float(b.norm())
+    return diff / ref if ref > 0 else diff
+
+
 class Gradients(dict):
     """``{parameter name: gradient}`` with the engine's :class:`EngineStats` as ``.stats``."""
 
     def __init__(self, grads: dict[str, torch.Tensor], stats: EngineStats) -> None:
         super().__init__(grads)
         self.stats = stats
+
+    def relative_error(self, reference: dict[str, torch.Tensor]) -> dict[str, float]:
+        """:func:`relative_error` of every parameter's gradient against ``reference``."""
+        return {name: relative_error(g, reference[name]) for name, g in self.items()}
 
 
 @torch.no_grad()
