@@ -47,6 +47,7 @@ from typing import Any
 
 import torch
 
+from evrtrl.engine import nonzero_fraction
 from evrtrl.events import EventBucket, EventQueue
 from evrtrl.influence import ColumnBlock
 from evrtrl.layer import Layer, LocalJacobian
@@ -339,6 +340,10 @@ class EventRTRL:
     def zero_grad(self) -> None:
         for g in self.grad:
             g.zero_()
+
+    def influence_density(self) -> float:
+        """Fraction of non-zero entries of the stored influence tensors (all blocks)."""
+        return nonzero_fraction(m for row in self.M for m in row)
 
 
 def _check_structure(layer: Layer) -> None:

@@ -49,8 +49,8 @@ class EngineStats:
         self.macs_per_step.append(self._step_macs)
         self._open = False
 
-    _step_macs: int = 0
-    _open: bool = False
+    _step_macs: int = field(default=0, init=False, repr=False)
+    _open: bool = field(default=False, init=False, repr=False)
 
     @property
     def total_macs(self) -> int:

@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from evrtrl.layer import Layer, LocalJacobian, Projection, check_sizes
+from evrtrl.network import forward_sequence
 from evrtrl.models.registry import CellSpec, register
 from evrtrl.models.surrogate import PseudoDerivative, Triangle, heaviside
 
@@ -196,6 +197,13 @@ class EGRU(Layer):
 
     def state_traces(self, weights: EGRUWeights, state: EGRUState) -> dict[str, torch.Tensor]:
         return {"c": state.c}
+
+    def forward(self, x: torch.Tensor, state: EGRUState | None = None) -> tuple[torch.Tensor, EGRUState]:
+        """``outputs, state = layer(x, state)``, like :class:`torch.nn.GRU` (no batch_first):
+        ``x`` ``(T, B, d)``, outputs ``y_t`` ``(T, B, n)``, the state after the last step.
+        Differentiable by autograd through :func:`egru_step`
+        (:func:`evrtrl.network.forward_sequence`)."""
+        return forward_sequence(self, x, state)
 
     def extra_repr(self) -> str:
         return f"{self.input_size}, {self.hidden_size}, pseudo_derivative={self.pseudo_derivative}"

@@ -68,6 +68,7 @@ import torch.nn.functional as F
 
 from evrtrl.errors import ConfigError
 from evrtrl.layer import Layer, LocalJacobian, Projection, check_sizes
+from evrtrl.network import forward_sequence
 from evrtrl.models.registry import CellSpec, HyperParameter, register
 from evrtrl.models.surrogate import PseudoDerivative, Triangle, heaviside
 
@@ -319,6 +320,13 @@ class LIF(Layer):
         if self.p.integration == "exact" and weights.U is not None:
             i = i + F.linear(state.e, weights.U)
         return {"v": _reset(self.p, state.q, state.e), "i": i}
+
+    def forward(self, x: torch.Tensor, state: LIFState | None = None) -> tuple[torch.Tensor, LIFState]:
+        """``outputs, state = layer(x, state)``, like :class:`torch.nn.GRU` (no batch_first):
+        ``x`` ``(T, B, d)``, outputs ``y_t`` ``(T, B, n)``, the state after the last step.
+        Differentiable by autograd through :func:`lif_step`
+        (:func:`evrtrl.network.forward_sequence`)."""
+        return forward_sequence(self, x, state)
 
     def extra_repr(self) -> str:
         p = self.p

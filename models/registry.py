@@ -145,6 +145,15 @@ class CellSpec:
         device, generator) and initialisation options (theta_init, weight_scale, ...)."""
         return self.cls(input_size, hidden_size, **self.check_config(config), **kwargs)
 
+    def rebuild(self, layer: Layer, **changes: Any) -> Layer:
+        """A new layer like ``layer`` (same parameters, masks, pseudo-derivative, dtype and
+        device) with the hyper-parameters in ``changes`` replaced."""
+        new = self.from_config(layer.input_size, layer.hidden_size, {**self.config(layer), **changes},
+                               pseudo_derivative=layer.pseudo_derivative, masks=layer.masks,
+                               dtype=layer.dtype, device=layer.device)
+        new.load_state_dict(layer.state_dict())
+        return new
+
 
 _REGISTRY: dict[str, CellSpec] = {}
 

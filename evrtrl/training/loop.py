@@ -205,16 +205,6 @@ def _accuracy(model, readout, data: SequenceData, mode: str, batch: int) -> floa
     return correct / max(1, len(data))
 
 
-def _m_density(engine) -> float:
-    """Fraction of non-zero entries of the engine's influence tensors (allocated ones)."""
-    Ms = getattr(engine, "M", None)
-    if Ms is None:
-        return float("nan")
-    flat = [m for row in Ms for m in (row if isinstance(row, list) else [row])]
-    total = sum(m.numel() for m in flat)
-    return sum(int((m != 0).sum()) for m in flat) / total if total else 0.0
-
-
 def _epoch_order(seed: int, epoch: int, n: int) -> list[int]:
     g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     return torch.randperm(n, generator=g).tolist()
@@ -335,7 +325,7 @@ def train(
                     st["macs_total"] if st else float("nan"),
                     st["alpha"] if st else float("nan"), st["beta"] if st else float("nan"),
                     st["gamma_final"] if st else float("nan"),
-                    _m_density(learner.engine) if st else float("nan")]
+                    learner.engine.influence_density() if st else float("nan")]
             vals = ddp.all_reduce_sum(vals)
             loss_g, correct_g, macs_d, macs_e = vals[:4]
             alpha, beta, gamma, mdens = (v / world for v in vals[4:])
