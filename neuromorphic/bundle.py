@@ -35,9 +35,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from evrtrl.errors import FormatError
 from evrtrl.atomic import atomic_write
-from .netspec import EGRULayer, LIFLayer, Network, network_from_model
+from evrtrl.errors import ConfigError, FormatError
+from evrtrl.models.lif import SPEC as LIF_SPEC
+
+from .netspec import EGRU_UNIT_PARAMETERS, LIF_HYPER, EGRULayer, LIFLayer, Network, network_from_model
 
 __all__ = ["BUNDLE_VERSION", "READABLE_VERSIONS", "Bundle", "export_bundle", "read_bundle"]
 
@@ -45,7 +47,6 @@ BUNDLE_VERSION = 2
 #: versions this reader understands (v1 = v2 without EGRU codes and params/hw)
 READABLE_VERSIONS = (1, 2)
 _FORMAT = "evrtrl-bundle"
-_LIF_ATTRS = ("tau_mem", "tau_syn", "dt", "v_th", "v_leak", "v_reset", "reset", "integration")
 
 
 @dataclass
@@ -80,7 +81,7 @@ def export_bundle(model, path, mapping=None) -> None:
                 g.attrs.update(kind=L.kind, n=L.n, d=L.d)
                 pg = g.create_group("params")
                 if L.kind == "lif":
-                    for a in _LIF_ATTRS:
+                    for a in LIF_HYPER:
                         pg.attrs[a] = getattr(L, a)
                     if mapping is not None:
                         hw = pg.create_group("hw")
@@ -94,7 +95,7 @@ def export_bundle(model, path, mapping=None) -> None:
                             if c is not None:
                                 hw.attrs[f"decay_code_{nm}"] = int(c)
                 else:
-                    for k in ("b_u", "b_r", "b_z", "theta"):
+                    for k in EGRU_UNIT_PARAMETERS:
                         pg.create_dataset(k, data=np.asarray(L.params[k]))
                 ql = mapping.quantization[i] if mapping is not None else None
                 for k in L.weight_names():
@@ -162,12 +163,18 @@ def read_bundle(path) -> Bundle:
                     Q[k] = (qi, wg["q/scale"][()], int(wg["q"].attrs["bits"]), str(wg["q"].attrs["mode"]))
             masks = {k: M != 0 for k, M in W.items()}
             if kind == "lif":
-                pa = {a: g["params"].attrs[a] for a in _LIF_ATTRS}
-                pa = {a: (str(v) if a in ("reset", "integration") else float(v)) for a, v in pa.items()}
-                layers.append(LIFLayer(W=W["W"], U=W.get("U"), masks=masks, **pa))
+                missing = [a for a in LIF_HYPER if a not in g["params"].attrs]
+                if missing:
+                    raise FormatError(f"{str(path)!r}: 'layers/{i}/params' lacks attributes {missing}")
+                try:
+                    pa = LIF_SPEC.check_config({a: g["params"].attrs[a] for a in LIF_HYPER},
+                                               where=f"{str(path)!r}: 'layers/{i}/params'")
+                    layers.append(LIFLayer(W=W["W"], U=W.get("U"), masks=masks, **pa))
+                except ConfigError as exc:
+                    raise FormatError(str(exc)) from exc
             elif kind == "egru":
                 params = dict(W)
-                params.update({k: g["params"][k][()] for k in ("b_u", "b_r", "b_z", "theta")})
+                params.update({k: g["params"][k][()] for k in EGRU_UNIT_PARAMETERS})
                 layers.append(EGRULayer(params=params, masks=masks))
             else:
                 raise FormatError(f"{str(path)!r}: layer {i} attribute 'kind' is {kind!r}, expected 'lif' or 'egru'")

@@ -48,6 +48,8 @@ import numpy as np
 
 from evrtrl.errors import ConfigError, FormatError, UnsupportedError
 from evrtrl.atomic import atomic_write
+from evrtrl.models.lif import lif_coefficients
+
 from .netspec import LIFLayer, Network, model_from_network, network_from_model
 
 __all__ = ["export_nir", "import_nir", "nir_graph_from_network", "network_from_nir_graph",
@@ -276,8 +278,7 @@ def network_from_nir_graph(graph, *, dt: float | None = None, integration: str =
                 prov_layers[li]["relay"] = L.W.shape[0] - 1
                 nxt = net_layers[li + 1]
                 nxt.W = np.concatenate([nxt.W, np.zeros((nxt.n, 1))], axis=1)
-            net_layers[li] = LIFLayer(**{k: getattr(L, k) for k in (
-                "W", "U", "tau_mem", "tau_syn", "dt", "v_th", "v_leak", "v_reset", "reset", "integration")})
+            net_layers[li] = LIFLayer(W=L.W, U=L.U, **L.hyper())
     prov = dict(input=ins[0], output=outs[0], nested=nested, layers=prov_layers, bias_channel=bias_channel,
                 input_size=int(np.asarray(nodes[layers[0][0]].weight).shape[1]),
                 metadata={k: v for k, v in meta.items() if not str(k).startswith("evrtrl.")})
@@ -289,8 +290,7 @@ def _relay_drive(L: LIFLayer) -> float:
     span = abs(L.v_th) + abs(L.v_reset) + abs(L.v_leak) + 1.0
     if L.integration == "euler":
         return 4.0 * span * L.tau_mem / L.dt
-    a, alpha = np.exp(-L.dt / L.tau_mem), np.exp(-L.dt / L.tau_syn)
-    b = L.tau_syn / (L.tau_syn - L.tau_mem) * (alpha - a) if L.tau_syn != L.tau_mem else a * L.dt / L.tau_mem
+    _, b, alpha = lif_coefficients(L.tau_mem, L.tau_syn, L.dt, "exact")
     return 4.0 * span / b * (1.0 / (1.0 - alpha) if alpha < 1 else 1.0)
 
 
