@@ -24,6 +24,7 @@ from .netspec import Network, network_from_model
 from .placement import CoreLimits, neuron_loads, place
 from .profiles import HardwareProfile, load_profile
 from .quantize import QuantizedWeights, quantize_decay, quantize_weights, tau_from_decay
+from .registers import neuron_constants, register_issues
 
 __all__ = ["Violation", "ParameterDrift", "CoreUsage", "LayerQuantization", "SimulationComparison", "MappingReport",
            "map_to_hardware", "quantized_model", "compare_spikes"]
@@ -187,6 +188,63 @@ class MappingReport:
 
 # --------------------------------------------------------------------------- rules
 
+def _profile_rules(net: Network, prof: HardwareProfile) -> list:
+    """Rules held as profile data: reset modes, v_leak/v_reset of register models, layer count,
+    input-/output-connected hidden neurons."""
+    out = []
+    for li, layer in enumerate(net.layers):
+        if layer.kind != "lif":
+            continue
+        if prof.reset_modes is not None and layer.reset not in prof.reset_modes:
+            out.append(Violation("reset_mode", li, f"reset {layer.reset!r}; the {prof.name} neuron implements "
+                                 f"{' / '.join(prof.reset_modes)} reset only", layer.reset, list(prof.reset_modes), True))
+        if prof.register_format is not None:
+            for nm in ("v_leak", "v_reset"):
+                v = np.asarray(getattr(layer, nm))
+                if np.any(v != 0):
+                    out.append(Violation(nm, li, f"{nm} = {float(np.max(np.abs(v))):g} != 0; the {prof.name} neuron "
+                                         "has a fixed 0", float(np.max(np.abs(v))), 0.0, True))
+    if prof.min_neuron_layers is not None and len(net.layers) < prof.min_neuron_layers:
+        out.append(Violation("min_neuron_layers", None, f"{len(net.layers)} neuron layer(s); {prof.name} needs at "
+                             f"least {prof.min_neuron_layers} (hidden and output neurons)", len(net.layers),
+                             prof.min_neuron_layers, True))
+    if len(net.layers) > 1:
+        if prof.max_input_connected_neurons is not None:
+            w = _live(net.layers[0], net.layers[0].weight_names()[0])
+            n_in = int(np.any(w != 0, axis=1).sum())
+            if n_in > prof.max_input_connected_neurons:
+                out.append(Violation("max_input_connected_neurons", 0, f"{n_in} hidden neurons receive network input; "
+                                     f"{prof.name} allows {prof.max_input_connected_neurons}", n_in,
+                                     prof.max_input_connected_neurons, True))
+        if prof.max_output_connected_neurons is not None:
+            w = _live(net.layers[-1], net.layers[-1].weight_names()[0])
+            n_out = int(np.any(w != 0, axis=0).sum())
+            if n_out > prof.max_output_connected_neurons:
+                out.append(Violation("max_output_connected_neurons", len(net.layers) - 2, f"{n_out} hidden neurons "
+                                     f"drive output neurons; {prof.name} allows {prof.max_output_connected_neurons}",
+                                     n_out, prof.max_output_connected_neurons, True))
+    return out
+
+
+def _registers(net: Network, prof: HardwareProfile, quantization: str, x) -> list | None:
+    """Register values per layer for profiles with a register model (all layers LIF), else None."""
+    if prof.register_format is None or any(l.kind != "lif" for l in net.layers) or prof.weight_bits is None:
+        return None
+    from .registers import layer_registers
+    from .vendor_export import loihi_registers, xylo_registers
+
+    if prof.register_format == "loihi":
+        return loihi_registers(net, prof, quantization=quantization)
+    if len(net.layers) < 2:
+        return [layer_registers(net.layers[0], 0, "xylo", prof.weight_bits, quantization=quantization)]
+    xc = None
+    if x is not None:
+        xc = x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
+        if np.any(xc < 0) or np.any(xc != np.round(xc)):
+            xc = None  # not spike counts: no calibration
+    return xylo_registers(net, prof, x=xc, quantization=quantization)
+
+
 def _live(layer, name) -> np.ndarray:
     w = np.asarray(layer.weight(name), np.float64)
     return np.where(layer.mask(name), w, 0.0)
@@ -225,6 +283,10 @@ def map_to_hardware(model, profile, *, quantization: str = "per_tensor", x=None,
     if prof.output_channels is not None and net.output_size > prof.output_channels:
         V.append(Violation("output_channels", last, f"{net.output_size} output neurons, the chip has "
                            f"{prof.output_channels}", net.output_size, prof.output_channels))
+
+    # --- network rules from the profile (reset modes, layer count, connected neurons)
+    V += _profile_rules(net, prof)
+    regs = _registers(net, prof, quantization, x)
 
     # --- per-layer rules and quantisation
     qlayers, qnet_layers = [], []
@@ -275,27 +337,34 @@ def map_to_hardware(model, profile, *, quantization: str = "per_tensor", x=None,
                 zeros = int(sum(int(((qw.q[k] == 0) & layer.mask(k) & (live[k] != 0)).sum()) for k in names))
                 for k in names:
                     setattr(qlayer, k, qw.dequantized(k).astype(np.asarray(layer.weight(k)).dtype))
-                thr_code = layer.v_th / float(qw.scale.max())
-                if quantization == "per_tensor":
-                    code = float(np.round(layer.v_th / qw.scale[0]))
-                    qlayer.v_th = code * float(qw.scale[0])
-                    thr_code = code
-                if quantization == "per_tensor":
-                    vth_hw, vth_detail = qlayer.v_th, f"threshold code {thr_code:.0f} x scale {float(qw.scale[0]):.4g}"
+                rg = regs[li] if regs is not None else None
+                vth = np.broadcast_to(np.asarray(layer.v_th, np.float64), (layer.n,))
+                if rg is None:  # generic chip: the current enters the membrane with unit gain per step
+                    gain = 1.0 / (np.broadcast_to(qw.scale, (layer.n,)) * neuron_constants(layer)["b"])
+                    codes = np.round(vth * gain)
+                    what = "threshold code (v_th / (s b))"
                 else:
-                    codes = np.round(layer.v_th / qw.scale)
-                    per_row = codes * qw.scale
-                    worst = int(np.argmax(np.abs(per_row - layer.v_th)))
-                    vth_hw = float(per_row[worst])
-                    vth_detail = (f"per-row threshold codes; worst neuron {worst} (code {codes[worst]:.0f}); "
-                                  "simulation keeps the float threshold")
-                if _rel(layer.v_th, vth_hw) > drift_tol:
-                    Wn.append(ParameterDrift(li, "v_th", float(layer.v_th), float(vth_hw),
-                                             _rel(layer.v_th, vth_hw), vth_detail))
-                if not _state_fits(thr_code, prof.state_bits):
-                    V.append(Violation("state_bits", li, f"threshold v_th={layer.v_th:g} is {thr_code:.0f} weight "
-                                       f"steps, beyond the {prof.state_bits}-bit state range",
-                                       thr_code, 2 ** (prof.state_bits - 1) - 1))
+                    gain, codes = rg.gain, rg.threshold.astype(np.float64)
+                    what = (f"{prof.register_format} threshold register" +
+                            (f", weight shift {rg.weight_shift}" if rg.fmt == "xylo" else ""))
+                hw = codes / gain
+                rel = np.abs(hw - vth) / np.where(vth != 0, np.abs(vth), 1.0)
+                worst = int(np.argmax(rel))
+                thr_code = float(codes.max())
+                vth_hw = float(hw[worst])
+                vth_detail = f"{what} {codes[worst]:.0f} / gain {gain[worst]:.5g}" + (
+                    f" (worst of {layer.n} neurons: {worst})" if np.unique(hw).size > 1 else "")
+                if np.unique(hw).size == 1:
+                    qlayer.v_th = float(hw[0])
+                if rel[worst] > drift_tol:
+                    Wn.append(ParameterDrift(li, "v_th", float(vth[worst]), vth_hw, float(rel[worst]), vth_detail))
+                if rg is not None:
+                    for iss in register_issues(rg, prof):
+                        V.append(Violation(iss.rule, li, iss.message, iss.value, iss.limit))
+                elif not _state_fits(thr_code, prof.state_bits):
+                    V.append(Violation("state_bits", li, f"threshold code {thr_code:.0f} (v_th / (s b), s = weight "
+                                       f"step, b = current-to-membrane gain) is beyond the {prof.state_bits}-bit "
+                                       "state range", thr_code, 2 ** (prof.state_bits - 1) - 1))
             else:
                 qw, err, err_s, zeros, thr_code = None, 0.0, 0.0, 0, None
             am, asyn = layer.decay_factors()
