@@ -114,6 +114,14 @@ class SimulationComparison:
     loss_quant: float | None = None
     acc_float: float | None = None
     acc_quant: float | None = None
+    #: "chip" (integer register simulation, chipsim.py) or "float copy" (dequantised float model)
+    source: str = "float copy"
+    #: per neuron layer: compare_spikes() of that layer (chip spikes aligned by the chip's layer delay)
+    layers: list = field(default_factory=list)
+    #: chip simulation only: saturated additions (state at its register limit)
+    saturations: int | None = None
+    #: chip simulation only: steps each layer's spikes were shifted back to align with the float model
+    delays: list = field(default_factory=list)
 
 
 @dataclass
@@ -155,9 +163,14 @@ class MappingReport:
             lines.append(f"  WARNING parameter drift: {w}")
         s = self.simulation
         if s is not None:
-            lines.append(f"  quantised vs float: spikes {s.spikes_quant} vs {s.spikes_float} "
+            what = "chip simulation" if s.source == "chip" else "quantised float copy"
+            lines.append(f"  {what} vs float (last layer): spikes {s.spikes_quant} vs {s.spikes_float} "
                          f"({s.count_rel_diff:.1%} off), timing Jaccard {s.timing_jaccard:.3f}, "
                          f"within +-1 step {s.timing_within_1:.3f}")
+            if s.source == "chip":
+                per = ", ".join(f"layer {i}: {d['spikes_quant']} vs {d['spikes_float']}" for i, d in enumerate(s.layers))
+                lines.append(f"  chip spikes per layer (aligned by {s.delays} steps): {per}; "
+                             f"{s.saturations} saturated additions")
             if s.loss_float is not None:
                 lines.append(f"  loss {s.loss_float:.5g} -> {s.loss_quant:.5g}")
             if s.acc_float is not None:
@@ -485,7 +498,9 @@ def map_to_hardware(model, profile, *, quantization: str = "per_tensor", x=None,
 
     report = MappingReport(prof, V, usage, placement, qlayers, Network(qnet_layers), warnings=Wn)
     if x is not None:
-        report.simulation = _compare(model, report, x, loss_fn, labels, predict)
+        chip = _chip_run(net, prof, regs, V, x)
+        report.simulation = (_compare(model, report, x, loss_fn, labels, predict) if chip is None
+                             else _compare_chip(model, net, chip, x, loss_fn, labels, predict))
     return report
 
 
@@ -530,6 +545,87 @@ def compare_spikes(sf: np.ndarray, sq: np.ndarray) -> dict:
     return dict(spikes_float=nf, spikes_quant=nq, count_rel_diff=abs(nq - nf) / max(nf, 1),
                 per_neuron_count_corr=corr, timing_jaccard=1.0 if union == 0 else int((bf & bq).sum()) / union,
                 timing_within_1=1.0 if nf == 0 else int((bf & near).sum()) / nf)
+
+
+#: violations after which no register file can be built (the chip simulation is then not run)
+_UNBUILDABLE = {"min_neuron_layers", "recurrent_outputs", "threshold_bits", "threshold_range", "decay_code",
+                "weight_shift", "neuron_model"}
+
+
+def _chip_run(net: Network, prof: HardwareProfile, regs, V: list, x):
+    """Integer chip simulation of the registers (chipsim.py), or None where it cannot run."""
+    if regs is None or any(v.rule in _UNBUILDABLE for v in V):
+        return None
+    xc = x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
+    if np.any(xc < 0) or np.any(xc != np.round(xc)):
+        return None  # the chips take spike counts
+    from .chipsim import NetxLayer, simulate_loihi, simulate_xylo
+    from .registers import xylo_specification
+
+    if prof.register_format == "xylo":
+        run = simulate_xylo(xylo_specification(regs, float(net.layers[0].dt)), xc)
+        sizes = [l.n for l in net.layers[:-1]]
+        cuts = np.cumsum(sizes)[:-1]
+        run.spikes = list(np.split(run.spikes[0], cuts, axis=2)) + [run.spikes[1]]
+        run.layer_delays = list(range(len(net.layers)))
+        return run
+    if any(np.unique(a).size > 1 for r in regs for a in (r.threshold, r.decay_mem, r.decay_syn)):
+        return None  # netx holds one threshold and decay per layer
+    layers = [NetxLayer(r.weights["W"], r.weights.get("U"), int(r.decay_syn[0]), int(r.decay_mem[0]),
+                        int(r.threshold[0])) for r in regs]
+    if any(not np.any(L.weight) for L in layers):
+        return None
+    return simulate_loihi(layers, xc)
+
+
+def _align(z: np.ndarray, shift: int) -> np.ndarray:
+    """``out[t] = z[t + shift]`` with zeros where that index is outside the run."""
+    out = np.zeros_like(z)
+    T = z.shape[0]
+    if shift >= 0:
+        out[:T - shift] = z[shift:]
+    else:
+        out[-shift:] = z[:T + shift]
+    return out
+
+
+def _compare_chip(model, net: Network, chip, x, loss_fn, labels, predict=None) -> SimulationComparison:
+    """Spike drift and accuracy of the chip simulation against the float model (chip layers aligned in time)."""
+    import torch
+    import evrtrl
+
+    if isinstance(model, Network):
+        raise ConfigError("simulation needs a models cell or Stack, not a bare Network")
+    with torch.no_grad():
+        of = evrtrl.simulate(model, x)
+    delays = [d - ((li + 1) if L.integration == "exact" else 0)
+              for li, (d, L) in enumerate(zip(chip.layer_delays, net.layers))]
+    zs = [_align(z, d) for z, d in zip(chip.spikes, delays)]
+    per = []
+    for li, z in enumerate(zs):
+        sf = of.layers[li].spikes.detach().cpu().numpy()
+        c = compare_spikes(sf, z)
+        c["spikes_quant"] = int(z.sum())  # spike counts (Xylo hidden neurons may fire several per step)
+        c["count_rel_diff"] = abs(c["spikes_quant"] - c["spikes_float"]) / max(c["spikes_float"], 1)
+        per.append(c)
+    res = dict(per[-1])
+    sf = of.spikes.detach().cpu().numpy()
+    zq = zs[-1]
+    if loss_fn is not None:
+        yq = torch.as_tensor(zq, dtype=of.outputs.dtype)
+        res["loss_float"] = float(sum(float(loss_fn(of.outputs[t], t)) for t in range(of.outputs.shape[0])))
+        res["loss_quant"] = float(sum(float(loss_fn(yq[t], t)) for t in range(yq.shape[0])))
+    if labels is not None:
+        lab = np.asarray(labels)
+        if predict is None:
+            pf, pq = sf.sum(0).argmax(-1), zq.sum(0).argmax(-1)
+        else:
+            with torch.no_grad():
+                pf = np.asarray(torch.as_tensor(predict(of.spikes)).cpu())
+                pq = np.asarray(torch.as_tensor(predict(torch.as_tensor(zq, dtype=of.spikes.dtype))).cpu())
+        res["acc_float"] = float((pf == lab).mean())
+        res["acc_quant"] = float((pq == lab).mean())
+    return SimulationComparison(**res, source="chip", layers=per, saturations=chip.saturations, delays=delays)
 
 
 def _compare(model, report, x, loss_fn, labels, predict=None) -> SimulationComparison:
