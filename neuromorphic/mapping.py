@@ -462,7 +462,16 @@ def map_to_hardware(model, profile, *, quantization: str = "per_tensor", x=None,
     wb = prof.weight_bits or 32
     lim = CoreLimits(prof.neurons_per_core, prof.synapses_per_core, prof.synapse_memory_bits_per_core,
                      prof.fan_in_max, wb)
-    cores, oversized = place(loads, lim) if loads else ([], [])
+    if prof.layers_per_core == 1:  # e.g. Speck: every layer gets cores of its own
+        cores, oversized = [], []
+        for ld in loads:
+            cs, ov = place([ld], lim)
+            for c in cs:
+                c.index = len(cores)
+                cores.append(c)
+            oversized += ov
+    else:
+        cores, oversized = place(loads, lim) if loads else ([], [])
     for nl in oversized:
         V.append(Violation("core_capacity", nl.layer, f"neuron {nl.index} needs {nl.synapses} synapses "
                            f"({nl.synapses * wb} bits) and {len(nl.sources)} input axons: more than one empty "

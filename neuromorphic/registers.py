@@ -42,6 +42,7 @@ layers with per-neuron time constants and thresholds need no other code path.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -158,10 +159,15 @@ def register_issues(regs: LayerRegisters, profile) -> list[RegisterIssue]:
         hi = 2 ** (tb - 1) - 1 if profile.threshold_signed else 2 ** tb - 1
         worst = int(regs.threshold.max())
         if worst > hi:
+            f, q = precision_loss_to_fit(regs, tb if profile.threshold_signed else tb + 1)
+            qmax = max((int(np.abs(w).max()) for w in regs.weights.values() if w.size), default=0)
             out.append(RegisterIssue("threshold_bits", li, f"threshold register {worst} (v_th x gain "
                                      f"{float(regs.gain[int(np.argmax(regs.threshold))]):.4g}) exceeds the "
                                      f"{tb}-bit {'signed' if profile.threshold_signed else 'unsigned'} range "
-                                     f"(max {hi}); {int((regs.threshold > hi).sum())} neuron(s)", worst, hi))
+                                     f"(max {hi}); {int((regs.threshold > hi).sum())} neuron(s). Fitting it by "
+                                     f"scaling weights and threshold by {f:.3g} (what Rockpool's quantiser does) "
+                                     f"leaves a largest weight code of {q} instead of {qmax} "
+                                     f"({math.log2(qmax / max(q, 1)):.1f} bits of weight precision lost)", worst, hi))
         low = int(regs.threshold.min())
         if low < 1:
             out.append(RegisterIssue("threshold_range", li, f"threshold register rounds to {low} (< 1): the neuron "
