@@ -511,5 +511,28 @@ def export_nir(model, path, *, nested: bool | None = None, nir_convention: str =
     if nested is None:
         nested = nir_convention == "rockpool"
     graph = nir_graph_from_network(net, prov, nested=nested, nir_convention=nir_convention, readout=readout)
-    atomic_write(path, lambda tmp: nir.write(tmp, graph))
+
+    def write(tmp: str) -> None:
+        nir.write(tmp, graph)
+        if nir_convention != "evrtrl":
+            _drop_zero_v_reset(tmp)
+
+    atomic_write(path, write)
     return graph
+
+
+def _drop_zero_v_reset(path: str) -> None:
+    """Remove all-zero ``v_reset`` datasets of (Cuba)LIF nodes: nir <= 1.0.4 has no such field."""
+    import h5py
+
+    with h5py.File(path, "a") as f:
+        found = []
+
+        def visit(name, obj):
+            if isinstance(obj, h5py.Group) and "v_reset" in obj and "type" in obj:
+                if obj["type"][()] in (b"CubaLIF", b"LIF") and not np.any(obj["v_reset"][()]):
+                    found.append(name)
+
+        f.visititems(visit)
+        for name in found:
+            del f[name]["v_reset"]
