@@ -102,12 +102,6 @@ class LayerRegisters:
         """The threshold the chip applies, in library membrane units (per neuron)."""
         return self.threshold / self.gain
 
-    def hardware_decays(self) -> tuple[np.ndarray, np.ndarray]:
-        """Per-step (membrane, current) decay factors the codes stand for (ignoring integer rounding)."""
-        if self.fmt == "xylo":
-            return 1.0 - 2.0 ** -self.decay_mem.astype(float), 1.0 - 2.0 ** -self.decay_syn.astype(float)
-        return 1.0 - self.decay_mem / 4096.0, 1.0 - self.decay_syn / 4096.0
-
 
 @dataclass(frozen=True)
 class RegisterIssue:

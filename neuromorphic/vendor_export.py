@@ -14,8 +14,8 @@ neuron/{type "CUBA", iDecay, vDecay, vThMant, refDelay 1, gradedSpike False}}``.
 reader passes ``du = iDecay - 1`` and ``dv = vDecay`` to Lava's LIF (see
 :mod:`.registers` for the codes).
 
-Both refuse networks whose registers do not fit (:class:`evrtrl.errors.UnsupportedError`
-naming the layer, register and limit). Both write atomically (:mod:`evrtrl.atomic`).
+Both refuse a network with any violation that :func:`~.mapping.map_to_hardware` reports
+for the target (:class:`evrtrl.errors.UnsupportedError` listing them; nothing is written). Both write atomically (:mod:`evrtrl.atomic`).
 """
 from __future__ import annotations
 
@@ -29,39 +29,19 @@ from evrtrl.errors import UnsupportedError
 from .netspec import Network, network_from_model
 from .profiles import load_profile
 from .registers import (XYLO_SPEC_KEYS, LayerRegisters, largest_shift_for_threshold, layer_registers,
-                        register_issues, xylo_specification)
+                        xylo_specification)
 
-__all__ = ["export_xylo", "export_netx", "xylo_registers", "loihi_registers", "structural_issues"]
-
-
-def structural_issues(net: Network, prof) -> list:
-    """(rule, layer, message) for what a register file cannot express at all on ``prof``."""
-    out = []
-    for li, layer in enumerate(net.layers):
-        if layer.kind != "lif":
-            out.append(("neuron_model", li, f"layer {li} is {layer.kind!r}; {prof.name} registers hold LIF neurons"))
-            continue
-        if prof.reset_modes is not None and layer.reset not in prof.reset_modes:
-            out.append(("reset_mode", li, f"reset {layer.reset!r}; {prof.name} implements {list(prof.reset_modes)}"))
-        for nm in ("v_leak", "v_reset"):
-            if np.any(np.asarray(getattr(layer, nm)) != 0):
-                out.append((nm, li, f"{nm} != 0; the {prof.register_format} neuron has a fixed 0"))
-    if prof.min_neuron_layers is not None and len(net.layers) < prof.min_neuron_layers:
-        out.append(("min_neuron_layers", None, f"{len(net.layers)} neuron layer(s); {prof.name} needs at least "
-                    f"{prof.min_neuron_layers} (hidden + output)"))
-    if prof.register_format == "xylo" and len(net.layers) >= 2:
-        last = net.layers[-1]
-        if last.kind == "lif" and last.U is not None and np.any(last.U[last.mask("U")] != 0):
-            out.append(("recurrent_outputs", len(net.layers) - 1, "output neurons cannot be recurrent on Xylo"))
-    return out
+__all__ = ["export_xylo", "export_netx", "xylo_registers", "loihi_registers"]
 
 
-def _check(net, prof, regs, what: str) -> None:
-    problems = [m for _, _, m in structural_issues(net, prof)]
-    for r in regs:
-        problems += [f"layer {i.layer}: {i.message}" for i in register_issues(r, prof)]
-    if problems:
-        raise UnsupportedError(f"{what}: the network does not fit {prof.name}: " + "; ".join(problems))
+def _refuse_misfits(net: Network, prof, what: str, quantization: str) -> None:
+    """Raise :class:`UnsupportedError` listing every rule ``map_to_hardware`` finds violated."""
+    from .mapping import map_to_hardware
+
+    rep = map_to_hardware(net, prof, quantization=quantization)
+    if rep.violations:
+        raise UnsupportedError(f"{what}: the network does not fit {prof.name}: "
+                               + "; ".join(str(v) for v in rep.violations))
 
 
 def xylo_registers(net: Network, prof, *, weight_shift: int | None = None, out_shift: int | None = None,
@@ -106,12 +86,8 @@ def export_xylo(model, path: str | os.PathLike, target="xylo_audio2", x=None, *,
         raise UnsupportedError(f"export_xylo: profile {prof.name!r} has no Xylo register model "
                                "(register_format 'xylo'; built in: xylo_audio2)")
     net = network_from_model(model)
-    issues = structural_issues(net, prof)
-    if issues:
-        raise UnsupportedError("export_xylo: the network does not fit " + prof.name + ": "
-                               + "; ".join(m for _, _, m in issues))
+    _refuse_misfits(net, prof, "export_xylo", quantization)
     regs = xylo_registers(net, prof, x=x, quantization=quantization)
-    _check(net, prof, regs, "export_xylo")
     spec = xylo_specification(regs, float(net.layers[0].dt))
     assert tuple(spec) == XYLO_SPEC_KEYS
 
@@ -132,12 +108,8 @@ def export_netx(model, path: str | os.PathLike, target="loihi2", *, quantization
         raise UnsupportedError(f"export_netx: profile {prof.name!r} has no Loihi register model "
                                "(register_format 'loihi'; built in: loihi2)")
     net = network_from_model(model)
-    issues = structural_issues(net, prof)
-    if issues:
-        raise UnsupportedError("export_netx: the network does not fit " + prof.name + ": "
-                               + "; ".join(m for _, _, m in issues))
+    _refuse_misfits(net, prof, "export_netx", quantization)
     regs = loihi_registers(net, prof, quantization=quantization)
-    _check(net, prof, regs, "export_netx")
     for r in regs:
         _uniform(r)
         if not any(np.any(w != 0) for w in r.weights.values()):

@@ -197,3 +197,75 @@ def test_map_to_hardware_simulates_the_chip(target):
     assert "chip simulation vs float" in rep.summary()
     # a chip that has no register model keeps the quantised float copy
     assert N.map_to_hardware(m, "spinnaker2", x=x).simulation.source == "float copy"
+
+
+def _cli(argv):
+    import argparse
+    from evrtrl.neuromorphic import cli
+
+    ap = argparse.ArgumentParser()
+    cli.register(ap.add_subparsers(dest="cmd"))
+    a = ap.parse_args(argv)
+    return a.func(a)
+
+
+def test_cli_run_dir_vendor_formats_and_readout(tmp_path, capsys):
+    from evrtrl.checkpoint import save_model
+    from evrtrl.models import Readout
+
+    run = tmp_path / "run"
+    run.mkdir()
+    m = _net()
+    ro = Readout(4, 3, dtype=torch.float64)
+    save_model(m, run / "model.h5", readout=ro)
+    assert _cli(["export", str(run), "--format", "xylo", "-o", str(tmp_path / "x.npz")]) == 0
+    assert "readout runs on the host" in capsys.readouterr().out
+    with np.load(tmp_path / "x.npz") as z:
+        assert tuple(z.files) == XYLO_SPEC_KEYS
+    # the readout goes into bundles and NIR
+    assert _cli(["export", str(run), "-o", str(tmp_path / "b.h5")]) == 0
+    b = N.read_bundle(tmp_path / "b.h5")
+    assert np.allclose(b.readout["weight"], ro.weight.detach().numpy())
+    assert _cli(["export", str(run), "--format", "nir", "-o", str(tmp_path / "r.nir")]) == 0
+    import nir
+    g = nir.read(str(tmp_path / "r.nir"))
+    assert "readout" in g.nodes and ("readout", "output") in [tuple(e) for e in g.edges]
+    # Loihi refuses the subtractive reset: exit 2, nothing written
+    assert _cli(["export", str(run), "--format", "netx", "-o", str(tmp_path / "n.net")]) == 2
+    assert "reset" in capsys.readouterr().err and not (tmp_path / "n.net").exists()
+    # clean errors for a directory that is not a run and a file that is not HDF5
+    (tmp_path / "empty").mkdir()
+    assert _cli(["export", str(tmp_path / "empty"), "-o", str(tmp_path / "e.h5")]) == 2
+    assert "without model.h5" in capsys.readouterr().err
+    (tmp_path / "junk.h5").write_text("not hdf5")
+    assert _cli(["export", str(tmp_path / "junk.h5"), "-o", str(tmp_path / "e.h5")]) == 2
+    assert "neither a .nir graph nor an HDF5" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("conv", ["rockpool", "snntorch"])
+def test_nir_conventions_read_back_and_drop_v_reset(conv, tmp_path):
+    import evrtrl
+
+    m = _net(reset="zero")
+    p = tmp_path / f"{conv}.nir"
+    N.export_nir(m, p, nir_convention=conv)
+    with h5py.File(p, "r") as f:
+        names = []
+        f.visit(names.append)
+        assert not [n for n in names if n.endswith("v_reset")]  # nir <= 1.0.4 has no v_reset field
+    import nir
+    g = nir.read(str(p))
+    neurons = [v for v in g.nodes.values() if type(v).__name__ == "CubaLIF"]
+    neurons += [w for v in g.nodes.values() if hasattr(v, "nodes") for w in v.nodes.values()
+                if type(w).__name__ == "CubaLIF"]
+    dt = 1e-4 if conv == "snntorch" else 1e-3
+    for c in neurons:
+        if conv == "rockpool":  # Rockpool's from_nir: dt = tau_mem / (1 + r)
+            assert np.allclose(c.tau_mem / (1 + c.r), 1e-3)
+        else:  # snnTorch asserts r = tau_mem / dt at its dt = 1e-4 and rescales by w_in dt / tau_syn
+            assert np.allclose(c.r, c.tau_mem / dt) and np.allclose(c.w_in * dt / c.tau_syn, 1.0)
+    x = (torch.rand(100, 2, 8, generator=torch.Generator().manual_seed(0)) < 0.3).double()
+    back = N.import_nir(p, dt=dt, reset="zero")
+    a, b = evrtrl.simulate(m, x), evrtrl.simulate(back, x)
+    for la, lb in zip(a.layers, b.layers):
+        assert torch.equal(la.spikes, lb.spikes)

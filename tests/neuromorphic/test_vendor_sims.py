@@ -102,3 +102,22 @@ def test_fit_verdicts_agree_with_rockpool_mapper():
     by = {r["name"]: r for r in rows}
     assert by["v_th 400 (threshold overflow)"]["rockpool"]["max_code"] < 127  # Rockpool maps by shrinking weights
     assert by["1 layer 8-4 (no output layer)"]["ours"] == ["min_neuron_layers"]
+
+
+def test_rockpool_reads_the_rockpool_nir_convention(tmp_path):
+    syns61201()  # skips without the extra
+    import warnings
+
+    import nir
+    from rockpool.nn.modules.torch.nir import from_nir
+
+    from evrtrl.neuromorphic import export_nir
+
+    m = Stack(_lif(8, 40), _lif(40, 4, rec=False, seed=1))
+    export_nir(m, tmp_path / "r.nir", nir_convention="rockpool")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        net = from_nir(nir.read(str(tmp_path / "r.nir")))
+    lifs = [mod for mod in net.modules() if type(mod).__name__ == "LIFTorch"]
+    assert len(lifs) == 2 and all(abs(float(mod.dt) - 1e-3) < 1e-12 for mod in lifs)
+    assert hasattr(lifs[0], "w_rec")  # the nested recurrent subgraph became a recurrent LIFTorch
