@@ -6,9 +6,13 @@ checks every rule of the profile. Each violated rule becomes a
 :class:`Violation` naming the rule, the layer and the numbers; ``model_change``
 says whether only a change of the model (not of the mapping) can fix it.
 
-Given an input ``x`` it also simulates the float and the quantised network with
-``evrtrl.simulate`` and reports how far spike counts, spike timing and the loss
-or accuracy move.
+Chips with a register model (``profile.register_format``: Xylo Audio 2, Loihi 2)
+get their thresholds and decays as register values in the chip's units
+(:mod:`.registers`), checked against the register widths. Given an input ``x`` of
+spike counts, the registers run in the integer chip simulation (:mod:`.chipsim`,
+the same code as ``simulate_export``) and the report gives how far spike counts,
+spike timing and the loss or accuracy move from the float model; other chips are
+simulated as a float copy with dequantised weights (``evrtrl.simulate``).
 """
 from __future__ import annotations
 
@@ -100,6 +104,25 @@ class LayerQuantization:
     quantized: QuantizedWeights | None = None
     #: EGRU: one QuantizedWeights per gate ("u", "r", "z"), each shared by W_g and U_g
     gate_quantized: dict = field(default_factory=dict)
+    #: register values in the chip's units (``registers.LayerRegisters``) on chips with a register model
+    registers: Any = None
+
+    def register_summary(self) -> dict | None:
+        """Register values as plain numbers (ranges where they differ between neurons)."""
+        r = self.registers
+        if r is None:
+            return None
+
+        def rng(a):
+            lo, hi = int(np.min(a)), int(np.max(a))
+            return lo if lo == hi else [lo, hi]
+
+        names = ("threshold", "dash_mem", "dash_syn") if r.fmt == "xylo" else ("vThMant", "vDecay", "iDecay")
+        out = dict(zip(names, (rng(r.threshold), rng(r.decay_mem), rng(r.decay_syn))))
+        if r.fmt == "xylo":
+            out["weight_shift"] = r.weight_shift
+        out["max_weight_code"] = max(int(np.abs(w).max()) for w in r.weights.values() if w.size)
+        return out
 
 
 @dataclass
@@ -157,6 +180,10 @@ class MappingReport:
             lines.append(f"  layer {q.layer}: {q.bits}-bit {q.mode}, max|w-q(w)| = {q.max_abs_error:.3g} "
                          f"(= {q.max_error_over_scale:.3f} scale), {q.zero_after_rounding}/{q.live_synapses} "
                          f"live synapses round to 0")
+            rs = q.register_summary()
+            if rs is not None:
+                lines.append(f"  layer {q.layer} {q.registers.fmt} registers: "
+                             + ", ".join(f"{k} {v}" for k, v in rs.items()))
         for v in self.violations:
             lines.append(f"  VIOLATION {v}")
         for w in self.warnings:
@@ -193,8 +220,9 @@ class MappingReport:
             "violations": [asdict(v) for v in self.violations],
             "warnings": [asdict(w) for w in self.warnings],
             "cores": [asdict(c) for c in self.cores],
-            "quantization": [{k: v for k, v in asdict(q).items() if k not in ("quantized", "gate_quantized")}
-                             for q in self.quantization],
+            "quantization": [{**{k: v for k, v in asdict(q).items()
+                                  if k not in ("quantized", "gate_quantized", "registers")},
+                               "registers": q.register_summary()} for q in self.quantization],
             "simulation": None if self.simulation is None else asdict(self.simulation),
         })
 
@@ -397,10 +425,12 @@ def map_to_hardware(model, profile, *, quantization: str = "per_tensor", x=None,
                 if not (math.isfinite(t) and t > 0):
                     V.append(Violation("time_constant", li, f"{nm} quantises to {t} with {rep} ({tb} bits)", t, rep))
                     setattr(qlayer, nm, getattr(layer, nm))
+            rg = regs[li] if regs is not None else None
+            codes = ({"mem": int(rg.decay_mem.max()), "syn": int(rg.decay_syn.max())} if rg is not None
+                     else {"mem": cm, "syn": cs} if cm is not None else {})
             ql = LayerQuantization(li, prof.weight_bits, quantization,
                                    qw.scale if qw is not None else np.array([1.0]), err, err_s, n_live, zeros,
-                                   thr_code, qlayer.tau_mem, qlayer.tau_syn,
-                                   {"mem": cm, "syn": cs} if cm is not None else {}, qw)
+                                   thr_code, qlayer.tau_mem, qlayer.tau_syn, codes, qw, registers=rg)
         else:
             qlayer = copy.deepcopy(layer)
             err = err_s = 0.0
