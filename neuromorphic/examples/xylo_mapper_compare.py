@@ -140,7 +140,12 @@ def table(rows: list) -> str:
     return "\n".join(out)
 
 
-def main() -> int:
+def load_syns61201():
+    """``rockpool.devices.xylo.syns61201`` (XyloSim, mapper) without running ``rockpool.devices.xylo.__init__``.
+
+    That ``__init__`` imports samna (Xylo Audio 3 / HDK support), which is not installable
+    from PyPI; registering the parent package in ``sys.modules`` by hand skips it.
+    """
     import importlib
     import types
     from pathlib import Path
@@ -148,11 +153,15 @@ def main() -> int:
     import rockpool
 
     name = "rockpool.devices.xylo"
-    if name not in sys.modules:  # skip rockpool.devices.xylo.__init__ (it imports samna)
+    if name not in sys.modules:
         pkg = types.ModuleType(name)
         pkg.__path__ = [str(Path(rockpool.__file__).parent / "devices" / "xylo")]
         sys.modules[name] = pkg
-    rows = compare(importlib.import_module(name + ".syns61201"))
+    return importlib.import_module(name + ".syns61201")
+
+
+def main() -> int:
+    rows = compare(load_syns61201())
     print(table(rows))
     print(f"\n{sum(r['agree'] is True for r in rows)} of {len(rows)} agree; "
           f"{sum(r['agree'] == 'explained' for r in rows)} not comparable (zero reset)")
