@@ -300,8 +300,10 @@ def map_to_hardware(model, profile, *, quantization: str = "per_tensor", x=None,
                     predict: Callable | None = None) -> MappingReport:
     """Quantise, place and check ``model`` (a ``models`` cell/Stack or a :class:`Network`) on ``profile``.
 
-    ``x`` (T, B, d) optionally runs the float and the quantised network through
-    ``evrtrl.simulate``; ``loss_fn(y_t, t)`` (summed over t) and ``labels`` (B,)
+    ``x`` (T, B, d) (tensor or array) optionally runs the float network through
+    ``evrtrl.simulate`` and the mapped one through the integer chip simulation (chips with a
+    register model, spike-count input; the Xylo weight shift is then also calibrated on
+    ``x``) or as a dequantised float copy (other chips); ``loss_fn(y_t, t)`` (summed over t) and ``labels`` (B,)
     (argmax of the last layer's spike counts, or ``predict(spikes)`` with spikes
     the last layer's (T, B, n) tensor, e.g. an off-chip readout) add loss and accuracy.
 
@@ -537,6 +539,10 @@ def map_to_hardware(model, profile, *, quantization: str = "per_tensor", x=None,
 
     report = MappingReport(prof, V, usage, placement, qlayers, Network(qnet_layers), warnings=Wn)
     if x is not None:
+        if not hasattr(x, "detach") and not isinstance(model, Network):  # numpy input: the model's dtype
+            import torch
+            p0 = next(iter(model.parameters()), None)
+            x = torch.as_tensor(np.asarray(x), dtype=p0.dtype if p0 is not None else torch.float64)
         chip = _chip_run(net, prof, regs, V, x)
         report.simulation = (_compare(model, report, x, loss_fn, labels, predict) if chip is None
                              else _compare_chip(model, net, chip, x, loss_fn, labels, predict))

@@ -218,8 +218,12 @@ def test_cli_run_dir_vendor_formats_and_readout(tmp_path, capsys):
     m = _net()
     ro = Readout(4, 3, dtype=torch.float64)
     save_model(m, run / "model.h5", readout=ro)
-    assert _cli(["export", str(run), "--format", "xylo", "-o", str(tmp_path / "x.npz")]) == 0
-    assert "readout runs on the host" in capsys.readouterr().out
+    x = (np.random.default_rng(0).random((100, 2, 8)) < 0.3).astype(np.int64)
+    np.save(tmp_path / "cal.npy", x)
+    assert _cli(["export", str(run), "--format", "xylo", "--calibration", str(tmp_path / "cal.npy"),
+                 "-o", str(tmp_path / "x.npz")]) == 0
+    out = capsys.readouterr().out
+    assert "readout runs on the host" in out and "chip simulation vs float" in out and "xylo registers" in out
     with np.load(tmp_path / "x.npz") as z:
         assert tuple(z.files) == XYLO_SPEC_KEYS
     # the readout goes into bundles and NIR
