@@ -310,7 +310,7 @@ def map_to_hardware(model, profile, *, quantization: str = "per_tensor", x=None,
     Every LIF parameter that quantisation moves by more than ``drift_tol``
     (relative) is listed in ``report.warnings`` as a :class:`ParameterDrift`:
     the per-step decay factors ``alpha_mem``/``alpha_syn`` (bit-shift or
-    fixed-point decay) and the threshold ``v_th`` (rounded to weight steps).
+    fixed-point decay) and the threshold ``v_th`` (its register divided by the gain).
     """
     prof = load_profile(profile)
     net = network_from_model(model)
