@@ -143,7 +143,7 @@ def simulate_xylo(spec, x) -> ChipRun:
     th_o, dm_o, ds_o = (g[k].astype(np.int64) for k in ("threshold_out", "dash_mem_out", "dash_syn_out"))
     xs = _as_counts(x, w_in.shape[0])
     T, B, _ = xs.shape
-    n_syn = w_in.shape[2]
+    n_syn = 2  # every hidden neuron has two synaptic currents (the second stays 0 where unused)
     i_h = [np.zeros((B, nh), np.int64) for _ in range(n_syn)]
     v_h = np.zeros((B, nh), np.int64)
     i_o, v_o = np.zeros((B, no), np.int64), np.zeros((B, no), np.int64)
@@ -151,10 +151,12 @@ def simulate_xylo(spec, x) -> ChipRun:
     out_h, out_o = np.zeros((T, B, nh), np.int64), np.zeros((T, B, no), np.int64)
     sat = 0
     for t in range(T):
-        for j in range(n_syn):
-            i_h[j], s1 = _deliver(i_h[j], xs[t], syn[0][j], XYLO_MAX_INPUT_SPIKES)
-            i_h[j], s2 = _deliver(i_h[j], z_h, syn[1][j], XYLO_MAX_SPIKES)
-            sat += s1 + s2
+        for j, w in enumerate(syn[0]):
+            i_h[j], s1 = _deliver(i_h[j], xs[t], w, XYLO_MAX_INPUT_SPIKES)
+            sat += s1
+        for j, w in enumerate(syn[1]):
+            i_h[j], s2 = _deliver(i_h[j], z_h, w, XYLO_MAX_SPIKES)
+            sat += s2
         i_o, s3 = _deliver(i_o, z_h, wo, XYLO_MAX_SPIKES)
         sat += s3
         # hidden neurons
