@@ -22,6 +22,7 @@ Transfers are never attempted unless ``download=True``.
 from __future__ import annotations
 
 import os
+import tokenize
 from pathlib import Path
 from typing import Any, Callable
 
@@ -339,7 +340,7 @@ def read_gesture_npy(path: str | os.PathLike, sensor_size: tuple[int, int] = (12
                 shape, fortran, dtype = fmt.read_array_header_2_0(fh)
             else:
                 raise FormatError(f"{path}: .npy format version {version}; expected 1.0 or 2.0")
-        except (ValueError, TypeError) as exc:
+        except (ValueError, TypeError, SyntaxError, tokenize.TokenError, RecursionError) as exc:
             if isinstance(exc, FormatError):
                 raise
             raise FormatError(f"{path}: not a readable .npy header ({exc}); expected an (N, 4) numeric array") from exc

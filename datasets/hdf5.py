@@ -72,6 +72,7 @@ class SpikeH5:
         self._pid: int | None = None
         self._n_classes: int | None = None
         self._probed: tuple | None = None
+        self._n = 0
 
     # -- lazy handle ------------------------------------------------------
     def _fail(self, field: str, what: str, exc: BaseException | None = None) -> FormatError:
@@ -102,35 +103,42 @@ class SpikeH5:
         return self._file
 
     def _check_layout(self, f, h5py) -> int | None:
+        """Check the SHD layout; set the sample count; return the class count (``extra/keys``) or None."""
         n = []
-        for key in ("spikes/times", "spikes/units", "labels"):
-            try:
+        field = "/"
+        try:
+            for key in ("spikes/times", "spikes/units", "labels"):
+                field = key
                 link = f.get(key, getlink=True)
                 obj = f.get(key)
-            except H5_ERRORS as exc:
-                raise self._fail(key, "cannot be read", exc) from exc
-            if obj is None or not isinstance(obj, h5py.Dataset):
-                raise self._fail(key, f"is {'missing' if obj is None else type(obj).__name__}; expected a dataset "
-                                 "(SHD layout: spikes/times, spikes/units, labels)")
-            if not isinstance(link, h5py.HardLink):
-                raise self._fail(key, f"is a {type(link).__name__}; expected a dataset stored in this file")
-            if obj.ndim != 1:
-                raise self._fail(key, f"has shape {obj.shape}; expected one entry per sample (N,)")
-            base = h5py.check_vlen_dtype(obj.dtype) or obj.dtype
-            if base.kind not in "iuf" or (key == "labels" and obj.dtype.kind not in "iuf"):
-                raise self._fail(key, f"has dtype {obj.dtype}; expected {'integer' if key == 'labels' else 'ragged numeric'} "
-                                 "values")
-            n.append(obj.shape[0])
-        if len(set(n)) != 1:
-            raise FormatError(f"{self.path}: spikes/times, spikes/units and labels have lengths {tuple(n)}; "
-                              "expected equal lengths")
-        if "extra/keys" not in f:
-            return None
-        keys = f["extra/keys"]
-        if not isinstance(keys, h5py.Dataset) or keys.ndim != 1:
-            raise self._fail("extra/keys", f"is {type(keys).__name__} of shape {getattr(keys, 'shape', None)}; "
-                             "expected a 1-D dataset of class names")
-        return int(keys.shape[0])
+                if obj is None or not isinstance(obj, h5py.Dataset):
+                    raise self._fail(key, f"is {'missing' if obj is None else type(obj).__name__}; expected a "
+                                     "dataset (SHD layout: spikes/times, spikes/units, labels)")
+                if not isinstance(link, h5py.HardLink):
+                    raise self._fail(key, f"is a {type(link).__name__}; expected a dataset stored in this file")
+                if obj.ndim != 1:
+                    raise self._fail(key, f"has shape {obj.shape}; expected one entry per sample (N,)")
+                base = h5py.check_vlen_dtype(obj.dtype) or obj.dtype
+                if base.kind not in "iuf" or (key == "labels" and obj.dtype.kind not in "iuf"):
+                    raise self._fail(key, f"has dtype {obj.dtype}; expected "
+                                     f"{'integer' if key == 'labels' else 'ragged numeric'} values")
+                n.append(obj.shape[0])
+            if len(set(n)) != 1:
+                raise FormatError(f"{self.path}: spikes/times, spikes/units and labels have lengths {tuple(n)}; "
+                                  "expected equal lengths")
+            self._n = int(n[0])
+            field = "extra/keys"
+            if "extra/keys" not in f:
+                return None
+            keys = f["extra/keys"]
+            if not isinstance(keys, h5py.Dataset) or keys.ndim != 1:
+                raise self._fail("extra/keys", f"is {type(keys).__name__} of shape {getattr(keys, 'shape', None)}; "
+                                 "expected a 1-D dataset of class names")
+            return int(keys.shape[0])
+        except FormatError:
+            raise
+        except H5_ERRORS as exc:
+            raise self._fail(field, "cannot be read", exc) from exc
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
@@ -145,13 +153,14 @@ class SpikeH5:
 
     # -- access -----------------------------------------------------------
     def __len__(self) -> int:
-        return int(self._h5()["labels"].shape[0])
+        self._h5()
+        return self._n
 
     @property
     def keys(self) -> list[str]:
         """Class names from ``extra/keys`` (empty when absent)."""
         f = self._h5()
-        if "extra/keys" not in f:
+        if self._n_classes is None:
             return []
         try:
             raw = f["extra/keys"][()]
@@ -178,7 +187,8 @@ class SpikeH5:
         return label
 
     def _check_index(self, index: int) -> None:
-        n = self._h5()["labels"].shape[0]
+        self._h5()
+        n = self._n
         if not -n <= index < n:
             raise IndexError(f"sample index {index} out of range for {self.path} with {n} samples")
 

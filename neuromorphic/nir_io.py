@@ -332,7 +332,7 @@ def read_graph(path, *, probe_timeout_s: float | None = None):
             if "Unknown unit type" in str(e):
                 raise
             return nir.read(p, type_check=False)
-    except (OSError, KeyError, ValueError, AssertionError, TypeError) as e:
+    except (OSError, KeyError, ValueError, AssertionError, TypeError, RuntimeError, IndexError) as e:
         raise FormatError(f"{str(p)!r} is not a readable NIR file: {type(e).__name__}: {e}") from e
 
 
