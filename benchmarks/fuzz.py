@@ -55,6 +55,9 @@ __all__ = ["FORMATS", "Format", "FuzzResult", "fuzz", "main", "mutate", "registe
 _REPO = str(Path(__file__).resolve().parents[1])
 CLASSES = ("ok", "format", "own", "foreign", "crash", "hang")
 
+#: seconds a fresh worker may take to import evrtrl (not counted as reading time)
+STARTUP_S = 180.0
+
 #: time limit of the HDF5 probe child inside the readers while fuzzing (below the per-mutant limit)
 PROBE_TIMEOUT_S = 10.0
 
@@ -293,6 +296,7 @@ def _worker(conn, memory_bytes: int | None) -> None:  # pragma: no cover - runs 
     import torch
 
     torch.set_num_threads(1)
+    conn.send(("ready", ""))
     while True:
         try:
             task = conn.recv()
@@ -308,7 +312,7 @@ def _worker(conn, memory_bytes: int | None) -> None:  # pragma: no cover - runs 
             conn.send(("ok", ""))
         except Exception as exc:  # noqa: BLE001 - classifying every exception is this tool's job
             cls = _classify(exc)
-            detail = f"{type(exc).__name__}: {exc}"[:300]
+            detail = f"{type(exc).__name__}: {exc}"[:300]  # HDF5GuardError: the probe child looped or crashed
             if cls == "foreign":
                 frames = traceback.extract_tb(exc.__traceback__)
                 ours = [f for f in frames if _REPO in f.filename]
@@ -332,6 +336,9 @@ class _Pool:
         self.proc.start()
         child.close()
         self.conn = parent
+        if not parent.poll(STARTUP_S) or parent.recv()[0] != "ready":  # imports are not timed as reading
+            self.kill()
+            raise RuntimeError(f"fuzz worker did not start within {STARTUP_S:.0f} s")
 
     def kill(self) -> None:
         if self.proc is not None:
@@ -380,6 +387,7 @@ class FuzzResult:
     counts: dict[str, int] = field(default_factory=lambda: {c: 0 for c in CLASSES})
     examples: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    guarded: int = 0  # FormatErrors that were HDF5GuardError: libhdf5 looped or crashed in the probe child
 
     @property
     def n(self) -> int:
@@ -387,7 +395,8 @@ class FuzzResult:
 
     def add(self, cls: str, detail: str, what: str) -> None:
         self.counts[cls] += 1
-        if cls in ("foreign", "crash", "hang") and len(self.examples) < 5:
+        self.guarded += detail.startswith("HDF5GuardError")
+        if (cls in ("foreign", "crash", "hang") or detail.startswith("HDF5GuardError")) and len(self.examples) < 5:
             self.examples.append(f"{cls}: {what}: {detail}")
 
 
@@ -448,12 +457,13 @@ def fuzz(count: int = 200, seed: int = 0, formats: tuple[Format, ...] = FORMATS,
 
 def table(results: list[FuzzResult]) -> str:
     """Markdown table of the counts."""
-    lines = ["| format | mutants | ok | FormatError | other own error | foreign exception | crash | hang | ms/mutant |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| format | mutants | ok | FormatError | (of which HDF5 guard) | other own error | foreign exception "
+             "| crash | hang | ms/mutant |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
         c = r.counts
-        lines.append(f"| {r.name} | {r.n} | {c['ok']} | {c['format']} | {c['own']} | {c['foreign']} | {c['crash']} "
-                     f"| {c['hang']} | {1000 * r.seconds / max(r.n, 1):.0f} |")
+        lines.append(f"| {r.name} | {r.n} | {c['ok']} | {c['format']} | {r.guarded} | {c['own']} | {c['foreign']} "
+                     f"| {c['crash']} | {c['hang']} | {1000 * r.seconds / max(r.n, 1):.0f} |")
     return "\n".join(lines)
 
 
@@ -487,7 +497,8 @@ def run(args: argparse.Namespace, prefix: str = "") -> int:
         Path(opt("json")).parent.mkdir(parents=True, exist_ok=True)
         Path(opt("json")).write_text(json.dumps(
             {"seed": opt("seed"), "count": opt("count"),
-             "results": [{"name": r.name, "counts": r.counts, "examples": r.examples, "seconds": r.seconds}
+             "results": [{"name": r.name, "counts": r.counts, "guarded": r.guarded, "examples": r.examples,
+                          "seconds": r.seconds}
                          for r in results]}, indent=1))
     return 1 if any(r.counts[c] for r in results for c in ("foreign", "crash", "hang")) else 0
 
