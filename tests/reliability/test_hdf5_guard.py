@@ -129,3 +129,17 @@ def test_a_real_libhdf5_loop_is_refused(tmp_path):
     with pytest.raises(HDF5GuardError, match="loop.h5.*did not finish"):
         len(SpikeH5(p, probe_timeout_s=3))
     assert time.perf_counter() - t0 < 15
+
+
+def test_corrupt_nir_file_gives_format_error_with_cause(tmp_path, shared_data):
+    """One byte of a real NIR graph (symbol table entry cache type): h5py raises RuntimeError, which used to leak."""
+    pytest.importorskip("nir")
+    from evrtrl.neuromorphic.nir_io import read_graph
+
+    data = bytearray((shared_data / "nir" / "lif_norse.nir").read_bytes())
+    data[10400] = 0xFF
+    p = tmp_path / "bad.nir"
+    p.write_bytes(bytes(data))
+    with pytest.raises(FormatError, match="bad.nir") as err:
+        read_graph(p)
+    assert isinstance(err.value.__cause__, RuntimeError)
