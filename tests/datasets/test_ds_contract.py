@@ -243,3 +243,21 @@ def test_symlinked_sample_outside_the_root_is_refused(tmp_path):
     (root / "Train" / "0" / "a.bin").symlink_to(tmp_path / "elsewhere.bin")
     with pytest.raises(FormatError, match="outside the data root"):
         ds.NMNIST(root, train=True)
+
+
+# ---------------------------------------------------------------------- event constructors
+def test_event_constructors_refuse_values_that_would_wrap_or_truncate():
+    with pytest.raises(FormatError, match="'x'.*int16"):
+        ds.camera_events([1], [70000], [0], [1])
+    with pytest.raises(FormatError, match="'p'"):
+        ds.camera_events([1], [1], [0], [300])
+    with pytest.raises(FormatError, match="'unit'.*int32"):
+        ds.audio_events([1], [2**32 + 5])
+    with pytest.raises(FormatError, match="'t'"):
+        ds.audio_events(np.array([1.5]), [1])
+    tonic = np.zeros(2, dtype=[("t", float), ("x", int), ("p", int)])
+    tonic["t"] = [np.nan, 3.0]
+    with pytest.raises(FormatError, match="'t'"):
+        ds.from_tonic(tonic)  # was INT64_MIN
+    tonic["t"] = [2.4, 3.0]
+    assert ds.from_tonic(tonic)["t"].tolist() == [2, 3]
