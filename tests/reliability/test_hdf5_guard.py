@@ -107,6 +107,7 @@ def _checkpoint_like(path):
     return path
 
 
+@pytest.mark.slow  # waits out a 5 s loop, then a 3 s probe limit
 def test_a_real_libhdf5_loop_is_refused(tmp_path):
     """Byte 2201 set to 2 (found by fuzzing, 3 of 300 mutants) makes libhdf5 2.0 loop forever on a root
     attribute read. Without the guard the reader would spin until killed; with it: FormatError."""
@@ -143,3 +144,26 @@ def test_corrupt_nir_file_gives_format_error_with_cause(tmp_path, shared_data):
     with pytest.raises(FormatError, match="bad.nir") as err:
         read_graph(p)
     assert isinstance(err.value.__cause__, RuntimeError)
+
+
+@pytest.mark.slow  # waits out a 5 s loop, then a 3 s probe limit
+def test_a_real_libhdf5_loop_in_a_nir_graph_is_refused(tmp_path, shared_data):
+    """Zeroing bytes 2272 and 2280 of the NIR paper's lif_norse.nir (found by the fuzzer, seed 0 mutant 39)
+    makes libhdf5 loop: a plain nir.read never returns. read_graph refuses it within its time limit."""
+    pytest.importorskip("nir")
+    import subprocess
+
+    from evrtrl.neuromorphic.nir_io import read_graph
+
+    data = bytearray((shared_data / "nir" / "lif_norse.nir").read_bytes())
+    data[2272] = data[2280] = 0
+    p = tmp_path / "loop.nir"
+    p.write_bytes(bytes(data))
+    try:
+        subprocess.run([sys.executable, "-I", "-c", "import nir, sys; nir.read(sys.argv[1])", str(p)],
+                       capture_output=True, timeout=5)
+        pytest.skip(f"libhdf5 {h5py.version.hdf5_version} does not loop on this file")
+    except subprocess.TimeoutExpired:
+        pass  # unguarded, the read spins
+    with pytest.raises(HDF5GuardError, match="loop.nir.*did not finish"):
+        read_graph(p, probe_timeout_s=3)
