@@ -25,6 +25,10 @@ from evrtrl.errors import FormatError
 __all__ = ["HDF5GuardError", "probe_hdf5", "probe_time_limit"]
 
 _WALKER = Path(__file__).with_name("h5walk.py")
+# run the walker with the caller's packages, but without the working or script folder on sys.path
+# (this folder holds modules such as events.py that must not shadow anything h5py imports)
+_LAUNCH = ("import runpy, sys; sys.path[:] = [p for p in sys.path if p not in ('', '.')]; "
+           "walker = sys.argv.pop(1); runpy.run_path(walker, run_name='__main__')")
 
 #: seconds the probe may take for any file, plus one second per this many bytes
 PROBE_BASE_S = 30.0
@@ -70,8 +74,8 @@ def probe_hdf5(path: str | os.PathLike, timeout_s: float | None = None, allow_ex
     path = Path(path)
     limit = probe_time_limit(path) if timeout_s is None else float(timeout_s)
     try:
-        out = subprocess.run([sys.executable, "-I", str(_WALKER), str(path)], capture_output=True, text=True,
-                             timeout=limit, check=False)
+        out = subprocess.run([sys.executable, "-c", _LAUNCH, str(_WALKER), str(path)], capture_output=True,
+                             text=True, timeout=limit, check=False)
     except subprocess.TimeoutExpired as exc:
         raise HDF5GuardError(f"{path}: libhdf5 did not finish reading the file within {limit:.0f} s (read in a "
                              "child process, which was killed); a corrupt HDF5 file can loop forever: refused. "

@@ -1,6 +1,6 @@
 """Child-process side of :func:`evrtrl.datasets.h5guard.probe_hdf5`: read every object of one HDF5 file.
 
-Run as a script, ``python -I h5walk.py FILE``; it imports only h5py and numpy
+Run as a script, ``python h5walk.py FILE``; it imports only h5py and numpy
 (never evrtrl or torch, so it starts in a fraction of a second). It
 
 1. opens the file read-only;
