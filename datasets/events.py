@@ -54,12 +54,12 @@ def _column(name: str, value: Any, n: int) -> np.ndarray:
     return arr
 
 
-def _fits(name: str, arr: np.ndarray, dtype: np.dtype, lo: int | None = None) -> np.ndarray:
+def _fits(name: str, arr: np.ndarray, dtype: type) -> np.ndarray:
     """``arr`` unchanged if every value converts to ``dtype`` exactly (no wrap, no truncation), else FormatError."""
     if arr.size == 0 or arr.dtype == bool or arr.dtype == dtype:
         return arr
     info = np.iinfo(dtype)
-    lo = info.min if lo is None else lo
+    lo = info.min
     if arr.dtype.kind in "iu":
         ok = int(arr.min()) >= lo and int(arr.max()) <= info.max
     elif arr.dtype.kind == "f":
