@@ -209,7 +209,8 @@ class SpikeH5:
         if times.dtype.kind not in "iuf" or units.dtype.kind not in "iuf":
             raise FormatError(f"{self.path}: sample {index} has spike times of dtype {times.dtype} and units of "
                               f"dtype {units.dtype}; expected numbers")
-        times = times.astype(np.float64)
+        with np.errstate(invalid="ignore", over="ignore"):  # NaN/inf are refused just below
+            times = times.astype(np.float64)
         if times.size and not (np.all(np.isfinite(times)) and times.min() >= 0 and times.max() < MAX_TIME_S):
             raise self._fail("spikes/times", f"sample {index} has times in [{times.min()!r}, {times.max()!r}] s; "
                              f"expected finite seconds in [0, {MAX_TIME_S:.4g}) (int64 microseconds)")
