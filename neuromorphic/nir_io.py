@@ -315,11 +315,16 @@ def import_nir(path, *, dt: float | None = None, integration: str = "euler", res
     return model
 
 
-def read_graph(path):
+def read_graph(path, *, probe_timeout_s: float | None = None):
+    """Read a NIR graph; the file is first read whole in a time-limited child process
+    (:func:`evrtrl.datasets.h5guard.probe_hdf5`), so a corrupt file cannot hang or crash the caller."""
+    from evrtrl.datasets.h5guard import probe_hdf5
+
     nir = _nir()
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"NIR file {str(p)!r} does not exist")
+    probe_hdf5(p, probe_timeout_s)
     try:
         try:
             return nir.read(p)
@@ -327,7 +332,7 @@ def read_graph(path):
             if "Unknown unit type" in str(e):
                 raise
             return nir.read(p, type_check=False)
-    except (OSError, KeyError, ValueError, AssertionError, TypeError) as e:
+    except (OSError, KeyError, ValueError, AssertionError, TypeError, RuntimeError, IndexError) as e:
         raise FormatError(f"{str(p)!r} is not a readable NIR file: {type(e).__name__}: {e}") from e
 
 
