@@ -60,6 +60,7 @@ Local Jacobian pieces, with :math:`\psi_{t-1} = \psi(q_{t-1} - v_{th})` (zero at
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Mapping, NamedTuple, Optional
 
 import torch
@@ -67,9 +68,12 @@ import torch.nn.functional as F
 
 from evrtrl.errors import ConfigError
 from evrtrl.layer import Layer, LocalJacobian, Projection, check_sizes
+from evrtrl.network import forward_sequence
+from evrtrl.models.registry import CellSpec, HyperParameter, register
 from evrtrl.models.surrogate import PseudoDerivative, Triangle, heaviside
 
-__all__ = ["LIF", "LIFState", "LIFWeights", "LIFParameters", "lif_step", "lif_jacobian"]
+__all__ = ["LIF", "LIFState", "LIFWeights", "LIFParameters", "lif_step", "lif_state", "lif_jacobian",
+           "lif_coefficients", "check_lif_hyper", "SPEC"]
 
 RESETS = ("zero", "subtract")
 INTEGRATIONS = ("exact", "euler")
@@ -106,34 +110,59 @@ class LIFParameters(NamedTuple):
     alpha: float  # di/dj
 
 
-def lif_parameters(
+def check_lif_hyper(
     *, tau_mem: float, tau_syn: float, dt: float, v_th: float, v_leak: float, v_reset: float,
-    reset: str, integration: str, pseudo_derivative: PseudoDerivative,
-) -> LIFParameters:
-    """Validate and build :class:`LIFParameters` (raises :class:`ConfigError`)."""
+    reset: str, integration: str, where: str = "LIF",
+) -> None:
+    """Raise :class:`ConfigError` (prefixed ``where``) unless the LIF hyper-parameters are valid.
+
+    The one validator of LIF hyper-parameters: the cell, the model file and the
+    neuromorphic network records call it.
+    """
     for name, v in (("tau_mem", tau_mem), ("tau_syn", tau_syn), ("dt", dt)):
-        if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
-            raise ConfigError(f"LIF: {name} must be a positive number of seconds, got {v!r}")
+        if not (isinstance(v, numbers.Real) and math.isfinite(v) and v > 0):
+            raise ConfigError(f"{where}: {name} must be a positive number of seconds, got {v!r}")
     for name, v in (("v_th", v_th), ("v_leak", v_leak), ("v_reset", v_reset)):
-        if not (isinstance(v, (int, float)) and math.isfinite(v)):
-            raise ConfigError(f"LIF: {name} must be a finite number, got {v!r}")
+        if not (isinstance(v, numbers.Real) and math.isfinite(v)):
+            raise ConfigError(f"{where}: {name} must be a finite number, got {v!r}")
     if reset not in RESETS:
-        raise ConfigError(f"LIF: reset must be one of {RESETS}, got {reset!r}")
+        raise ConfigError(f"{where}: reset must be one of {RESETS}, got {reset!r}")
     if integration not in INTEGRATIONS:
-        raise ConfigError(f"LIF: integration must be one of {INTEGRATIONS}, got {integration!r}")
+        raise ConfigError(f"{where}: integration must be one of {INTEGRATIONS}, got {integration!r}")
+    if integration == "euler" and (dt >= tau_mem or dt >= tau_syn):
+        raise ConfigError(
+            f"{where}: euler integration needs dt < tau_mem and dt < tau_syn, got dt={dt}, "
+            f"tau_mem={tau_mem}, tau_syn={tau_syn}"
+        )
+
+
+def lif_coefficients(tau_mem: float, tau_syn: float, dt: float, integration: str) -> tuple[float, float, float]:
+    r"""The per-step coefficients ``(a, b, alpha)`` of the module docstring.
+
+    ``exact``: :math:`a = e^{-dt/\tau_{mem}}`, :math:`\alpha = e^{-dt/\tau_{syn}}`,
+    :math:`b = \frac{\tau_{syn}}{\tau_{syn}-\tau_{mem}}(\alpha - a)` (:math:`a\,dt/\tau_{mem}`
+    if equal); ``euler``: :math:`a = 1 - dt/\tau_{mem}`, :math:`b = dt/\tau_{mem}`,
+    :math:`\alpha = 1 - dt/\tau_{syn}`. ``a`` and ``alpha`` are the membrane and synaptic
+    decay factors of one step. The one place these are computed.
+    """
     if integration == "exact":
         a, alpha = math.exp(-dt / tau_mem), math.exp(-dt / tau_syn)
         if math.isclose(tau_mem, tau_syn, rel_tol=1e-12):
             b = dt / tau_mem * a
         else:
             b = tau_syn / (tau_syn - tau_mem) * (alpha - a)
-    else:
-        if dt >= tau_mem or dt >= tau_syn:
-            raise ConfigError(
-                f"LIF: euler integration needs dt < tau_mem and dt < tau_syn, got dt={dt}, "
-                f"tau_mem={tau_mem}, tau_syn={tau_syn}"
-            )
-        a, b, alpha = 1 - dt / tau_mem, dt / tau_mem, 1 - dt / tau_syn
+        return a, b, alpha
+    return 1 - dt / tau_mem, dt / tau_mem, 1 - dt / tau_syn
+
+
+def lif_parameters(
+    *, tau_mem: float, tau_syn: float, dt: float, v_th: float, v_leak: float, v_reset: float,
+    reset: str, integration: str, pseudo_derivative: PseudoDerivative,
+) -> LIFParameters:
+    """Validate and build :class:`LIFParameters` (raises :class:`ConfigError`)."""
+    check_lif_hyper(tau_mem=tau_mem, tau_syn=tau_syn, dt=dt, v_th=v_th, v_leak=v_leak,
+                    v_reset=v_reset, reset=reset, integration=integration)
+    a, b, alpha = lif_coefficients(tau_mem, tau_syn, dt, integration)
     return LIFParameters(
         float(tau_mem), float(tau_syn), float(dt), float(v_th), float(v_leak), float(v_reset),
         reset, integration, pseudo_derivative, a, b, alpha,
@@ -163,8 +192,13 @@ def lif_step(
     else:
         q = p.v_leak + p.a * (v - p.v_leak) + p.b * j
         i = p.alpha * j + F.linear(x, w.W)
+    return lif_state(p, q, i), None
+
+
+def lif_state(p: LIFParameters, q: torch.Tensor, i: torch.Tensor) -> LIFState:
+    """The state record from ``(q, i)``: spikes :math:`z = H(q - v_{th})` are the output."""
     z = heaviside(q - p.v_th, p.pseudo_derivative)
-    return LIFState(q, i, z, z), None
+    return LIFState(q, i, z, z)
 
 
 def lif_jacobian(
@@ -287,6 +321,13 @@ class LIF(Layer):
             i = i + F.linear(state.e, weights.U)
         return {"v": _reset(self.p, state.q, state.e), "i": i}
 
+    def forward(self, x: torch.Tensor, state: LIFState | None = None) -> tuple[torch.Tensor, LIFState]:
+        """``outputs, state = layer(x, state)``, like :class:`torch.nn.GRU` (no batch_first):
+        ``x`` ``(T, B, d)``, outputs ``y_t`` ``(T, B, n)``, the state after the last step.
+        Differentiable by autograd through :func:`lif_step`
+        (:func:`evrtrl.network.forward_sequence`)."""
+        return forward_sequence(self, x, state)
+
     def extra_repr(self) -> str:
         p = self.p
         return (
@@ -294,3 +335,16 @@ class LIF(Layer):
             f"dt={p.dt}, v_th={p.v_th}, reset={p.reset!r}, integration={p.integration!r}, "
             f"recurrent={self.recurrent}"
         )
+
+
+#: LIF in the cell registry: the neuron parameters (seconds) and the recurrence are stored
+SPEC = register(CellSpec(
+    name="LIF", cls=LIF,
+    hyper=(
+        *(HyperParameter(k, float) for k in ("tau_mem", "tau_syn", "dt", "v_th", "v_leak", "v_reset")),
+        HyperParameter("reset", str, RESETS), HyperParameter("integration", str, INTEGRATIONS),
+        HyperParameter("recurrent", bool),
+    ),
+    weight_shapes=lambda d, n, config: LIF.weight_shapes(d, n, config.get("recurrent", True)),
+    state_from_components=lambda layer, w, s: lif_state(layer.p, s[0], s[1]),
+))

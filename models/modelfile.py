@@ -1,16 +1,17 @@
-r"""The model file: a trained network (EGRU, LIF or a Stack) and its readout in versioned HDF5.
+r"""The model file: a trained network (any registered cell or a Stack) and its readout in versioned HDF5.
 
 Written **atomically** (:mod:`evrtrl.atomic`): a crash or a kill mid-write leaves the
 previous file intact, never a half-written one. Format version 1::
 
     /                       attrs: format_version=1, kind="evrtrl-model",
                                    evrtrl_version, extra (JSON of **extra)
-    /model                  attrs: class ("EGRU" | "LIF" | "Stack"), n_layers
+    /model                  attrs: class ("EGRU" | "LIF" | ... | "Stack"), n_layers
     /model/layers/<i>       attrs: class, input_size, hidden_size, dtype,
-                                   pd_kind, pd_gamma, pd_width,
-                                   (LIF) tau_mem tau_syn dt v_th v_leak v_reset
-                                         reset integration recurrent
-                            datasets: every parameter (W_u, ..., theta; W, U), stored
+                                   pd_kind, pd_gamma, pd_width, and the cell's
+                                   stored hyper-parameters (its CellSpec in
+                                   evrtrl.models.registry; LIF: tau_mem tau_syn dt
+                                   v_th v_leak v_reset reset integration recurrent)
+                            datasets: every parameter (EGRU: W_u, ..., theta; LIF: W, U), stored
                                       masked (pruned entries hold 0), and mask_<weight>
     /readout (optional)     attrs: class="Readout", hidden_size, n_out, dtype
                             datasets: weight (n_out x n), bias (n_out)
@@ -33,13 +34,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from evrtrl.models import surrogate
-from evrtrl.models.egru import EGRU
-from evrtrl.models.lif import LIF
-from evrtrl.models.readout import Readout
-from evrtrl.models.stack import Stack
 
-from evrtrl.errors import ConfigError, FormatError
+from evrtrl.errors import ConfigError, FormatError, MaskError, ShapeError
 from evrtrl.h5file import (
     DTYPES,
     attr,
@@ -52,6 +48,11 @@ from evrtrl.h5file import (
     write_h5,
     write_header,
 )
+from evrtrl.layer import Layer
+from evrtrl.models import surrogate
+from evrtrl.models.readout import Readout
+from evrtrl.models.registry import cell_spec, registered_cells
+from evrtrl.models.stack import Stack
 
 __all__ = ["FORMAT_VERSION", "SUPPORTED_VERSIONS", "save_model", "load_model", "LoadedModel", "write_model",
            "read_model"]
@@ -60,67 +61,59 @@ __all__ = ["FORMAT_VERSION", "SUPPORTED_VERSIONS", "save_model", "load_model", "
 FORMAT_VERSION = 1
 SUPPORTED_VERSIONS = (1,)
 
-_LIF_FIELDS = ("tau_mem", "tau_syn", "dt", "v_th", "v_leak", "v_reset", "reset", "integration")
-
 
 def _pd_attrs(pd: Any) -> dict[str, Any]:
     return {"pd_kind": type(pd).__name__, "pd_gamma": float(pd.gamma), "pd_width": float(pd.width)}
 
 
+def _read_pd(g: Any, path: Path, where: str) -> surrogate.PseudoDerivative:
+    pd_kind = attr_str(g, "pd_kind", path, where)
+    pd_cls = getattr(surrogate, pd_kind, None)
+    if not (isinstance(pd_cls, type) and issubclass(pd_cls, surrogate.PseudoDerivative)):
+        raise FormatError(f"{path}: attribute 'pd_kind' at '{where}' is {pd_kind!r}; expected a "
+                          "pseudo-derivative of evrtrl.models.surrogate (Triangle, FastSigmoid)")
+    return pd_cls(gamma=float(attr(g, "pd_gamma", path, where)), width=float(attr(g, "pd_width", path, where)))
+
+
 def _write_layer(g: Any, layer: Any) -> None:
-    if not isinstance(layer, (EGRU, LIF)):
-        raise ConfigError(
-            f"save_model: cannot store a layer of type {type(layer).__name__}; "
-            "supported: EGRU, LIF (alone or in a Stack)"
-        )
-    g.attrs["class"] = type(layer).__name__
+    try:
+        spec = cell_spec(layer)
+    except ConfigError as exc:
+        raise ConfigError(f"save_model: cannot store a layer of type {type(layer).__name__}: {exc}") from None
+    g.attrs["class"] = spec.name
     g.attrs["input_size"] = layer.input_size
     g.attrs["hidden_size"] = layer.hidden_size
     g.attrs["dtype"] = dtype_name(layer.dtype)
-    for k, v in _pd_attrs(layer.pseudo_derivative).items():
+    for k, v in {**_pd_attrs(layer.pseudo_derivative), **spec.config(layer)}.items():
         g.attrs[k] = v
-    if isinstance(layer, LIF):
-        for name in _LIF_FIELDS:
-            g.attrs[name] = getattr(layer, name)
-        g.attrs["recurrent"] = bool(layer.recurrent)
     for name, p in layer.named_parameters(recurse=False):
         g.create_dataset(name, data=p.detach().cpu().numpy())
     for name, m in layer.masks.items():
         g.create_dataset(f"mask_{name}", data=m.cpu().numpy())
 
 
-def _read_layer(g: Any, path: Path) -> Any:
+def _read_layer(g: Any, path: Path) -> Layer:
     where = g.name
     cls = attr_str(g, "class", path, where)
+    try:
+        spec = cell_spec(cls)
+    except ConfigError:
+        raise FormatError(f"{path}: attribute 'class' at '{where}' is {cls!r}; expected one of the "
+                          f"registered cells {list(registered_cells())}") from None
     d = int(attr(g, "input_size", path, where))
     n = int(attr(g, "hidden_size", path, where))
     stored_dtype = attr_str(g, "dtype", path, where)
     if stored_dtype not in DTYPES:
         raise FormatError(f"{path}: attribute 'dtype' at '{where}' is {stored_dtype!r}; expected one of {sorted(DTYPES)}")
-    dtype = DTYPES[stored_dtype]
-    pd_kind = attr_str(g, "pd_kind", path, where)
-    pd_cls = getattr(surrogate, pd_kind, None)
-    if not (isinstance(pd_cls, type) and issubclass(pd_cls, surrogate.PseudoDerivative)):
-        raise FormatError(f"{path}: attribute 'pd_kind' at '{where}' is {pd_kind!r}; expected a "
-                          "pseudo-derivative of models.surrogate (Triangle, FastSigmoid)")
-    pd = pd_cls(gamma=float(attr(g, "pd_gamma", path, where)), width=float(attr(g, "pd_width", path, where)))
-    if cls == "EGRU":
-        names = [f"W_{c}" for c in "urz"] + [f"U_{c}" for c in "urz"]
-        masks = {k: torch.from_numpy(np.asarray(dataset(g, f"mask_{k}", path))) for k in names}
-        layer = EGRU(d, n, pseudo_derivative=pd, masks=masks, dtype=dtype)
-    elif cls == "LIF":
-        kw = {k: attr(g, k, path, where) for k in _LIF_FIELDS}
-        kw = {k: (v.decode() if isinstance(v, bytes) else (str(v) if k in ("reset", "integration") else float(v)))
-              for k, v in kw.items()}
-        recurrent = bool(attr(g, "recurrent", path, where))
-        names = ["W"] + (["U"] if recurrent else [])
-        masks = {k: torch.from_numpy(np.asarray(dataset(g, f"mask_{k}", path))) for k in names}
-        try:
-            layer = LIF(d, n, recurrent=recurrent, pseudo_derivative=pd, masks=masks, dtype=dtype, **kw)
-        except ConfigError as exc:
-            raise FormatError(f"{path}: bad LIF hyper-parameters at '{where}': {exc}") from exc
-    else:
-        raise FormatError(f"{path}: attribute 'class' at '{where}' is {cls!r}; expected 'EGRU' or 'LIF'")
+    pd = _read_pd(g, path, where)
+    try:
+        config = spec.check_config({k: attr(g, k, path, where) for k in spec.hyper_names},
+                                   where=f"{path}: '{where}'")
+        masks = {k: torch.from_numpy(np.asarray(dataset(g, f"mask_{k}", path)))
+                 for k in spec.weight_shapes(d, n, config)}
+        layer = spec.from_config(d, n, config, pseudo_derivative=pd, masks=masks, dtype=DTYPES[stored_dtype])
+    except (ConfigError, MaskError, ShapeError) as exc:
+        raise FormatError(f"{path}: bad {spec.name} layer at '{where}': {exc}") from exc
     with torch.no_grad():
         for name, p in layer.named_parameters(recurse=False):
             v = np.asarray(dataset(g, name, path))
@@ -181,7 +174,7 @@ def read_model(f: Any, path: Path) -> tuple[Any, Any | None]:
 
 
 def save_model(model: Any, path: str | os.PathLike, *, readout: Any | None = None, **extra: Any) -> Path:
-    """Store ``model`` (EGRU, LIF or a Stack of them) and an optional ``readout``
+    """Store ``model`` (a registered cell such as EGRU or LIF, or a Stack of them) and an optional ``readout``
     (``models.Readout``) in a versioned HDF5 file, atomically. ``extra`` (JSON-able
     values, e.g. accuracy, data spec) is kept in the root attribute ``extra``."""
     return write_h5(path, lambda f: (write_header(f, "evrtrl-model", FORMAT_VERSION, extra),

@@ -23,6 +23,8 @@ targets (Loihi 2 microcode, SpiNNaker 2 ARM cores). Format version 2::
                             where the chip has them, threshold_code, decay_code_mem/_syn
         placement           optional (n,) int32 core id per neuron (-1 = off-core)
     /mapping/               optional, attrs profile, ok, n_cores; dataset report_json (UTF-8)
+    /readout/               optional (a trained models.Readout): datasets weight (n_out, n_last),
+                            bias (n_out,): y_t = weight z_t + bias of the last layer's spikes
 
 Readers must reject a ``version`` they do not know (:func:`read_bundle` does).
 Version 1 files (no EGRU codes, no ``params/hw``) are still read: v2 only adds
@@ -35,9 +37,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from evrtrl.errors import FormatError
 from evrtrl.atomic import atomic_write
-from .netspec import EGRULayer, LIFLayer, Network, network_from_model
+from evrtrl.errors import ConfigError, FormatError
+from evrtrl.models.lif import SPEC as LIF_SPEC
+
+from .netspec import EGRU_UNIT_PARAMETERS, LIF_HYPER, EGRULayer, LIFLayer, Network, network_from_model
 
 __all__ = ["BUNDLE_VERSION", "READABLE_VERSIONS", "Bundle", "export_bundle", "read_bundle"]
 
@@ -45,7 +49,6 @@ BUNDLE_VERSION = 2
 #: versions this reader understands (v1 = v2 without EGRU codes and params/hw)
 READABLE_VERSIONS = (1, 2)
 _FORMAT = "evrtrl-bundle"
-_LIF_ATTRS = ("tau_mem", "tau_syn", "dt", "v_th", "v_leak", "v_reset", "reset", "integration")
 
 
 @dataclass
@@ -56,6 +59,7 @@ class Bundle:
                            # LIF layers mapped in v2 also carry "hw": {alpha_mem, alpha_syn, v_th, ...}
     placement: list        # per layer: int array or None
     mapping: dict | None   # the mapping report as a dict, if written
+    readout: dict | None = None  # {"weight": (n_out, n), "bias": (n_out,)} if written
 
 
 def _csr(M: np.ndarray):
@@ -65,8 +69,9 @@ def _csr(M: np.ndarray):
     return np.cumsum(indptr), cols.astype(np.int64), M[rows, cols], (rows, cols)
 
 
-def export_bundle(model, path, mapping=None) -> None:
-    """Write ``model`` (cells/Stack/Network, LIF or EGRU) and optionally a MappingReport, atomically."""
+def export_bundle(model, path, mapping=None, readout=None) -> None:
+    """Write ``model`` (cells/Stack/Network, LIF or EGRU), optionally a MappingReport and the trained
+    ``readout`` (``models.Readout``), atomically."""
     import h5py
 
     net = network_from_model(model)
@@ -80,7 +85,7 @@ def export_bundle(model, path, mapping=None) -> None:
                 g.attrs.update(kind=L.kind, n=L.n, d=L.d)
                 pg = g.create_group("params")
                 if L.kind == "lif":
-                    for a in _LIF_ATTRS:
+                    for a in LIF_HYPER:
                         pg.attrs[a] = getattr(L, a)
                     if mapping is not None:
                         hw = pg.create_group("hw")
@@ -94,7 +99,7 @@ def export_bundle(model, path, mapping=None) -> None:
                             if c is not None:
                                 hw.attrs[f"decay_code_{nm}"] = int(c)
                 else:
-                    for k in ("b_u", "b_r", "b_z", "theta"):
+                    for k in EGRU_UNIT_PARAMETERS:
                         pg.create_dataset(k, data=np.asarray(L.params[k]))
                 ql = mapping.quantization[i] if mapping is not None else None
                 for k in L.weight_names():
@@ -121,6 +126,10 @@ def export_bundle(model, path, mapping=None) -> None:
                 mg = f.create_group("mapping")
                 mg.attrs.update(profile=mapping.profile.name, ok=mapping.ok, n_cores=len(mapping.cores))
                 mg.create_dataset("report_json", data=json.dumps(mapping.to_dict()))
+            if readout is not None:
+                rg = f.create_group("readout")
+                rg.create_dataset("weight", data=readout.weight.detach().cpu().numpy())
+                rg.create_dataset("bias", data=readout.bias.detach().cpu().numpy())
 
     atomic_write(path, write)
 
@@ -162,12 +171,18 @@ def read_bundle(path) -> Bundle:
                     Q[k] = (qi, wg["q/scale"][()], int(wg["q"].attrs["bits"]), str(wg["q"].attrs["mode"]))
             masks = {k: M != 0 for k, M in W.items()}
             if kind == "lif":
-                pa = {a: g["params"].attrs[a] for a in _LIF_ATTRS}
-                pa = {a: (str(v) if a in ("reset", "integration") else float(v)) for a, v in pa.items()}
-                layers.append(LIFLayer(W=W["W"], U=W.get("U"), masks=masks, **pa))
+                missing = [a for a in LIF_HYPER if a not in g["params"].attrs]
+                if missing:
+                    raise FormatError(f"{str(path)!r}: 'layers/{i}/params' lacks attributes {missing}")
+                try:
+                    pa = LIF_SPEC.check_config({a: g["params"].attrs[a] for a in LIF_HYPER},
+                                               where=f"{str(path)!r}: 'layers/{i}/params'")
+                    layers.append(LIFLayer(W=W["W"], U=W.get("U"), masks=masks, **pa))
+                except ConfigError as exc:
+                    raise FormatError(str(exc)) from exc
             elif kind == "egru":
                 params = dict(W)
-                params.update({k: g["params"][k][()] for k in ("b_u", "b_r", "b_z", "theta")})
+                params.update({k: g["params"][k][()] for k in EGRU_UNIT_PARAMETERS})
                 layers.append(EGRULayer(params=params, masks=masks))
             else:
                 raise FormatError(f"{str(path)!r}: layer {i} attribute 'kind' is {kind!r}, expected 'lif' or 'egru'")
@@ -176,4 +191,5 @@ def read_bundle(path) -> Bundle:
             quant.append(Q)
             place.append(g["placement"][()] if "placement" in g else None)
         mapping = json.loads(f["mapping/report_json"][()]) if "mapping" in f else None
-    return Bundle(Network(layers), version, quant, place, mapping)
+        readout = {k: f[f"readout/{k}"][()] for k in ("weight", "bias")} if "readout" in f else None
+    return Bundle(Network(layers), version, quant, place, mapping, readout)

@@ -3,8 +3,9 @@
 This is the only module that touches ``models`` (the cells). Everything else in
 ``neuromorphic`` (quantisation, placement, NIR, bundles) works on
 :class:`Network`, a list of :class:`LIFLayer` / :class:`EGRULayer` records
-holding numpy arrays. The model reading and building functions import
-``models`` lazily.
+holding numpy arrays. What a cell is (its hyper-parameters, parameter names,
+construction, decay coefficients and validation) comes from the cell registry
+(:mod:`evrtrl.models.registry`) and the cell modules, never restated here.
 """
 from __future__ import annotations
 
@@ -13,12 +14,23 @@ from typing import Any
 
 import numpy as np
 
+import torch
+
 from evrtrl.errors import ConfigError, ShapeError, UnsupportedError
+from evrtrl.models import Stack, cell_spec
+from evrtrl.models.egru import SPEC as EGRU_SPEC
+from evrtrl.models.lif import SPEC as LIF_SPEC
+from evrtrl.models.lif import check_lif_hyper, lif_coefficients
 
 __all__ = ["LIFLayer", "EGRULayer", "Network", "network_from_model", "model_from_network",
-           "EGRU_WEIGHTS"]
+           "EGRU_WEIGHTS", "EGRU_UNIT_PARAMETERS", "LIF_HYPER"]
 
-EGRU_WEIGHTS = ("W_u", "W_r", "W_z", "U_u", "U_r", "U_z", "b_u", "b_r", "b_z", "theta")
+#: every EGRU parameter, weights first (from the cell registry)
+EGRU_WEIGHTS = EGRU_SPEC.parameter_names({})
+#: EGRU's per-unit parameters (biases, threshold)
+EGRU_UNIT_PARAMETERS = tuple(EGRU_SPEC.cls.unit_parameters)
+#: the LIF neuron parameters a :class:`LIFLayer` carries (the registry's, less ``recurrent``)
+LIF_HYPER = tuple(k for k in LIF_SPEC.hyper_names if k != "recurrent")
 
 
 @dataclass
@@ -47,14 +59,7 @@ class LIFLayer:
             self.U = np.asarray(self.U)
             if self.U.shape != (n, n):
                 raise ShapeError(f"LIF weight 'U' must have shape {(n, n)}, got {self.U.shape}")
-        for name in ("tau_mem", "tau_syn", "dt"):
-            v = getattr(self, name)
-            if not np.isfinite(v) or v <= 0:
-                raise ConfigError(f"LIF parameter {name!r} must be a positive finite number of seconds, got {v!r}")
-        if self.reset not in ("zero", "subtract"):
-            raise ConfigError(f"LIF reset must be 'zero' or 'subtract', got {self.reset!r}")
-        if self.integration not in ("exact", "euler"):
-            raise ConfigError(f"LIF integration must be 'exact' or 'euler', got {self.integration!r}")
+        check_lif_hyper(**self.hyper(), where="LIF layer")
         for k, m in self.masks.items():
             w = self.weight(k)
             if w is None or np.shape(m) != w.shape:
@@ -79,18 +84,29 @@ class LIFLayer:
         m = self.masks.get(name)
         return np.ones(w.shape, bool) if m is None else np.asarray(m, bool)
 
+    def hyper(self) -> dict[str, Any]:
+        """The neuron parameters (:data:`LIF_HYPER`) as a dict."""
+        return {k: getattr(self, k) for k in LIF_HYPER}
+
+    def config(self) -> dict[str, Any]:
+        """The cell's stored hyper-parameters (:meth:`evrtrl.models.CellSpec.config` form)."""
+        return {**self.hyper(), "recurrent": self.U is not None}
+
+    def values(self) -> dict[str, np.ndarray]:
+        return {k: self.weight(k) for k in self.weight_names()}
+
     def decay_factors(self, tau_mem: float | None = None, tau_syn: float | None = None) -> tuple[float, float]:
-        """Per-step decay (membrane, synapse) for this layer's discretisation."""
+        """Per-step decay (membrane, synapse) for this layer's discretisation
+        (:func:`evrtrl.models.lif.lif_coefficients`)."""
         tm = self.tau_mem if tau_mem is None else tau_mem
         ts = self.tau_syn if tau_syn is None else tau_syn
-        if self.integration == "exact":
-            return float(np.exp(-self.dt / tm)), float(np.exp(-self.dt / ts))
-        return 1.0 - self.dt / tm, 1.0 - self.dt / ts
+        a, _, alpha = lif_coefficients(tm, ts, self.dt, self.integration)
+        return float(a), float(alpha)
 
 
 @dataclass
 class EGRULayer:
-    """One EGRU layer: the named parameters of DESIGN.md section 3, numpy arrays."""
+    """One EGRU layer: its named parameters (:mod:`evrtrl.models.egru`), numpy arrays."""
 
     params: dict[str, np.ndarray]
     masks: dict[str, np.ndarray] = field(default_factory=dict)
@@ -119,7 +135,13 @@ class EGRULayer:
         return self.params.get(name)
 
     def weight_names(self) -> tuple[str, ...]:
-        return tuple(k for k in EGRU_WEIGHTS if k[0] in "WU")
+        return tuple(k for k in EGRU_WEIGHTS if k not in EGRU_UNIT_PARAMETERS)
+
+    def config(self) -> dict[str, Any]:
+        return {}
+
+    def values(self) -> dict[str, np.ndarray]:
+        return dict(self.params)
 
     def mask(self, name: str) -> np.ndarray:
         m = self.masks.get(name)
@@ -165,43 +187,34 @@ def network_from_model(model) -> Network:
         return model
     out = []
     for i, layer in enumerate(_layers_of(model)):
-        cls = type(layer).__name__
-        masks = {k: _np(v).astype(bool) for k, v in (getattr(layer, "masks", None) or {}).items()}
-        if cls == "LIF" or hasattr(layer, "tau_mem"):
-            U = getattr(layer, "U", None)
-            out.append(LIFLayer(
-                W=_np(layer.W), U=None if U is None else _np(U),
-                tau_mem=float(layer.tau_mem), tau_syn=float(layer.tau_syn), dt=float(layer.dt),
-                v_th=float(layer.v_th), v_leak=float(layer.v_leak), v_reset=float(layer.v_reset),
-                reset=str(layer.reset), integration=str(layer.integration), masks=masks))
-        elif cls == "EGRU" or hasattr(layer, "theta"):
-            out.append(EGRULayer(params={k: _np(getattr(layer, k)) for k in EGRU_WEIGHTS}, masks=masks))
+        try:
+            spec = cell_spec(layer)
+        except ConfigError:
+            spec = None
+        if spec not in (LIF_SPEC, EGRU_SPEC):
+            raise UnsupportedError(f"layer {i} is a {type(layer).__name__}; neuromorphic export knows "
+                                   "LIF and EGRU layers")
+        config = spec.config(layer)
+        masks = {k: _np(v).astype(bool) for k, v in layer.masks.items()}
+        values = {k: _np(getattr(layer, k)) for k in spec.parameter_names(config)}
+        if spec is LIF_SPEC:
+            out.append(LIFLayer(W=values["W"], U=values.get("U"), masks=masks,
+                                **{k: config[k] for k in LIF_HYPER}))
         else:
-            raise UnsupportedError(f"layer {i} is a {cls}; neuromorphic export knows LIF and EGRU layers")
+            out.append(EGRULayer(params=values, masks=masks))
     return Network(out)
 
 
 def model_from_network(net: Network, *, dtype=None, device=None):
     """Build ``models`` cells (a ``Stack`` when there is more than one layer) from a :class:`Network`."""
-    import torch
-    from evrtrl.models import EGRU, LIF, Stack
-
     dtype = dtype or torch.float32
     cells = []
     for layer in net.layers:
         masks = {k: torch.as_tensor(np.asarray(m, bool), device=device) for k, m in layer.masks.items()} or None
-        if layer.kind == "lif":
-            cell = LIF(layer.d, layer.n, tau_mem=layer.tau_mem, tau_syn=layer.tau_syn, dt=layer.dt,
-                       v_th=layer.v_th, v_leak=layer.v_leak, v_reset=layer.v_reset, reset=layer.reset,
-                       integration=layer.integration, recurrent=layer.U is not None, masks=masks,
-                       dtype=dtype, device=device)
-            names = layer.weight_names()
-            values = {k: layer.weight(k) for k in names}
-        else:
-            cell = EGRU(layer.d, layer.n, masks=masks, dtype=dtype, device=device)
-            values = layer.params
+        cell = cell_spec(layer.kind).from_config(layer.d, layer.n, layer.config(), masks=masks,
+                                                 dtype=dtype, device=device)
         with torch.no_grad():
-            for k, v in values.items():
+            for k, v in layer.values().items():
                 getattr(cell, k).copy_(torch.as_tensor(np.asarray(v), dtype=dtype, device=device))
         cells.append(cell)
     return cells[0] if len(cells) == 1 else Stack(*cells)
