@@ -36,8 +36,10 @@ Data layout (the contract of a compiled kernel; see also docs/engine.md):
   ``(B, d + n + 1)``, ``dest`` into ``M[l][l].view(B, -1)``, one entry per born
   (weight entry, state component); one gather-multiply-``index_add_`` applies them all:
   ``M.view(B, -1).index_add_(1, dest, phis[:, phi_idx] * src[:, src_idx])``.
-* ``N[l] = (Kp, k, [N_j], [P_j])``: ``Kp (B, k)`` the padded active units of each sequence,
-  ``N_j (B, k, P_j)`` the output influence rows on the born prefix of block ``j``.
+* ``N[l] = (Kp, k, [N_j], [P_j], count, cols)``: ``Kp (B, k)`` the padded active units of
+  each sequence, ``N_j`` the output influence rows on the born prefix of block ``j``,
+  ``(B, k, P_j)`` in the row layout and transposed ``(B, P_j, k)`` in the column layout
+  (``cols`` True; gathered with one ``gather`` along the contiguous dimension).
 
 Lazy diagonal pass. The diagonal pass :math:`M \leftarrow D_t M` would touch every entry
 of M at every step. Instead each unit ``i`` keeps a small upper-triangular ``m x m``
@@ -177,6 +179,7 @@ class _LayerRun:
         self.group = {name: g for g, name in enumerate(self.rec + self.inp + self.units)}
         self.struct = _struct_flat(layer)
         self.c0 = min(layer.gain_structure)
+        self.comp = torch.arange(self.c0, self.m, device=layer.device)
         dev = layer.device
         self.R, self.C = self.n * self.m, block.p_live
         self.ones = torch.ones(B, 1, dtype=layer.dtype, device=dev)
@@ -443,7 +446,7 @@ class EventRTRL:
     def _couple(self, l: int, run: _LayerRun, phis: torch.Tensor, W: torch.Tensor, G: int,
                 src: tuple) -> None:
         """``Mt[j] += (sum_g T^{-1} phi_g * W_g[:, K_b]) @ N[j]`` for one source layer."""
-        Kp, k, Ns, Ps, _ = src
+        Kp, k, Ns, Ps, _, src_cols = src
         if not k:
             return
         B, n, m = self.B, run.n, run.m
@@ -456,10 +459,11 @@ class EventRTRL:
         for j, (Nj, P) in enumerate(zip(Ns, Ps)):
             if not P:
                 continue
-            if run.layout == "rows":
-                self._prefix(l, j, P).baddbmm_(A, Nj)
-            else:
-                self._prefix(l, j, P).baddbmm_(Nj.transpose(1, 2), A.transpose(1, 2))
+            if run.layout == "rows":  # (R x k)(k x P)
+                self._prefix(l, j, P).baddbmm_(A, Nj.transpose(1, 2) if src_cols else Nj)
+            else:  # (P x k)(k x R)
+                self._prefix(l, j, P).baddbmm_(Nj if src_cols else Nj.transpose(1, 2),
+                                               A.transpose(1, 2))
             self.stats.add_macs("coupling", B * n * m * k * P)
 
     def _emission(self, l: int, run: _LayerRun, lj: LocalJacobian) -> tuple:
@@ -478,50 +482,59 @@ class EventRTRL:
             k = int(cnt.max())
             Kp = act.to(self.dtype).topk(k, 1, sorted=False).indices
             count = cnt.sum()
+        cols = run.layout == "cols"
         if not k:
-            return (Kp, 0, [], [], count)
+            return (Kp, 0, [], [], count, cols)
         T = self.T[l]
         gT = lj.gain * T if m == 1 else (lj.gain.unsqueeze(-2) @ T).squeeze(-2)
         gTK = gT[self.bcol, Kp]  # (B, k, m)
         if run.c0:
             gTK = gTK[..., run.c0 :]
         Ns, Ps = [], []
+        if cols:  # gather the columns (r = i m + c) of the active units: N^T (B, P, k)
+            mc = m - run.c0
+            idx = (Kp[:, :, None] * m + run.comp).view(B, 1, k * mc)
+            gTK = gTK.view(B, 1, k, mc)
         for j, Mv in enumerate(self.Mv[l]):
             P = self.blocks[j].p_born
-            if m == 1:
-                rows = self.M[l][j][self.bcol, Kp, :P] if run.layout == "rows" \
-                    else self.M[l][j][self.bcol, :P, Kp]
-                Nj = rows * gTK
-            elif run.layout == "rows":
-                Nj = torch.einsum("bkc,bkcp->bkp", gTK, Mv[self.bcol, Kp, run.c0 :, :P])
+            if cols:
+                sel = self._prefix(l, j, P).gather(2, idx.expand(B, P, k * mc))
+                Nj = (sel * gTK.view(B, 1, k)) if mc == 1 else \
+                    torch.einsum("bpkc,bpkc->bpk", sel.view(B, P, k, mc), gTK.expand(B, P, k, mc))
+            elif m == 1:
+                Nj = self.M[l][j][self.bcol, Kp, :P] * gTK
             else:
-                Nj = torch.einsum("bkc,bkpc->bkp", gTK, Mv[self.bcol, :P, Kp, run.c0 :])
+                Nj = torch.einsum("bkc,bkcp->bkp", gTK, Mv[self.bcol, Kp, run.c0 :, :P])
             Ns.append(Nj)
             Ps.append(P)
             self.stats.add_macs("emission", B * k * (m - run.c0) * P)
         self.stats.add_macs("emission", B * n * m * m)
         for u, gd in lj.gain_direct.items():
-            Ns[l].scatter_add_(2, run.ucol[u][Kp], gd[self.bcol, Kp, None])
+            if cols:
+                Ns[l].scatter_add_(1, run.ucol[u][Kp].view(B, 1, k), gd[self.bcol, Kp].view(B, 1, k))
+            else:
+                Ns[l].scatter_add_(2, run.ucol[u][Kp], gd[self.bcol, Kp, None])
             self.stats.add_macs("emission", B * k)
-        return (Kp, k, Ns, Ps, count)
+        return (Kp, k, Ns, Ps, count, cols)
 
     # ---------------------------------------------------------------- gradients
     def accumulate(self, dL_dy: torch.Tensor) -> None:
         """Add :math:`(dL_t/dy_t)^T N_t` of the last layer (rows K only) to the gradient."""
-        Kp, k, Ns, Ps, _ = self.N[-1]
+        Kp, k, Ns, Ps, _, cols = self.N[-1]
         if not k:
             return
+        eq = "bk,bpk->p" if cols else "bk,bkp->p"
         e = dL_dy.gather(1, Kp)
         for j, (Nj, P) in enumerate(zip(Ns, Ps)):
             if P:
                 g = self._grad_prefix(j, P)
                 try:
-                    g.add_(torch.einsum("bk,bkp->p", e, Nj))
+                    g.add_(torch.einsum(eq, e, Nj))
                 except RuntimeError:
                     if e.dtype == self.dtype:
                         raise
                     e = e.to(self.dtype)
-                    g.add_(torch.einsum("bk,bkp->p", e, Nj))
+                    g.add_(torch.einsum(eq, e, Nj))
                 self.stats.add_macs("gradient", self.B * k * P)
 
     def _prefix(self, l: int, j: int, P: int) -> torch.Tensor:
