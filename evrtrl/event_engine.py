@@ -263,8 +263,10 @@ class EventRTRL:
         self.dtype, self.device = layer0.dtype, layer0.device
         self.blocks = [ColumnBlock(r.layer, r.prefix) for r in self.refs]
         self.runs = [
-            _LayerRun(r.layer, b, B, choose_layout(r.layer.hidden_size * r.layer.state_size, layout))
-            for r, b in zip(self.refs, self.blocks)
+            _LayerRun(r.layer, b, B, choose_layout(
+                r.layer.hidden_size * r.layer.state_size,
+                sum(blk.p_live for blk in self.blocks[: l + 1]), layout))
+            for l, (r, b) in enumerate(zip(self.refs, self.blocks))
         ]
         zeros = lambda *s: torch.zeros(*s, dtype=self.dtype, device=self.device)  # noqa: E731
         self.M = [
