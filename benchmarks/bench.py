@@ -54,7 +54,7 @@ SEED = 0
 #: which implementation of the event step ran ("torch": the pure-torch engine)
 KERNEL = "torch"
 #: steps counted with a TorchFunctionMode after the timed ones (torch_calls_per_step)
-COUNTED_STEPS = 20
+COUNTED_STEPS = 100
 
 __all__ = ["main", "register", "build_model", "run_config", "analytic_event_macs"]
 
