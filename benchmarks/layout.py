@@ -3,7 +3,7 @@ r"""Which influence layout is faster: row-major ``(B, n m, P)`` or transposed ``
 Runs the event engine on the benchmark's EGRU and LIF layers (``rho = 0.2``, ``beta ~ 0.1``,
 B = 1, float32, 1 thread) in both layouts and prints the median ms per step of
 ``step + accumulate`` and their ratio. The crossover sets
-:data:`evrtrl.influence.COLS_FROM_ROWS` (docs/benchmarks.md records the measurement)::
+:data:`evrtrl.influence.COLS_FROM_ENTRIES` (influence entries ``n m p_live`` per sequence) (docs/benchmarks.md records the measurement)::
 
     python -m evrtrl.benchmarks.layout [--n 32 64 128 256] [--steps 200]
 """

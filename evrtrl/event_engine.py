@@ -36,8 +36,10 @@ Data layout (the contract of a compiled kernel; see also docs/engine.md):
   ``(B, d + n + 1)``, ``dest`` into ``M[l][l].view(B, -1)``, one entry per born
   (weight entry, state component); one gather-multiply-``index_add_`` applies them all:
   ``M.view(B, -1).index_add_(1, dest, phis[:, phi_idx] * src[:, src_idx])``.
-* ``N[l] = (Kp, k, [N_j], [P_j])``: ``Kp (B, k)`` the padded active units of each sequence,
-  ``N_j (B, k, P_j)`` the output influence rows on the born prefix of block ``j``.
+* ``N[l] = (Kp, k, [N_j], [P_j], count, cols)``: ``Kp (B, k)`` the padded active units of
+  each sequence, ``N_j`` the output influence rows on the born prefix of block ``j``,
+  ``(B, k, P_j)`` in the row layout and transposed ``(B, P_j, k)`` in the column layout
+  (``cols`` True; gathered with one ``gather`` along the contiguous dimension).
 
 Lazy diagonal pass. The diagonal pass :math:`M \leftarrow D_t M` would touch every entry
 of M at every step. Instead each unit ``i`` keeps a small upper-triangular ``m x m``
@@ -127,6 +129,11 @@ def _outside_reset_band(T: torch.Tensor, m: int) -> torch.Tensor:
     return bad.any(0).nonzero(as_tuple=True)[0]
 
 
+def _full_pass(k: int, n: int, m: int) -> bool:
+    """Materialise by one in-place pass over all rows (m = 1, at least n/4 units)."""
+    return m == 1 and 4 * k >= n
+
+
 def _struct_flat(layer: Layer) -> torch.Tensor | None:
     m = layer.state_size
     if m == 1:
@@ -144,7 +151,8 @@ def diag_pass_macs(layer: Layer, lj: LocalJacobian, P: int, state: Any = None) -
     """Multiply-adds of one step's lazy diagonal pass over ``P`` born columns (benchmarks).
 
     Replays the engine's transforms: ``B n nd`` for ``T <- D T`` plus ``B nd P`` per
-    materialised unit (``nd = len(diag_structure)``). ``state`` is the transform tensor,
+    materialised unit, or per unit when the whole prefix is passed
+    (``nd = len(diag_structure)``). ``state`` is the transform tensor,
     None before the first step. Returns ``(macs, state)``.
     """
     B, n, m = lj.diag.shape[0], layer.hidden_size, layer.state_size
@@ -156,7 +164,7 @@ def diag_pass_macs(layer: Layer, lj: LocalJacobian, P: int, state: Any = None) -
     if _ill(T, m):
         rows = _outside_reset_band(T, m)
         T[:, rows] = 1.0 if m == 1 else torch.eye(m, dtype=T.dtype, device=T.device)
-        macs += B * nd * rows.numel() * P
+        macs += B * nd * (n if _full_pass(rows.numel(), n, m) else rows.numel()) * P
     return macs, T
 
 
@@ -174,6 +182,7 @@ class _LayerRun:
         self.group = {name: g for g, name in enumerate(self.rec + self.inp + self.units)}
         self.struct = _struct_flat(layer)
         self.c0 = min(layer.gain_structure)
+        self.comp = torch.arange(self.c0, self.m, device=layer.device)
         dev = layer.device
         self.R, self.C = self.n * self.m, block.p_live
         self.ones = torch.ones(B, 1, dtype=layer.dtype, device=dev)
@@ -268,8 +277,10 @@ class EventRTRL:
         self.dtype, self.device = layer0.dtype, layer0.device
         self.blocks = [ColumnBlock(r.layer, r.prefix, shard) for r in self.refs]
         self.runs = [
-            _LayerRun(r.layer, b, B, choose_layout(r.layer.hidden_size * r.layer.state_size, layout))
-            for r, b in zip(self.refs, self.blocks)
+            _LayerRun(r.layer, b, B, choose_layout(
+                r.layer.hidden_size * r.layer.state_size,
+                sum(blk.p_live for blk in self.blocks[: l + 1]), layout))
+            for l, (r, b) in enumerate(zip(self.refs, self.blocks))
         ]
         zeros = lambda *s: torch.zeros(*s, dtype=self.dtype, device=self.device)  # noqa: E731
         self.M = [
@@ -424,30 +435,39 @@ class EventRTRL:
         stats.add_macs("immediate", B * run.entries)
 
     def _materialise(self, l: int, run: _LayerRun, T: torch.Tensor) -> torch.Tensor:
-        """``Mt[i] <- T_i Mt[i]``, ``T_i <- I`` for the units outside the hysteresis band."""
+        """``Mt[i] <- T_i Mt[i]``, ``T_i <- I`` for the units outside the hysteresis band.
+
+        For ``m = 1`` and at least a quarter of the units, one in-place pass over the whole
+        prefix (factor 1 for the others) is cheaper than gathering and scattering the rows.
+        """
         B, m = self.B, run.m
         rows = _outside_reset_band(T, m)
         k = rows.numel()
+        full = _full_pass(k, run.n, m)
+        if full:
+            F = torch.ones_like(T)
+            F[:, rows] = T[:, rows]
         for j, Mv in enumerate(self.Mv[l]):
             P = self.blocks[j].p_born
             if not P:
                 continue
-            Tk = T[:, rows]
-            if run.layout == "rows":  # Mv (B, n, m, C)
-                sel = Mv[:, rows, :, :P]
+            if full:
+                self._prefix(l, j, P).mul_(F if run.layout == "rows" else F.view(B, 1, -1))
+            elif run.layout == "rows":  # Mv (B, n, m, C)
+                Tk, sel = T[:, rows], Mv[:, rows, :, :P]
                 Mv[:, rows, :, :P] = Tk[..., None] * sel if m == 1 else Tk @ sel
             else:  # Mv (B, C, n, m)
-                sel = Mv[:, :P, rows, :]
+                Tk, sel = T[:, rows], Mv[:, :P, rows, :]
                 Mv[:, :P, rows, :] = Tk[:, None] * sel if m == 1 else \
                     torch.einsum("bkcd,bpkd->bpkc", Tk, sel)
-            self.stats.add_macs("diag", B * k * run.nd * P)
+            self.stats.add_macs("diag", B * (run.n if full else k) * run.nd * P)
         T[:, rows] = 1.0 if m == 1 else torch.eye(m, dtype=T.dtype, device=T.device)
         return T
 
     def _couple(self, l: int, run: _LayerRun, phis: torch.Tensor, W: torch.Tensor, G: int,
                 src: tuple) -> None:
         """``Mt[j] += (sum_g T^{-1} phi_g * W_g[:, K_b]) @ N[j]`` for one source layer."""
-        Kp, k, Ns, Ps, _ = src
+        Kp, k, Ns, Ps, _, src_cols = src
         if not k:
             return
         B, n, m = self.B, run.n, run.m
@@ -460,10 +480,11 @@ class EventRTRL:
         for j, (Nj, P) in enumerate(zip(Ns, Ps)):
             if not P:
                 continue
-            if run.layout == "rows":
-                self._prefix(l, j, P).baddbmm_(A, Nj)
-            else:
-                self._prefix(l, j, P).baddbmm_(Nj.transpose(1, 2), A.transpose(1, 2))
+            if run.layout == "rows":  # (R x k)(k x P)
+                self._prefix(l, j, P).baddbmm_(A, Nj.transpose(1, 2) if src_cols else Nj)
+            else:  # (P x k)(k x R)
+                self._prefix(l, j, P).baddbmm_(Nj if src_cols else Nj.transpose(1, 2),
+                                               A.transpose(1, 2))
             self.stats.add_macs("coupling", B * n * m * k * P)
 
     def _emission(self, l: int, run: _LayerRun, lj: LocalJacobian) -> tuple:
@@ -482,55 +503,64 @@ class EventRTRL:
             k = int(cnt.max())
             Kp = act.to(self.dtype).topk(k, 1, sorted=False).indices
             count = cnt.sum()
+        cols = run.layout == "cols"
         if not k:
-            return (Kp, 0, [], [], count)
+            return (Kp, 0, [], [], count, cols)
         T = self.T[l]
         gT = lj.gain * T if m == 1 else (lj.gain.unsqueeze(-2) @ T).squeeze(-2)
         gTK = gT[self.bcol, Kp]  # (B, k, m)
         if run.c0:
             gTK = gTK[..., run.c0 :]
         Ns, Ps = [], []
+        if cols:  # gather the columns (r = i m + c) of the active units: N^T (B, P, k)
+            mc = m - run.c0
+            idx = (Kp[:, :, None] * m + run.comp).view(B, 1, k * mc)
+            gTK = gTK.view(B, 1, k, mc)
         for j, Mv in enumerate(self.Mv[l]):
             P = self.blocks[j].p_born
-            if m == 1:
-                rows = self.M[l][j][self.bcol, Kp, :P] if run.layout == "rows" \
-                    else self.M[l][j][self.bcol, :P, Kp]
-                Nj = rows * gTK
-            elif run.layout == "rows":
-                Nj = torch.einsum("bkc,bkcp->bkp", gTK, Mv[self.bcol, Kp, run.c0 :, :P])
+            if cols:
+                sel = self._prefix(l, j, P).gather(2, idx.expand(B, P, k * mc))
+                Nj = (sel * gTK.view(B, 1, k)) if mc == 1 else \
+                    torch.einsum("bpkc,bpkc->bpk", sel.view(B, P, k, mc), gTK.expand(B, P, k, mc))
+            elif m == 1:
+                Nj = self.M[l][j][self.bcol, Kp, :P] * gTK
             else:
-                Nj = torch.einsum("bkc,bkpc->bkp", gTK, Mv[self.bcol, :P, Kp, run.c0 :])
+                Nj = torch.einsum("bkc,bkcp->bkp", gTK, Mv[self.bcol, Kp, run.c0 :, :P])
             Ns.append(Nj)
             Ps.append(P)
             self.stats.add_macs("emission", B * k * (m - run.c0) * P)
         self.stats.add_macs("emission", B * n * m * m)
         for u, gd in lj.gain_direct.items():
-            if Ns[l].shape[-1] == 0:  # shard without columns in this block
+            if Ns[l].shape[1 if cols else 2] == 0:  # shard without columns in this block
                 continue
-            vals = gd[self.bcol, Kp, None]
-            if u in run.ukeep:
-                vals = vals * run.ukeep[u][Kp]
-            Ns[l].scatter_add_(2, run.ucol[u][Kp], vals)
+            vals = gd[self.bcol, Kp]
+            if u in run.ukeep:  # per-unit columns another shard tracks contribute nothing here
+                vals = vals * run.ukeep[u][Kp].squeeze(-1)
+            if cols:
+                Ns[l].scatter_add_(1, run.ucol[u][Kp].view(B, 1, k), vals.view(B, 1, k))
+            else:
+                Ns[l].scatter_add_(2, run.ucol[u][Kp], vals[..., None])
             self.stats.add_macs("emission", B * k)
-        return (Kp, k, Ns, Ps, count)
+        return (Kp, k, Ns, Ps, count, cols)
 
     # ---------------------------------------------------------------- gradients
     def accumulate(self, dL_dy: torch.Tensor) -> None:
         """Add :math:`(dL_t/dy_t)^T N_t` of the last layer (rows K only) to the gradient."""
-        Kp, k, Ns, Ps, _ = self.N[-1]
+        Kp, k, Ns, Ps, _, cols = self.N[-1]
         if not k:
             return
+        eq = "bk,bpk->p" if cols else "bk,bkp->p"
         e = dL_dy.gather(1, Kp)
         for j, (Nj, P) in enumerate(zip(Ns, Ps)):
             if P:
                 g = self._grad_prefix(j, P)
                 try:
-                    g.add_(torch.einsum("bk,bkp->p", e, Nj))
+                    g.add_(torch.einsum(eq, e, Nj))
                 except RuntimeError:
                     if e.dtype == self.dtype:
                         raise
                     e = e.to(self.dtype)
-                    g.add_(torch.einsum("bk,bkp->p", e, Nj))
+                    g.add_(torch.einsum(eq, e, Nj))
                 self.stats.add_macs("gradient", self.B * k * P)
 
     def _prefix(self, l: int, j: int, P: int) -> torch.Tensor:

@@ -27,7 +27,7 @@ contiguous tensor in one of two layouts:
 
 The coupling update is a rank-``|K|`` update of the prefix, ``(R x |K|)(|K| x P)`` in the
 row layout and ``(P x |K|)(|K| x R)`` in the column layout; which one the BLAS runs
-faster depends on the sizes: :func:`choose_layout` holds the rule, measured by
+faster depends on the size of M: :func:`choose_layout` holds the rule, measured by
 ``benchmarks/layout.py`` (docs/benchmarks.md).
 """
 from __future__ import annotations
@@ -43,18 +43,22 @@ __all__ = ["ColumnBlock", "ragged_arange", "LAYOUTS", "choose_layout"]
 #: storage layouts of the influence matrix (module docstring)
 LAYOUTS = ("rows", "cols")
 
-#: ``"cols"`` from this many state rows ``R = n m`` on (measured, docs/benchmarks.md)
-COLS_FROM_ROWS = 128
+#: ``"cols"`` from this many influence entries per sequence (``n m x p_live``) on: measured
+#: crossover by ``python -m evrtrl.benchmarks.layout`` (docs/benchmarks.md, "Influence layout")
+COLS_FROM_ENTRIES = 1_500_000
 
 
-def choose_layout(rows: int, layout: str = "auto") -> str:
-    """The influence layout for a layer with ``rows = n m`` state rows.
+def choose_layout(rows: int, columns: int, layout: str = "auto") -> str:
+    """The influence layout for ``rows = n m`` state rows and ``columns`` live columns.
 
-    ``layout="auto"`` picks ``"cols"`` when ``rows >= COLS_FROM_ROWS`` and ``"rows"``
-    otherwise; ``"rows"`` or ``"cols"`` are returned as given.
+    ``layout="auto"`` picks ``"cols"`` when the matrix has at least
+    :data:`COLS_FROM_ENTRIES` entries (per sequence) and ``"rows"`` otherwise; ``"rows"``
+    or ``"cols"`` are returned as given. Small matrices favour the row layout (its
+    emission gathers contiguous rows and the whole matrix sits in cache); large ones the
+    column layout (the BLAS runs the rank-``|K|`` update ``(P x k)(k x R)`` faster).
     """
     if layout == "auto":
-        return "cols" if rows >= COLS_FROM_ROWS else "rows"
+        return "cols" if rows * columns >= COLS_FROM_ENTRIES else "rows"
     if layout not in LAYOUTS:
         raise UnknownMethodError(f"influence layout must be 'auto' or one of {LAYOUTS}, got {layout!r}")
     return layout

@@ -7,8 +7,10 @@ per sequence); ``gamma``: fraction of live influence columns that are born (non-
 far). Counts are over all layers.
 
 An engine may hand ``alpha`` and ``beta`` to :meth:`EngineStats.end_step` as 0-d tensors:
-they are read back (one host synchronisation for all pending steps) only when the lists
-are read, e.g. by :meth:`EngineStats.summary` once per update, never per step.
+they are copied into one preallocated device buffer and read back (one host
+synchronisation for all pending steps) only when the lists are read, e.g. by
+:meth:`EngineStats.summary` once per update, or when the buffer is full
+(:data:`PENDING_STEPS`), never per step.
 
 :func:`torch_calls_per_step` counts the Python-level torch calls (functions, methods and
 tensor attribute reads, as seen by a :class:`torch.overrides.TorchFunctionMode`) of an
@@ -22,17 +24,11 @@ from typing import Any, Callable, Sequence
 import torch
 from torch.overrides import TorchFunctionMode
 
-__all__ = ["EngineStats", "CallCounter", "torch_calls_per_step"]
+__all__ = ["EngineStats", "CallCounter", "torch_calls_per_step", "PENDING_STEPS"]
 
 
-def _read(values: list) -> list[float]:
-    """Replace the pending ``(tensor, divisor)`` entries of ``values`` by floats, in place."""
-    pending = [i for i, v in enumerate(values) if isinstance(v, tuple)]
-    if pending:
-        nums = torch.stack([values[i][0].double() for i in pending]).tolist()
-        for i, x in zip(pending, nums):
-            values[i] = x / values[i][1]
-    return values
+#: steps of pending device scalars held before one read-back (one host synchronisation)
+PENDING_STEPS = 4096
 
 
 @dataclass
@@ -53,14 +49,38 @@ class EngineStats:
         self._gamma: list[float] = []
         self._step_macs = 0
         self._open = False
+        # pending device scalars: written into one preallocated buffer (no per-step tensor
+        # stays alive, which would fragment the heap), read back in one go
+        self._buf: torch.Tensor | None = None
+        self._slots: list[tuple[list, int, int, float]] = []
+
+    def _read(self) -> None:
+        """Replace the pending entries of ``alpha``/``beta`` by floats (one host read)."""
+        if self._slots:
+            vals = self._buf.tolist()
+            for lst, i, slot, div in self._slots:
+                lst[i] = vals[slot] / div
+            self._slots = []
+
+    def _pending(self, lst: list, v: torch.Tensor, divisor: float) -> None:
+        if len(self._slots) == PENDING_STEPS * 2:
+            self._read()
+        if self._buf is None or self._buf.device != v.device:
+            self._buf = torch.zeros(PENDING_STEPS * 2, dtype=torch.float64, device=v.device)
+        slot = len(self._slots)
+        self._buf[slot] = v
+        self._slots.append((lst, len(lst), slot, divisor))
+        lst.append(None)
 
     @property
     def alpha(self) -> list[float]:
-        return _read(self._alpha)
+        self._read()
+        return self._alpha
 
     @property
     def beta(self) -> list[float]:
-        return _read(self._beta)
+        self._read()
+        return self._beta
 
     @property
     def gamma(self) -> list[float]:
@@ -84,7 +104,10 @@ class EngineStats:
         both are divided by ``divisor`` (e.g. pass counts and the number of units)."""
         self.steps += 1
         for lst, v in ((self._alpha, alpha), (self._beta, beta)):
-            lst.append((v, divisor) if isinstance(v, torch.Tensor) else v / divisor)
+            if isinstance(v, torch.Tensor):
+                self._pending(lst, v, divisor)
+            else:
+                lst.append(v / divisor)
         self._gamma.append(gamma)
         self.macs_per_step.append(self._step_macs)
         self._open = False

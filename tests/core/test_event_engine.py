@@ -62,10 +62,15 @@ def test_layouts_equal_dense(case, layout):
 
 
 def test_layout_rule():
-    assert choose_layout(16) == "rows" and choose_layout(1024) == "cols"
-    assert choose_layout(16, "cols") == "cols"
+    from evrtrl.influence import COLS_FROM_ENTRIES
+    assert choose_layout(64, 3300) == "rows" and choose_layout(256, 45000) == "cols"
+    assert choose_layout(1, COLS_FROM_ENTRIES) == "cols"
+    assert choose_layout(1, COLS_FROM_ENTRIES - 1) == "rows"
+    assert choose_layout(16, 10, "cols") == "cols"
     with pytest.raises(evrtrl.UnknownMethodError):
-        choose_layout(16, "diagonal")
+        choose_layout(16, 10, "diagonal")
+    eng = EventRTRL(egru(n=6), 1)
+    assert eng.layouts == ["rows"]
 
 
 def test_per_sequence_active_sets_do_less_coupling_work_than_the_union():
