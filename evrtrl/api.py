@@ -14,12 +14,14 @@ from evrtrl.network import check_parameters, check_sequence, layers_of
 from evrtrl.stats import EngineStats
 
 __all__ = ["simulate", "gradients", "make_engine", "Gradients", "SimulationResult", "LayerTrace",
-           "METHODS"]
+           "METHODS", "accumulate_layer_loss"]
 
 #: gradient methods: the event engine, dense RTRL (all or live columns) and BPTT
 METHODS = ("event", "dense", "dense-live", "bptt")
 
 LossFn = Callable[[torch.Tensor, int], Any]
+#: ``layer_loss(l, y^l_t, t)``: a per-layer term on the output of every layer (evrtrl.regularizers)
+LayerLossFn = Callable[[int, torch.Tensor, int], Any]
 
 
 @dataclass
@@ -112,23 +114,37 @@ def loss_gradient(loss_fn: LossFn, y: torch.Tensor, t: int) -> torch.Tensor | No
     return g
 
 
-def gradients(model: Any, x: torch.Tensor, loss_fn: LossFn, method: str = "event") -> Gradients:
+def accumulate_layer_loss(engine: Any, layer_loss: LayerLossFn, t: int) -> None:
+    """Hand ``d layer_loss(l, y^l_t, t)/dy^l_t`` of every layer ``l`` to an RTRL engine."""
+    for l, state in enumerate(engine.states):
+        g = loss_gradient(lambda y, t, l=l: layer_loss(l, y, t), state.y, t)
+        if g is not None:
+            engine.accumulate(g, layer=l)
+
+
+def gradients(model: Any, x: torch.Tensor, loss_fn: LossFn, method: str = "event", *,
+              layer_loss: LayerLossFn | None = None) -> Gradients:
     """Exact gradient of :math:`\\sum_t` ``loss_fn(y_t, t)`` with respect to every parameter.
 
     ``x``: ``(T, B, d)``; ``y_t``: the last layer's output ``(B, n)``; ``method``: one of
-    :data:`METHODS`. Returns :class:`Gradients` (a dict name -> tensor shaped like the
-    parameter, exactly 0 at masked entries) with the engine's statistics in ``.stats``.
+    :data:`METHODS`. ``layer_loss(l, y^l_t, t)`` (optional, e.g.
+    :class:`evrtrl.regularizers.ActivityRegularizer`) adds a term on the output of every
+    layer ``l`` at every step; the gradient includes it exactly. Returns
+    :class:`Gradients` (a dict name -> tensor shaped like the parameter, exactly 0 at
+    masked entries) with the engine's statistics in ``.stats``.
     """
     if method not in METHODS:
         raise UnknownMethodError(f"unknown method {method!r}; expected one of {METHODS}")
     check_sequence(model, x)
     check_parameters(model)
     if method == "bptt":
-        return Gradients(*bptt_gradients(model, x, loss_fn))
+        return Gradients(*bptt_gradients(model, x, loss_fn, layer_loss=layer_loss))
     engine = make_engine(model, x.shape[1], method)
     for t in range(x.shape[0]):
         y = engine.step(x[t])
         g = loss_gradient(loss_fn, y, t)
         if g is not None:
             engine.accumulate(g)
+        if layer_loss is not None:
+            accumulate_layer_loss(engine, layer_loss, t)
     return Gradients(engine.gradients(), engine.stats)

@@ -21,9 +21,11 @@ def forward_macs(model: Any, batch: int) -> int:
 
 
 def bptt_gradients(
-    model: Any, x: torch.Tensor, loss_fn: Callable[[torch.Tensor, int], Any]
+    model: Any, x: torch.Tensor, loss_fn: Callable[[torch.Tensor, int], Any],
+    layer_loss: Callable[[int, torch.Tensor, int], Any] | None = None,
 ) -> tuple[dict[str, torch.Tensor], EngineStats]:
-    """Sum of ``loss_fn(y_t, t)`` over the sequence, differentiated by autograd.
+    """Sum of ``loss_fn(y_t, t)`` (plus ``layer_loss(l, y^l_t, t)`` of every layer ``l``)
+    over the sequence, differentiated by autograd.
 
     Returns ``({name: grad}, stats)``; a loss of ``None`` at a step contributes nothing.
     Counted multiply-adds: the forward products and twice that for the backward pass.
@@ -47,6 +49,9 @@ def bptt_gradients(
                 states[l], _ = ref.layer.step(weights[l], states[l], inp)
                 inp = states[l].y
                 alpha += float((inp != 0).sum()) / B
+                reg = layer_loss(l, inp, t) if layer_loss is not None else None
+                if reg is not None:
+                    total = reg if total is None else total + reg
             loss = loss_fn(inp, t)
             if loss is not None:
                 total = loss if total is None else total + loss

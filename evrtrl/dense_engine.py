@@ -216,13 +216,13 @@ class DenseRTRL:
         return inp
 
     @torch.no_grad()
-    def accumulate(self, dL_dy: torch.Tensor) -> None:
-        """``grad += sum_b (dL/dy G) M + dL/dy G_direct`` for the last layer."""
-        l = len(self.refs) - 1
+    def accumulate(self, dL_dy: torch.Tensor, layer: int = -1) -> None:
+        """``grad += sum_b (dL/dy G) M + dL/dy G_direct`` for layer ``layer`` (default: last)."""
+        l = layer % len(self.refs)
         lj = self.prev_lj[l]
         e = dL_dy.to(self.dtype)
         eG = torch.bmm(e[:, None, :], _gain_matrix(lj.gain))  # (B, 1, nm)
-        self.grad += torch.bmm(eG, self.M[l]).sum(dim=(0, 1))
+        self.grad[: self.starts[l + 1]] += torch.bmm(eG, self.M[l]).sum(dim=(0, 1))
         B, nm, P = self.M[l].shape
         self.stats.add_macs("gradient", B * e.shape[1] * nm + B * nm * P)
         for u, gd in lj.gain_direct.items():

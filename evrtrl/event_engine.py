@@ -165,6 +165,8 @@ class EventRTRL:
                                   for u, cols in self.blocks[l].unit_cols.items()})
         # output influence of each layer's last step: (active rows K, [N^{l,j}])
         self.N: list[tuple[torch.Tensor, list[torch.Tensor]] | None] = [None] * len(self.refs)
+        # per-sequence size of the active set of each layer at the last step, (B,) each
+        self.seq_active: list[torch.Tensor | None] = [None] * len(self.refs)
         self.queue = EventQueue(len(self.refs))
         self.first = True
         self.stats = EngineStats(
@@ -285,10 +287,11 @@ class EventRTRL:
         """Rows K of ``N = G M + G_direct`` for every block (the output influence)."""
         layer, B = self.refs[l].layer, self.B
         n, m = layer.hidden_size, layer.state_size
-        active = (lj.gain != 0).any(-1).any(0)
+        active = (lj.gain != 0).any(-1)  # (B, n): per sequence
         for gd in lj.gain_direct.values():
-            active |= (gd != 0).any(0)
-        K = active.nonzero(as_tuple=True)[0]
+            active |= gd != 0
+        self.seq_active[l] = active.sum(-1)  # |K_{t,b}|: what exact RTRL of sequence b needs
+        K = active.any(0).nonzero(as_tuple=True)[0]
         # N[K] = G M[K] = (G T)[K] Mt[K]; T upper triangular: components >= min(gain_structure)
         gain = (lj.gain[:, K, None, :] @ self.T[l][:, K]).squeeze(-2) if m > 1 \
             else lj.gain[:, K, :] * self.T[l][:, K, 0]
@@ -310,9 +313,13 @@ class EventRTRL:
 
     # ---------------------------------------------------------------- gradients
     @torch.no_grad()
-    def accumulate(self, dL_dy: torch.Tensor) -> None:
-        """Add :math:`(dL_t/dy_t)^T N_t` of the last layer (rows K only) to the gradient."""
-        K, Ns = self.N[-1]
+    def accumulate(self, dL_dy: torch.Tensor, layer: int = -1) -> None:
+        """Add :math:`(dL_t/dy^l_t)^T N^l_t` (rows K only) to the gradient.
+
+        ``layer``: the layer ``l`` whose output the loss term reads (default: the last);
+        a per-layer term (:mod:`evrtrl.regularizers`) reaches blocks ``j <= l``.
+        """
+        K, Ns = self.N[layer]
         if K.numel() == 0:
             return
         e = dL_dy[:, K].to(self.dtype)

@@ -9,6 +9,12 @@ exactly). With ``method="bptt"`` it runs truncated BPTT over windows of ``k`` st
 
 Parameters outside the recurrent model (a readout inside ``loss_fn``) are passed as
 ``extra_parameters``: their gradient is exact from the current step alone.
+``layer_loss(l, y^l_t, t)`` adds a per-layer term on every layer's output (the activity
+regulariser, :mod:`evrtrl.regularizers`), included exactly in every method.
+
+``run(x, carry=True)`` continues the previous call's streams (same network state and
+influence matrix): one long stream can be fed in chunks, with memory independent of its
+length (examples/long_stream.py).
 """
 from __future__ import annotations
 
@@ -16,7 +22,7 @@ from typing import Any, Callable, Iterable
 
 import torch
 
-from evrtrl.api import METHODS, make_engine
+from evrtrl.api import METHODS, accumulate_layer_loss, make_engine
 from evrtrl.errors import ConfigError, UnknownMethodError
 from evrtrl.network import check_parameters, check_sequence, layers_of
 
@@ -28,7 +34,10 @@ class OnlineLearner:
 
     ``loss_fn(y_t, t)`` returns a scalar tensor or None (no loss at that step).
     ``run(x)`` processes one batch of sequences ``(T, B, d)`` from a fresh state and
-    returns the per-step losses; ``updates`` counts optimizer steps so far.
+    returns the per-step losses of ``loss_fn`` (``layer_loss`` terms are in
+    ``layer_losses``, one sum over layers per step); ``updates`` counts optimizer steps
+    so far. With the event engine, ``active`` holds the last run's per-sequence active-set
+    sizes ``|K_{t,b}|`` as a ``(T, L, B)`` tensor (for beta per sequence and layer).
     """
 
     def __init__(
@@ -40,6 +49,7 @@ class OnlineLearner:
         k: int = 1,
         method: str = "event",
         extra_parameters: Iterable[torch.nn.Parameter] = (),
+        layer_loss: Callable[[int, torch.Tensor, int], Any] | None = None,
     ) -> None:
         if method not in METHODS:
             raise UnknownMethodError(f"unknown method {method!r}; expected one of {METHODS}")
@@ -47,6 +57,7 @@ class OnlineLearner:
             raise ConfigError(f"OnlineLearner: k must be a positive int, got {k!r}")
         self.model, self.optimizer, self.loss_fn = model, optimizer, loss_fn
         self.k, self.method = k, method
+        self.layer_loss = layer_loss
         self.extra = list(extra_parameters)
         self.params = {
             ref.prefix + n: p
@@ -56,6 +67,10 @@ class OnlineLearner:
         self.updates = 0
         self.engine: Any = None
         self.stats: list[Any] = []
+        self.layer_losses: list[float] = []
+        self.active: torch.Tensor | None = None
+        self._t = 0  # steps of the current stream (carried over by run(x, carry=True))
+        self._bptt_states: list[Any] | None = None
 
     # ----------------------------------------------------------------- helpers
     def _apply(self) -> None:
@@ -71,19 +86,32 @@ class OnlineLearner:
             self.engine.refresh()
 
     # --------------------------------------------------------------------- run
-    def run(self, x: torch.Tensor) -> list[float]:
-        """Learn online on ``x`` ``(T, B, d)``; returns the loss of each step (nan if none)."""
+    def run(self, x: torch.Tensor, *, carry: bool = False) -> list[float]:
+        """Learn online on ``x`` ``(T, B, d)``; returns the loss of each step (nan if none).
+
+        ``carry=True`` continues the streams of the previous call (state, influence
+        matrix and step counter ``t``) instead of starting from a fresh state.
+        """
         check_sequence(self.model, x)
         check_parameters(self.model)
         T, B = x.shape[:2]
         losses: list[float] = []
+        self.layer_losses = []
         self.optimizer.zero_grad(set_to_none=True)
+        if not carry:
+            self._t, self.engine, self._bptt_states = 0, None, None
         if self.method == "bptt":
             return self._run_bptt(x)
-        self.engine = make_engine(self.model, B, self.method)
+        fresh = self.engine is None
+        if fresh:
+            self.engine = make_engine(self.model, B, self.method)
+        active = []
         pending = 0
-        for t in range(T):
-            y = self.engine.step(x[t])
+        for i in range(T):
+            t = self._t + i
+            y = self.engine.step(x[i])
+            if getattr(self.engine, "seq_active", None) is not None:
+                active.append(torch.stack(self.engine.seq_active))
             with torch.enable_grad():
                 yl = y.detach().requires_grad_(True)
                 loss = self.loss_fn(yl, t)
@@ -94,6 +122,9 @@ class OnlineLearner:
                     for p, g in zip(self.extra, grads[1:]):
                         if g is not None:
                             p.grad = g if p.grad is None else p.grad + g
+            if self.layer_loss is not None:
+                self.layer_losses.append(self._layer_loss_value(t))
+                accumulate_layer_loss(self.engine, self.layer_loss, t)
             losses.append(float(loss.detach()) if loss is not None else float("nan"))
             pending += 1
             if pending == self.k:
@@ -101,32 +132,53 @@ class OnlineLearner:
                 pending = 0
         if pending:
             self._apply()
-        self.stats.append(self.engine.stats)
+        self._t += T
+        self.active = torch.stack(active) if active else None
+        if fresh:
+            self.stats.append(self.engine.stats)
         return losses
+
+    @torch.no_grad()
+    def _layer_loss_value(self, t: int) -> float:
+        total = 0.0
+        for l, state in enumerate(self.engine.states):
+            v = self.layer_loss(l, state.y, t)
+            total += float(v) if v is not None else 0.0
+        return total
 
     def _run_bptt(self, x: torch.Tensor) -> list[float]:
         refs = layers_of(self.model)
         T, B = x.shape[:2]
-        states = [r.layer.initial_state(B) for r in refs]
+        states = self._bptt_states or [r.layer.initial_state(B) for r in refs]
         losses: list[float] = []
         total = None
         weights = [r.layer.weights() for r in refs]
         pending = 0
-        for t in range(T):
-            inp = x[t]
+        for i in range(T):
+            t = self._t + i
+            inp = x[i]
+            reg_t = 0.0
             for l, ref in enumerate(refs):
                 states[l], _ = ref.layer.step(weights[l], states[l], inp)
                 inp = states[l].y
+                reg = self.layer_loss(l, inp, t) if self.layer_loss is not None else None
+                if reg is not None:
+                    total = reg if total is None else total + reg
+                    reg_t += float(reg.detach())
+            if self.layer_loss is not None:
+                self.layer_losses.append(reg_t)
             loss = self.loss_fn(inp, t)
             if loss is not None:
                 total = loss if total is None else total + loss
             losses.append(float(loss.detach()) if loss is not None else float("nan"))
             pending += 1
-            if pending == self.k or t == T - 1:
+            if pending == self.k or i == T - 1:
                 if total is not None and total.requires_grad:
                     total.backward()
                 self._apply()
                 total, pending = None, 0
                 states = [type(s)(*(v.detach() for v in s)) for s in states]
                 weights = [r.layer.weights() for r in refs]
+        self._t += T
+        self._bptt_states = states
         return losses
