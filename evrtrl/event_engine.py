@@ -53,7 +53,7 @@ from evrtrl.layer import Layer, LocalJacobian
 from evrtrl.network import check_parameters, layers_of
 from evrtrl.stats import EngineStats
 
-__all__ = ["EventRTRL", "DegradesToDenseWarning", "diag_pass_macs"]
+__all__ = ["EventRTRL", "DegradesToDenseWarning", "diag_pass_macs", "active_units"]
 
 
 class DegradesToDenseWarning(UserWarning):
@@ -62,6 +62,15 @@ class DegradesToDenseWarning(UserWarning):
 
 #: conditioning bounds of the lazy transforms T (module docstring)
 _T_LO, _T_HI, _T_OFF = 2.0 ** -40, 2.0 ** 40, 2.0 ** 8
+
+
+def active_units(lj: LocalJacobian) -> torch.Tensor:
+    """The active set K per sequence, ``(B, n)`` bool: units whose output derivative
+    (``G_t`` or a direct ``G^theta_t``) is non-zero, i.e. spiking or inside the window."""
+    active = (lj.gain != 0).any(-1)
+    for gd in lj.gain_direct.values():
+        active = active | (gd != 0)
+    return active
 
 
 def _diag_matrix(diag: torch.Tensor, structure, m: int) -> torch.Tensor:
@@ -287,9 +296,7 @@ class EventRTRL:
         """Rows K of ``N = G M + G_direct`` for every block (the output influence)."""
         layer, B = self.refs[l].layer, self.B
         n, m = layer.hidden_size, layer.state_size
-        active = (lj.gain != 0).any(-1)  # (B, n): per sequence
-        for gd in lj.gain_direct.values():
-            active |= gd != 0
+        active = active_units(lj)
         self.seq_active[l] = active.sum(-1)  # |K_{t,b}|: what exact RTRL of sequence b needs
         K = active.any(0).nonzero(as_tuple=True)[0]
         # N[K] = G M[K] = (G T)[K] Mt[K]; T upper triangular: components >= min(gain_structure)

@@ -36,9 +36,13 @@ import torch
 from evrtrl.atomic import atomic_write_text
 
 from evrtrl.errors import ConfigError, UnknownMethodError
+from evrtrl.network import layers_of
+from evrtrl.regularizers import ActivityRegularizer
 from evrtrl.training import distributed as ddp
 from evrtrl.training.data import SequenceData, open_data, parse_data_spec
-from evrtrl.training.metrics import MetricsLog, dense_rtrl_macs
+from evrtrl.training.metrics import (
+    MetricsLog, data_lengths, dense_rtrl_macs, measure_beta, sequence_beta,
+)
 
 __all__ = ["TrainConfig", "TrainResult", "train", "build_model", "make_loss", "predict_logits"]
 
@@ -67,6 +71,9 @@ class TrainConfig:
     theta_init: float = 0.1
     pd_gamma: float = 0.7
     pd_width: float = 0.5
+    # activity regulariser on every layer's outputs (evrtrl.regularizers.ActivityRegularizer)
+    activity: float = 0.0
+    activity_target: float = 0.0
     tau_mem: float = 0.02
     tau_syn: float = 0.005
     v_th: float = 1.0
@@ -95,6 +102,11 @@ class TrainConfig:
                 raise ConfigError(f"--{name} must be >= 1, got {getattr(self, name)}")
         if self.k < 0:
             raise ConfigError(f"--k must be >= 0 (0: one update per sequence), got {self.k}")
+        if self.activity < 0 or self.activity_target < 0:
+            raise ConfigError(f"--activity {self.activity} and --activity-target "
+                              f"{self.activity_target} must be >= 0")
+        if self.pd_width <= 0 or self.pd_gamma <= 0:
+            raise ConfigError(f"--width {self.pd_width} and --gamma {self.pd_gamma} must be > 0")
         if not (0 < self.density <= 1):
             raise ConfigError(f"--density must be in (0, 1], got {self.density}")
         bad = set(self.log) - {"csv", "json"}
@@ -196,6 +208,13 @@ def _accuracy(model, readout, data: SequenceData, mode: str, batch: int) -> floa
     return correct / max(1, len(data))
 
 
+def _test_beta(model, data: SequenceData, batch: int, dtype) -> dict[str, float]:
+    """Per-sequence beta on the test split, from the event engine (forward only)."""
+    batches = (data.batch(list(range(lo, min(len(data), lo + batch))), dtype)[0]
+               for lo in range(0, len(data), batch))
+    return {"test_" + k: v for k, v in measure_beta(model, batches).items()}
+
+
 def _m_density(engine) -> float:
     """Fraction of non-zero entries of the engine's influence tensors (allocated ones)."""
     Ms = getattr(engine, "M", None)
@@ -258,7 +277,8 @@ def train(
     if cfg.batch < world:
         raise ConfigError(f"--batch {cfg.batch} is smaller than the {world} processes")
 
-    counters = {"epoch": 0, "batch": 0, "global_batch": 0, "updates": 0, "wall_s": 0.0}
+    counters = {"epoch": 0, "batch": 0, "global_batch": 0, "updates": 0, "wall_s": 0.0,
+                "train_s": 0.0}
     batch_log = MetricsLog(run, "batches", cfg.log if rank == 0 else ())
     epoch_log = MetricsLog(run, "epochs", cfg.log if rank == 0 else ())
     if resume and ckpt_path.exists():
@@ -307,6 +327,7 @@ def train(
 
     while counters["epoch"] < cfg.epochs:
         epoch = counters["epoch"]
+        train_s = 0.0  # this epoch's training loop only (no data building, no evaluation)
         order = _epoch_order(cfg.seed, epoch, len(data))
         while counters["batch"] < n_batches:
             b = counters["batch"]
@@ -315,31 +336,52 @@ def train(
             x, labels = data.batch(idx, dtype)
             T = x.shape[0]
             loss_fn = make_loss(readout, labels, T, cfg.loss, len(global_idx))
+            reg = (ActivityRegularizer(cfg.activity, cfg.activity_target,
+                                       scale=1.0 / (len(global_idx) * T))
+                   if cfg.activity > 0 else None)
             learner = OnlineLearner(model, optimizer, loss_fn, k=cfg.k or T, method=cfg.method,
-                                    extra_parameters=readout.parameters())
+                                    extra_parameters=readout.parameters(), layer_loss=reg)
             t0 = time.perf_counter()
             losses = learner.run(x)
             dt_batch = time.perf_counter() - t0
+            train_s += dt_batch
+            counters["train_s"] += dt_batch
             loss_local = sum(v for v in losses if not math.isnan(v))
             correct = int((loss_fn.logits.argmax(-1) == labels).sum()) if loss_fn.logits is not None else 0
             st = learner.stats[-1].summary() if learner.stats else None
             loss_steps = T if cfg.loss == "mean" else 1
             macs_dense = dense_rtrl_macs(model, len(idx), T, loss_steps)
+            # beta per sequence and layer over the steps that carry data (event engine only)
+            n_layers = len(layers_of(model))
+            if learner.active is not None:
+                lengths = data_lengths(x)
+                ok = lengths > 0
+                per_l, overall = sequence_beta(learner.active, lengths,
+                                               [r.layer.hidden_size for r in layers_of(model)])
+                beta_sums = [float(overall[ok].sum())] + [float(v) for v in per_l[:, ok].sum(1)]
+                n_seq = float(ok.sum())
+            else:
+                beta_sums, n_seq = [0.0] * (n_layers + 1), 0.0
             vals = [loss_local, correct, macs_dense,
                     st["macs_total"] if st else float("nan"),
+                    sum(learner.layer_losses), n_seq] + beta_sums + [
                     st["alpha"] if st else float("nan"), st["beta"] if st else float("nan"),
                     st["gamma_final"] if st else float("nan"),
                     _m_density(learner.engine) if st else float("nan")]
             vals = ddp.all_reduce_sum(vals)
-            loss_g, correct_g, macs_d, macs_e = vals[:4]
-            alpha, beta, gamma, mdens = (v / world for v in vals[4:])
+            loss_g, correct_g, macs_d, macs_e, reg_g, n_seq_g = vals[:6]
+            betas = [v / n_seq_g if n_seq_g else float("nan") for v in vals[6:7 + n_layers]]
+            alpha, beta_union, gamma, mdens = (v / world for v in vals[7 + n_layers:])
             counters["batch"] += 1
             counters["global_batch"] += 1
             counters["updates"] += learner.updates
             rec = {
                 "kind": "batch", "epoch": epoch, "batch": b, "global_batch": counters["global_batch"],
-                "updates": counters["updates"], "loss": loss_g, "acc": correct_g / len(global_idx),
-                "alpha": alpha, "beta": beta, "gamma": gamma, "m_density": mdens,
+                "updates": counters["updates"], "loss": loss_g, "reg_loss": reg_g,
+                "acc": correct_g / len(global_idx),
+                "alpha": alpha, "beta": betas[0],
+                **{f"beta_l{l}": v for l, v in enumerate(betas[1:])},
+                "beta_union": beta_union, "gamma": gamma, "m_density": mdens,
                 "macs_event": macs_e, "macs_dense": macs_d,
                 "saving": macs_d / macs_e if macs_e and macs_e == macs_e else float("nan"),
                 "batch_s": dt_batch,
@@ -352,7 +394,7 @@ def train(
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss_g:.3f}", acc=f"{rec['acc']:.2f}", alpha=f"{alpha:.3f}",
-                                beta=f"{beta:.3f}", saving=f"{rec['saving']:.1f}x")
+                                beta=f"{betas[0]:.3f}", saving=f"{rec['saving']:.1f}x")
             for cb in callbacks:
                 cb(rec)
         # epoch end
@@ -361,10 +403,15 @@ def train(
                                 "updates": counters["updates"],
                                 "wall_s": wall0 + time.perf_counter() - t_run}
         if recs:
-            for k in ("loss", "acc", "alpha", "beta", "gamma", "m_density", "saving"):
+            keys = ["loss", "reg_loss", "acc", "alpha", "beta", "beta_union", "gamma", "m_density",
+                    "saving"] + [k for k in recs[0] if k.startswith("beta_l")]
+            for k in keys:
                 erec[k] = sum(r[k] for r in recs) / len(recs)
+        erec["train_s"] = train_s
         if cfg.eval_each_epoch and test_data is not None:
             erec["test_acc"] = _accuracy(model, readout, test_data, cfg.loss, cfg.eval_batch)
+            if cfg.model == "egru" or cfg.method == "event":
+                erec.update(_test_beta(model, test_data, cfg.eval_batch, dtype))
         counters["epoch"] += 1
         counters["batch"] = 0
         if rank == 0:
@@ -378,7 +425,10 @@ def train(
     if rank == 0:
         _write_json(run / "summary.json", {
             "epochs": counters["epoch"], "updates": counters["updates"],
-            "train_wall_s": wall0 + time.perf_counter() - t_run,
+            "wall_s": wall0 + time.perf_counter() - t_run,
+            # the training loop alone (OnlineLearner.run of every batch): no data loading,
+            # no evaluation, no checkpoints
+            "train_wall_s": counters["train_s"],
             "last_epoch": epoch_log.records[-1] if epoch_log.records else None,
         })
     ddp.barrier()

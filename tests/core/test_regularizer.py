@@ -162,3 +162,15 @@ def test_bad_regularizer_config():
     with pytest.raises(ConfigError, match="target"):
         ActivityRegularizer(1.0, target=-0.1)
     assert ActivityRegularizer(0.0)(0, torch.ones(2, 3), 0) is None
+
+
+def test_active_counts_match_the_engine():
+    """The training metrics' forward-only active sets equal the event engine's, per sequence."""
+    from evrtrl.training.metrics import active_counts
+    model = Stack(EGRU(3, 6, theta_init=0.05), EGRU(6, 4, theta_init=0.05)).double()
+    x = values_in(12, 3, 3, seed=4)
+    learner = evrtrl.OnlineLearner(model, torch.optim.SGD(model.parameters(), lr=0.0),
+                                   lambda y, t: None, k=12)
+    learner.run(x)
+    assert torch.equal(active_counts(model, x), learner.active)
+    assert 0 < int(learner.active.sum()) < 12 * 3 * 10
