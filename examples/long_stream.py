@@ -19,12 +19,16 @@ Robbins--Monro conditions; ``r`` outside ``(1/2, 1]`` is refused).
 Memory. The stream is generated and fed in chunks (``OnlineLearner.run(x, carry=True)``
 keeps the network state and the influence matrix), losses are folded into window means
 and the engine's per-step statistics into running sums, so nothing grows with T. The
-script measures it with the allocators themselves, not RSS: ``tracemalloc`` for every
-Python allocation (objects, lists, floats) and glibc ``mallinfo2`` (bytes in use in
-every malloc arena plus mmapped blocks) for the C heap, where PyTorch's CPU allocator
-puts tensor storage (the default CPU allocator calls ``posix_memalign``/``free``, no
-caching); and a census of the live tensors reachable from Python (bytes of distinct
-storages). Growth from ``T = steps/10`` to ``T = steps`` is reported for each.
+script measures it with the allocators themselves, not RSS, after a full garbage
+collection: glibc ``mallinfo2`` (bytes in use in every malloc arena plus mmapped
+blocks) for the C heap, which holds PyTorch's CPU tensor storage (its default CPU
+allocator is ``posix_memalign``/``free``, without a cache) and every Python object
+larger than 512 bytes; ``sys.getallocatedblocks()`` for the small Python objects that
+pymalloc serves from its own mmapped arenas (each block is at most 512 bytes, so 512 x
+the block count bounds their bytes); and a census of the live tensors reachable from
+Python (bytes of distinct storages). ``--tracemalloc`` adds the exact bytes of every
+Python allocation (it doubles the time per step). Growth from ``T = steps/10`` to
+``T = steps`` is reported for each.
 
 Offline reference: the same architecture trained by BPTT with Adam on independent
 segments of the same process until the loss stops improving, then run over the very
@@ -146,8 +150,11 @@ def tensor_bytes() -> int:
 
 
 def memory_snapshot(libc) -> dict[str, int]:
+    """Allocator counters after a full garbage collection (module docstring)."""
     gc.collect()
-    snap = {"python_traced": tracemalloc.get_traced_memory()[0], "tensors": tensor_bytes()}
+    snap = {"python_blocks": sys.getallocatedblocks(), "tensors": tensor_bytes()}
+    if tracemalloc.is_tracing():
+        snap["python_traced"] = tracemalloc.get_traced_memory()[0]
     if libc is not None:
         snap["c_heap"] = libc()
     return snap
@@ -229,7 +236,8 @@ def run_online(seed: int, args, libc) -> dict:
     beta_sum, alpha_sum, steps_seen = 0.0, 0.0, 0
     mem = {}
     t_start = time.perf_counter()
-    tracemalloc.start()
+    if args.tracemalloc:
+        tracemalloc.start()
     for lo in range(0, args.steps, args.chunk):
         x, z = stream.chunk(min(args.chunk, args.steps - lo))
         labels[0] = z
@@ -280,7 +288,12 @@ def main(argv=None) -> int:
     p.add_argument("--offline-iters", type=int, default=400)
     p.add_argument("--plot", default=None, help="write the figure here (PNG)")
     p.add_argument("--json", default=None, help="write the measured numbers here")
+    p.add_argument("--tracemalloc", action="store_true",
+                   help="also trace every Python allocation in bytes (about 2x slower)")
     p.add_argument("--quick", action="store_true", help="2,000 steps, one seed, small offline run")
+    p.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                   help="no training: combine --json files of earlier runs (e.g. one per seed, "
+                        "run in parallel) into one report and figure")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     args = p.parse_args(argv)
     if args.quick:
@@ -291,25 +304,34 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)
     libc = _libc_in_use()
 
-    results = []
-    for seed in args.seeds:
-        on = run_online(seed, args, libc)
-        off_model, off_readout = train_offline(seed, args.hidden, args.offline_iters, seg=200,
-                                               batch=16)
-        off = stream_losses(off_model, off_readout, seed, args.steps, args.chunk, args.window)
-        tail = max(1, len(on["windows"]) // 10)
-        on_tail = sum(on["windows"][-tail:]) / tail
-        off_tail = sum(off[-tail:]) / tail
-        rec = {"seed": seed, "online_tail": on_tail, "offline_tail": off_tail,
-               "ratio": on_tail / off_tail, "offline_windows": off, **on}
-        results.append(rec)
-        g = on["growth"]
-        print(f"seed {seed}: online loss (last 10 %) {on_tail:.4f}, offline {off_tail:.4f}, "
-              f"ratio {on_tail / off_tail:.3f}; {on['updates']:,} updates in {on['wall_s']:.0f} s; "
-              f"beta {on['beta']:.3f}")
-        print(f"  memory growth T={args.steps // 10:,} -> {args.steps:,}: python (tracemalloc) "
-              f"{g['python_traced'] / 1e3:+.1f} kB, tensors {g['tensors'] / 1e3:+.1f} kB"
-              + (f", C heap (mallinfo2) {g['c_heap'] / 1e3:+.1f} kB" if "c_heap" in g else ""))
+    if args.merge:
+        runs = [json.loads(Path(f).read_text()) for f in args.merge]
+        results = [r for run in runs for r in run["results"]]
+        for k in ("steps", "window", "hidden", "alpha0", "t0", "r"):
+            setattr(args, k, runs[0]["args"][k])
+    else:
+        results = []
+        for seed in args.seeds:
+            on = run_online(seed, args, libc)
+            off_model, off_readout = train_offline(seed, args.hidden, args.offline_iters,
+                                                   seg=100, batch=32)
+            off = stream_losses(off_model, off_readout, seed, args.steps, args.chunk, args.window)
+            tail = max(1, len(on["windows"]) // 10)
+            on_tail = sum(on["windows"][-tail:]) / tail
+            off_tail = sum(off[-tail:]) / tail
+            results.append({"seed": seed, "online_tail": on_tail, "offline_tail": off_tail,
+                            "ratio": on_tail / off_tail, "offline_windows": off, **on})
+    for rec in results:
+        g = rec["growth"]
+        print(f"seed {rec['seed']}: online loss (last 10 %) {rec['online_tail']:.4f}, offline "
+              f"{rec['offline_tail']:.4f}, ratio {rec['ratio']:.3f}; {rec['updates']:,} updates "
+              f"in {rec['wall_s']:.0f} s; beta {rec['beta']:.3f}")
+        print(f"  memory growth T={args.steps // 10:,} -> {args.steps:,}: "
+              + (f"C heap (mallinfo2) {g['c_heap'] / 1e3:+.1f} kB, " if "c_heap" in g else "")
+              + f"Python object blocks {g['python_blocks']:+,} (<= {512 * g['python_blocks'] / 1e3:+.1f} kB)"
+              + (f", Python (tracemalloc) {g['python_traced'] / 1e3:+.1f} kB"
+                 if "python_traced" in g else "")
+              + f", live tensors {g['tensors'] / 1e3:+.1f} kB")
     r0 = results[0]
     T = args.steps
     bptt = r0["bptt_bytes_per_step"] * T
@@ -319,7 +341,7 @@ def main(argv=None) -> int:
           f"activations; an update at every step (k = 1) with exact gradients would re-run "
           f"the backward pass over the whole past each time: {T * (T + 1) // 2:,} step-backwards "
           f"in total, against {T:,} RTRL steps.")
-    if args.json:
+    if args.json and not args.merge:
         Path(args.json).write_text(json.dumps({"args": vars(args), "results": results}, indent=1))
     if args.plot:
         plot(results, args, args.plot)
