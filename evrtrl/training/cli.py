@@ -39,14 +39,16 @@ def register(subparsers) -> None:
                    "LIF dt)")
     p.add_argument("--loss", choices=("mean", "last"), default=d.loss)
     p.add_argument("--dtype", choices=("float32", "float64"), default=d.dtype)
-    p.add_argument("--width", type=float, default=d.pd_width, help="pseudo-derivative (triangle) width")
+    p.add_argument("--width", type=float, default=None,
+                   help="pseudo-derivative (triangle) width (default: EGRU 0.1, LIF 0.5)")
     p.add_argument("--gamma", type=float, default=d.pd_gamma, help="pseudo-derivative height")
     p.add_argument("--theta-init", type=float, default=d.theta_init, help="EGRU initial threshold")
-    p.add_argument("--activity", type=float, default=d.activity,
+    p.add_argument("--activity", type=float, default=None,
                    help="activity regulariser strength lambda on every layer's outputs "
-                        "(lambda * mean |y|; 0 = off)")
-    p.add_argument("--activity-target", type=float, default=d.activity_target,
-                   help="penalise only mean |y| above this rate (per sequence and step)")
+                        "(lambda * mean |y|; 0 = off; default: EGRU 2.0, LIF 0)")
+    p.add_argument("--activity-target", type=float, default=None,
+                   help="penalise only mean |y| above this rate, per sequence and step "
+                        "(default: EGRU 0.03, LIF 0)")
     p.add_argument("--out", default="runs/latest", help="run directory")
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoint.h5")
     p.add_argument("--seed", type=int, default=d.seed)
