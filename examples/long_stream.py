@@ -38,7 +38,7 @@ same stream; the script compares the online loss with that model's loss over the
 Usage::
 
     python examples/long_stream.py                  # 100,000 steps, 3 seeds, figure
-    python examples/long_stream.py --quick          # seconds: 2,000 steps, 1 seed
+    python examples/long_stream.py --quick          # seconds: 1,000 steps, 1 seed
     python examples/long_stream.py --steps 20000 --seeds 0 --plot out.png
 """
 from __future__ import annotations
@@ -290,15 +290,16 @@ def main(argv=None) -> int:
     p.add_argument("--json", default=None, help="write the measured numbers here")
     p.add_argument("--tracemalloc", action="store_true",
                    help="also trace every Python allocation in bytes (about 2x slower)")
-    p.add_argument("--quick", action="store_true", help="2,000 steps, one seed, small offline run")
+    p.add_argument("--quick", action="store_true",
+                   help="seconds: at most 1,000 steps, one seed, a small offline run")
     p.add_argument("--merge", nargs="+", default=None, metavar="JSON",
                    help="no training: combine --json files of earlier runs (e.g. one per seed, "
                         "run in parallel) into one report and figure")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     args = p.parse_args(argv)
     if args.quick:
-        args.steps, args.seeds, args.offline_iters = min(args.steps, 2000), args.seeds[:1], 20
-        args.chunk = args.window = min(args.chunk, 200)
+        args.steps, args.seeds, args.offline_iters = min(args.steps, 1000), args.seeds[:1], 10
+        args.chunk = args.window = min(args.chunk, args.steps // 10)
     if args.steps < 10 * args.chunk or args.steps % args.chunk or args.steps % args.window:
         p.error("--steps must be a multiple of --chunk and --window and at least 10 chunks")
     torch.set_num_threads(1)
