@@ -92,9 +92,11 @@ class EventStream:
         return x, z
 
 
-def make_model(seed: int, hidden: int) -> tuple[EGRU, Readout]:
+def make_model(seed: int, hidden: int, theta_init: float = 0.05,
+               width: float = 0.3) -> tuple[EGRU, Readout]:
     g = torch.Generator().manual_seed(seed)
-    model = EGRU(2, hidden, pseudo_derivative=Triangle(0.7, 0.3), theta_init=0.3, generator=g)
+    model = EGRU(2, hidden, pseudo_derivative=Triangle(0.7, width), theta_init=theta_init,
+                 generator=g)
     torch.manual_seed(seed)
     return model, Readout(hidden, 2)
 
@@ -180,9 +182,9 @@ def bptt_bytes_per_step(model, readout, stream_seed: int, T: int = 200) -> float
 
 
 # --------------------------------------------------------------------------- training
-def train_offline(seed: int, hidden: int, iters: int, seg: int, batch: int) -> tuple[EGRU, Readout]:
+def train_offline(seed: int, args, iters: int, seg: int, batch: int) -> tuple[EGRU, Readout]:
     """BPTT with Adam on independent segments of the process, to convergence."""
-    model, readout = make_model(seed, hidden)
+    model, readout = make_model(seed, args.hidden, args.theta_init, args.width)
     params = list(model.parameters()) + list(readout.parameters())
     opt = torch.optim.Adam(params, lr=0.01)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, iters)
@@ -221,7 +223,7 @@ def stream_losses(model, readout, seed: int, steps: int, chunk: int, window: int
 
 def run_online(seed: int, args, libc) -> dict:
     """Online RTRL (event engine, k = 1) over ``args.steps`` steps of stream ``seed``."""
-    model, readout = make_model(seed, args.hidden)
+    model, readout = make_model(seed, args.hidden, args.theta_init, args.width)
     params = list(model.parameters()) + list(readout.parameters())
     opt = DecayingSGD(params, args.alpha0, args.t0, args.r)
     labels = [None]
@@ -280,7 +282,9 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=100_000, help="length of the stream")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--hidden", type=int, default=16)
-    p.add_argument("--alpha0", type=float, default=0.05, help="initial SGD step size")
+    p.add_argument("--theta-init", type=float, default=0.05, help="EGRU initial threshold")
+    p.add_argument("--width", type=float, default=0.3, help="triangle pseudo-derivative width")
+    p.add_argument("--alpha0", type=float, default=0.1, help="initial SGD step size")
     p.add_argument("--t0", type=float, default=5000.0, help="decay time scale (steps)")
     p.add_argument("--r", type=float, default=0.6, help="decay exponent, in (1/2, 1]")
     p.add_argument("--chunk", type=int, default=1000, help="steps per OnlineLearner.run call")
@@ -314,7 +318,7 @@ def main(argv=None) -> int:
         results = []
         for seed in args.seeds:
             on = run_online(seed, args, libc)
-            off_model, off_readout = train_offline(seed, args.hidden, args.offline_iters,
+            off_model, off_readout = train_offline(seed, args, args.offline_iters,
                                                    seg=100, batch=32)
             off = stream_losses(off_model, off_readout, seed, args.steps, args.chunk, args.window)
             tail = max(1, len(on["windows"]) // 10)
