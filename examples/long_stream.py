@@ -311,7 +311,9 @@ def main(argv=None) -> int:
 
     if args.merge:
         runs = [json.loads(Path(f).read_text()) for f in args.merge]
-        results = [r for run in runs for r in run["results"]]
+        results = [{"theta_init": run["args"].get("theta_init", 0.3),
+                    "alpha0": run["args"]["alpha0"], **r}
+                   for run in runs for r in run["results"]]
         for k in ("steps", "window", "hidden", "alpha0", "t0", "r"):
             setattr(args, k, runs[0]["args"][k])
     else:
@@ -324,14 +326,16 @@ def main(argv=None) -> int:
             tail = max(1, len(on["windows"]) // 10)
             on_tail = sum(on["windows"][-tail:]) / tail
             off_tail = sum(off[-tail:]) / tail
-            results.append({"seed": seed, "online_tail": on_tail, "offline_tail": off_tail,
+            results.append({"seed": seed, "theta_init": args.theta_init, "alpha0": args.alpha0,
+                            "online_tail": on_tail, "offline_tail": off_tail,
                             "ratio": on_tail / off_tail, "offline_windows": off, **on})
     for rec in results:
         g = rec["growth"]
         print(f"seed {rec['seed']}: online loss (last 10 %) {rec['online_tail']:.4f}, offline "
               f"{rec['offline_tail']:.4f}, ratio {rec['ratio']:.3f}; {rec['updates']:,} updates "
               f"in {rec['wall_s']:.0f} s; beta {rec['beta']:.3f}")
-        print(f"  memory growth T={args.steps // 10:,} -> {args.steps:,}: "
+        T_r = len(rec["windows"]) * args.window
+        print(f"  memory growth T={T_r // 10:,} -> {T_r:,}: "
               + (f"C heap (mallinfo2) {g['c_heap'] / 1e3:+.1f} kB, " if "c_heap" in g else "")
               + f"Python object blocks {g['python_blocks']:+,} (<= {512 * g['python_blocks'] / 1e3:+.1f} kB)"
               + (f", Python (tracemalloc) {g['python_traced'] / 1e3:+.1f} kB"
@@ -359,19 +363,21 @@ def plot(results, args, path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 3.6))
+    fig, ax = plt.subplots(figsize=(7, 5.2))
     for i, r in enumerate(results):
         steps = [(k + 1) * args.window for k in range(len(r["windows"]))]
         c = f"C{i}"
-        ax.plot(steps, r["windows"], color=c, lw=1, label=f"online RTRL, seed {r['seed']}")
-        ax.plot(steps, r["offline_windows"], color=c, lw=1, ls=":",
-                label=f"offline BPTT model, seed {r['seed']}")
-    ax.axvspan(0.9 * args.steps, args.steps, color="0.9", zorder=0, label="last 10 %")
+        tag = f"seed {r['seed']}, T={steps[-1]:,}" + (f", theta {r['theta_init']}, "
+                                                       f"alpha0 {r['alpha0']}" if "theta_init" in r else "")
+        ax.plot(steps, r["windows"], color=c, lw=1, label=f"online RTRL, {tag}")
+        ax.plot(steps, r["offline_windows"], color=c, lw=1, ls=":", label=f"offline model, {tag}")
+    ax.axvspan(0.9 * args.steps, args.steps, color="0.9", zorder=0,
+               label=f"last 10 % of T={args.steps:,}")
     ax.set_xlabel("step")
     ax.set_ylabel(f"cross-entropy (mean over {args.window} steps)")
     ax.set_title(f"EGRU {args.hidden}, k = 1, event RTRL, "
-                 f"alpha_t = {args.alpha0}/(1+t/{args.t0:g})^{args.r}")
-    ax.legend(fontsize=7, ncol=2)
+                 f"alpha_t = alpha0/(1+t/{args.t0:g})^{args.r}", fontsize=9)
+    ax.legend(fontsize=6.5, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.14))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
