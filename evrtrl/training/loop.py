@@ -130,6 +130,8 @@ class TrainConfig:
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
         names = {f.name for f in fields(cls)}
         kw = {k: v for k, v in d.items() if k in names}
+        if "pd_width" in kw and "activity" not in kw:  # a run stored before the regulariser
+            kw.update(activity=0.0, activity_target=0.0)
         if "log" in kw:
             kw["log"] = tuple(kw["log"])
         return cls(**kw)
