@@ -9,7 +9,7 @@ import torch
 
 from evrtrl.bptt import BPTT
 from evrtrl.dense_engine import DenseRTRL
-from evrtrl.engine import Engine, LossFn, run_engine
+from evrtrl.engine import Engine, LayerLossFn, LossFn, run_engine
 from evrtrl.errors import UnknownMethodError
 from evrtrl.event_engine import EventRTRL
 from evrtrl.network import Unroll, check_parameters, check_sequence
@@ -114,13 +114,16 @@ def make_engine(model: Any, batch: int, method: str = "event", *,
 
 
 def gradients(model: Any, x: torch.Tensor, loss_fn: LossFn, method: str = "event", *,
+              layer_loss: LayerLossFn | None = None,
               shard: ColumnShard | None = None, allow_memory: bool = False) -> Gradients:
     """Exact gradient of :math:`\\sum_t` ``loss_fn(y_t, t)`` with respect to every parameter.
 
     ``x``: ``(T, B, d)``; ``y_t``: the last layer's output ``(B, n)``; ``method``: one of
-    :data:`METHODS`. Returns :class:`Gradients` (a dict name -> tensor shaped like the
-    parameter, exactly 0 at masked entries) with the engine's statistics in ``.stats``.
-    ``shard`` (RTRL methods): only that column shard's entries, exactly 0 elsewhere; the
+    :data:`METHODS`. ``layer_loss(l, y^l_t, t)`` (optional, e.g.
+    :class:`evrtrl.regularizers.ActivityRegularizer`) adds a term on the output of every
+    layer ``l`` at every step; the gradient includes it exactly. Returns :class:`Gradients`
+    (a dict name -> tensor shaped like the parameter, exactly 0 at masked entries) with the
+    engine's statistics in ``.stats``. ``shard`` (RTRL methods): only that column shard's entries, exactly 0 elsewhere; the
     gradients of all shards of one partition sum to the unsharded gradient.
     """
     if method not in METHODS:
@@ -128,5 +131,5 @@ def gradients(model: Any, x: torch.Tensor, loss_fn: LossFn, method: str = "event
     check_sequence(model, x)
     check_parameters(model)
     engine = make_engine(model, x.shape[1], method, shard=shard, allow_memory=allow_memory)
-    run_engine(engine, x, loss_fn)
+    run_engine(engine, x, loss_fn, layer_loss=layer_loss)
     return Gradients(engine.gradients(), engine.stats)

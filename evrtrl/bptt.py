@@ -61,12 +61,17 @@ class BPTT:
         self.stats.end_step(alpha / self._n_units, 1.0, 1.0)
         return self._y.detach()
 
-    def accumulate(self, dL_dy: torch.Tensor) -> None:
-        if self._y is None or not self._y.requires_grad:
+    def accumulate(self, dL_dy: torch.Tensor, layer: int = -1) -> None:
+        y = self._y if layer in (-1, len(self.run.states) - 1) else self.run.states[layer].y
+        if y is None or not y.requires_grad:
             return
         with torch.enable_grad():
-            term = (self._y * dL_dy.detach().to(self._y.dtype)).sum()
+            term = (y * dL_dy.detach().to(y.dtype)).sum()
             self._surrogate = term if self._surrogate is None else self._surrogate + term
+
+    def layer_outputs(self) -> list[torch.Tensor]:
+        """The outputs ``y^l_t`` of every layer at the last step (detached)."""
+        return [s.y.detach() for s in self.run.states]
 
     def gradients(self) -> dict[str, torch.Tensor]:
         if self._surrogate is None:

@@ -230,13 +230,13 @@ class DenseRTRL:
         return inp
 
     @torch.no_grad()
-    def accumulate(self, dL_dy: torch.Tensor) -> None:
-        """``grad += sum_b (dL/dy G) M + dL/dy G_direct`` for the last layer."""
-        l = len(self.refs) - 1
+    def accumulate(self, dL_dy: torch.Tensor, layer: int = -1) -> None:
+        """``grad += sum_b (dL/dy G) M + dL/dy G_direct`` for layer ``layer`` (default: last)."""
+        l = layer % len(self.refs)
         lj = self.prev_lj[l]
         e = dL_dy.to(self.dtype)
         eG = torch.bmm(e[:, None, :], _gain_matrix(lj.gain))  # (B, 1, nm)
-        self.grad += torch.bmm(eG, self.M[l]).sum(dim=(0, 1))
+        self.grad[: self.starts[l + 1]] += torch.bmm(eG, self.M[l]).sum(dim=(0, 1))
         B, nm, P = self.M[l].shape
         self.stats.add_macs("gradient", B * e.shape[1] * nm + B * nm * P)
         for u, gd in lj.gain_direct.items():
@@ -253,6 +253,10 @@ class DenseRTRL:
 
     def zero_grad(self) -> None:
         self.grad.zero_()
+
+    def layer_outputs(self) -> list[torch.Tensor]:
+        """The outputs ``y^l_t`` of every layer at the last step, ``(B, n_l)`` each."""
+        return [s.y for s in self.states]
 
     def influence_density(self) -> float:
         """Fraction of non-zero entries of the influence matrices."""

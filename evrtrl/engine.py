@@ -34,10 +34,12 @@ import torch
 from evrtrl.errors import ShapeError
 from evrtrl.stats import EngineStats
 
-__all__ = ["Engine", "LossFn", "run_engine", "loss_gradient", "nonzero_fraction"]
+__all__ = ["Engine", "LossFn", "LayerLossFn", "run_engine", "loss_gradient", "nonzero_fraction"]
 
 #: ``loss_fn(y_t, t)``: a scalar tensor, or None where step ``t`` has no loss
 LossFn = Callable[[torch.Tensor, int], Any]
+#: ``layer_loss(l, y^l_t, t)``: a term on the output of every layer ``l`` (evrtrl.regularizers)
+LayerLossFn = Callable[[int, torch.Tensor, int], Any]
 
 
 @runtime_checkable
@@ -53,8 +55,13 @@ class Engine(Protocol):
         """Advance every layer by one step on ``x`` ``(B, d)``; returns the last output ``(B, n)``."""
         ...
 
-    def accumulate(self, dL_dy: torch.Tensor) -> None:
-        """Add ``dL_t/dy_t`` ``(B, n)`` of the step just taken to the gradient."""
+    def accumulate(self, dL_dy: torch.Tensor, layer: int = -1) -> None:
+        """Add ``dL_t/dy^l_t`` ``(B, n_l)`` of the step just taken to the gradient; ``layer``
+        is the layer ``l`` whose output the loss term reads (default: the last)."""
+        ...
+
+    def layer_outputs(self) -> list[torch.Tensor]:
+        """The outputs ``y^l_t`` ``(B, n_l)`` of every layer at the step just taken (detached)."""
         ...
 
     def gradients(self) -> dict[str, torch.Tensor]:
@@ -114,25 +121,44 @@ def run_engine(
     extra_parameters: Iterable[torch.nn.Parameter] = (),
     every: int = 0,
     on_update: Callable[[], None] | None = None,
+    layer_loss: LayerLossFn | None = None,
+    t0: int = 0,
+    on_step: Callable[[int, Any], None] | None = None,
 ) -> list[float]:
     """Feed ``x`` ``(T, B, d)`` to ``engine`` step by step; returns each step's loss (nan if none).
 
     Each step accumulates ``dL_t/dy_t`` into the engine and adds ``dL_t/dp`` to ``p.grad``
     for every parameter in ``extra_parameters`` (a readout inside ``loss_fn``: its gradient
-    is exact from the current step alone). With ``every = k > 0``, ``on_update()`` is
+    is exact from the current step alone). ``layer_loss(l, y^l_t, t)`` adds a term on the
+    output of every layer (e.g. :class:`evrtrl.regularizers.ActivityRegularizer`), accumulated
+    with ``engine.accumulate(..., layer=l)``. With ``every = k > 0``, ``on_update()`` is
     called after every ``k`` steps and once more after the last step if steps are pending.
+    Steps are numbered from ``t0`` (a stream continued over several calls); ``on_step(t,
+    layer_term)`` is called after each step with the sum of that step's layer terms (a 0-d
+    tensor, or None without ``layer_loss``).
     """
     extra = list(extra_parameters)
     losses: list[Any] = []
     pending = 0
-    for t in range(x.shape[0]):
-        y = engine.step(x[t])
+    for i in range(x.shape[0]):
+        t = t0 + i
+        y = engine.step(x[i])
         loss, g, g_extra = loss_gradient(loss_fn, y, t, extra)
         if g is not None:
             engine.accumulate(g)
         for p, gp in zip(extra, g_extra):
             if gp is not None:
                 p.grad = gp if p.grad is None else p.grad + gp
+        layer_term = None
+        if layer_loss is not None:
+            for l, y_l in enumerate(engine.layer_outputs()):
+                term, g_l, _ = loss_gradient(lambda y, t, l=l: layer_loss(l, y, t), y_l, t)
+                if g_l is not None:
+                    engine.accumulate(g_l, layer=l)
+                if term is not None:
+                    layer_term = term.detach() if layer_term is None else layer_term + term.detach()
+        if on_step is not None:
+            on_step(t, layer_term)
         losses.append(loss.detach() if loss is not None else None)
         pending += 1
         if every and pending == every:

@@ -86,7 +86,7 @@ from evrtrl.network import check_parameters, layers_of
 from evrtrl.shards import ColumnShard
 from evrtrl.stats import EngineStats
 
-__all__ = ["EventRTRL", "DegradesToDenseWarning", "diag_pass_macs"]
+__all__ = ["EventRTRL", "DegradesToDenseWarning", "diag_pass_macs", "active_units"]
 
 
 class DegradesToDenseWarning(UserWarning):
@@ -107,6 +107,15 @@ def _absorb(T: torch.Tensor, diag: torch.Tensor, struct_flat: torch.Tensor | Non
     D = diag.new_zeros(B, n, m * m)
     D[:, :, struct_flat] = diag
     return D.view(B, n, m, m) @ T
+
+
+def active_units(lj: LocalJacobian) -> torch.Tensor:
+    """The active set K per sequence, ``(B, n)`` bool: units whose output derivative (``G_t``
+    or a direct ``G^theta_t``) is non-zero, i.e. spiking or inside the pseudo-derivative window."""
+    act = lj.gain.any(-1)
+    for gd in lj.gain_direct.values():
+        act = act | (gd != 0)
+    return act
 
 
 def _ill(T: torch.Tensor, m: int) -> bool:
@@ -296,6 +305,8 @@ class EventRTRL:
         self.grad = [zeros(b.p_live) for b in self.blocks]
         self.T = [_identity_T(B, run.n, run.m, self.dtype, self.device) for run in self.runs]
         self.states = [r.layer.initial_state(B) for r in self.refs]
+        # the active set of each layer at the last step, (B, n) bool (see seq_active)
+        self._act: list[torch.Tensor | None] = [None] * len(self.refs)
         self.bcol = torch.arange(B, device=self.device)[:, None]
         self.xbuf = zeros(B * self.runs[0].d)
         # output influence of each layer's last step: (Kp, k, [N_j], [P_j])
@@ -490,9 +501,7 @@ class EventRTRL:
     def _emission(self, l: int, run: _LayerRun, lj: LocalJacobian) -> tuple:
         """Rows ``K_b`` of ``N = G M + G_direct`` for every block (the output influence)."""
         B, n, m = self.B, run.n, run.m
-        act = lj.gain.any(-1)
-        for gd in lj.gain_direct.values():
-            act = act | (gd != 0)
+        act = self._act[l] = active_units(lj)
         if B == 1:
             _, K = act.nonzero(as_tuple=True)
             k = len(K)
@@ -544,9 +553,21 @@ class EventRTRL:
         return (Kp, k, Ns, Ps, count, cols)
 
     # ---------------------------------------------------------------- gradients
-    def accumulate(self, dL_dy: torch.Tensor) -> None:
-        """Add :math:`(dL_t/dy_t)^T N_t` of the last layer (rows K only) to the gradient."""
-        Kp, k, Ns, Ps, _, cols = self.N[-1]
+    @property
+    def seq_active(self) -> list[torch.Tensor]:
+        """``|K^l_{t,b}|`` of the last step per layer, ``(B,)`` each: what exact RTRL of
+        sequence ``b`` needs (beta per sequence); computed when read, not per step."""
+        return [a.sum(-1) for a in self._act]
+
+    def layer_outputs(self) -> list[torch.Tensor]:
+        """The outputs ``y^l_t`` of every layer at the last step, ``(B, n_l)`` each."""
+        return [s.y for s in self.states]
+
+    def accumulate(self, dL_dy: torch.Tensor, layer: int = -1) -> None:
+        """Add :math:`(dL_t/dy^l_t)^T N^l_t` (rows K only) to the gradient; ``layer`` is the
+        layer ``l`` whose output the loss term reads (default: the last). A per-layer term
+        (:mod:`evrtrl.regularizers`) reaches the parameter blocks ``j <= l``."""
+        Kp, k, Ns, Ps, _, cols = self.N[layer]
         if not k:
             return
         eq = "bk,bpk->p" if cols else "bk,bkp->p"

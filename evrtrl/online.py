@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterable
 import torch
 
 from evrtrl.api import METHODS, make_engine
-from evrtrl.engine import Engine, run_engine
+from evrtrl.engine import Engine, LayerLossFn, run_engine
 from evrtrl.errors import ConfigError, UnknownMethodError
 from evrtrl.network import check_parameters, check_sequence, layers_of
 
@@ -27,11 +27,17 @@ __all__ = ["OnlineLearner"]
 class OnlineLearner:
     """``OnlineLearner(model, optimizer, loss_fn, k=1, method="event")``.
 
-    ``loss_fn(y_t, t)`` returns a scalar tensor or None (no loss at that step).
-    ``run(x)`` processes one batch of sequences ``(T, B, d)`` from a fresh state and
-    returns the per-step losses; ``updates`` counts optimizer steps so far; ``engine`` is
-    the :class:`~evrtrl.engine.Engine` of the last run and ``stats`` its statistics, one
-    per run. Every method goes through the same loop (:func:`evrtrl.engine.run_engine`).
+    ``loss_fn(y_t, t)`` returns a scalar tensor or None (no loss at that step);
+    ``layer_loss(l, y^l_t, t)`` (optional, e.g. :class:`evrtrl.regularizers.ActivityRegularizer`)
+    adds a term on the output of every layer. ``run(x)`` processes one batch of sequences
+    ``(T, B, d)`` from a fresh state (``run(x, carry=True)`` continues the streams of the
+    previous call: state, influence matrix and step counter) and returns the per-step
+    losses of ``loss_fn``; ``layer_losses`` holds the per-step sum of the layer terms of
+    the last run; with the event engine ``active`` holds the last run's per-sequence
+    active-set sizes ``|K^l_{t,b}|`` as a ``(T, L, B)`` tensor (beta per sequence and
+    layer). ``updates`` counts optimizer steps so far; ``engine`` is the
+    :class:`~evrtrl.engine.Engine` of the last run and ``stats`` its statistics, one per
+    fresh run. Every method goes through the same loop (:func:`evrtrl.engine.run_engine`).
     ``engine_options``: keyword arguments of :func:`evrtrl.make_engine` (``shard``,
     ``allow_memory``).
     """
@@ -46,6 +52,7 @@ class OnlineLearner:
         method: str = "event",
         extra_parameters: Iterable[torch.nn.Parameter] = (),
         engine_options: dict[str, Any] | None = None,
+        layer_loss: LayerLossFn | None = None,
     ) -> None:
         if method not in METHODS:
             raise UnknownMethodError(f"unknown method {method!r}; expected one of {METHODS}")
@@ -54,6 +61,7 @@ class OnlineLearner:
         self.model, self.optimizer, self.loss_fn = model, optimizer, loss_fn
         self.k, self.method = k, method
         self.extra = list(extra_parameters)
+        self.layer_loss = layer_loss
         # keyword arguments of make_engine: a column shard, allow_memory (evrtrl.shards, .memory)
         self.engine_options = dict(engine_options or {})
         self.params = {
@@ -62,6 +70,9 @@ class OnlineLearner:
             for n, p in ref.layer.named_parameters(recurse=False)
         }
         self.updates = 0
+        self._t = 0
+        self.active: torch.Tensor | None = None
+        self.layer_losses: list[float] = []
         self.engine: Engine | None = None
         self.stats: list[Any] = []
 
@@ -76,13 +87,36 @@ class OnlineLearner:
         self.engine.zero_grad()
         self.engine.refresh()
 
-    def run(self, x: torch.Tensor) -> list[float]:
-        """Learn online on ``x`` ``(T, B, d)``; returns the loss of each step (nan if none)."""
+    def run(self, x: torch.Tensor, *, carry: bool = False) -> list[float]:
+        """Learn online on ``x`` ``(T, B, d)``; returns the loss of each step (nan if none).
+
+        ``carry=True`` continues the streams of the previous call (state, influence matrix
+        and step counter ``t``) instead of starting from a fresh state.
+        """
         check_sequence(self.model, x)
         check_parameters(self.model)
         self.optimizer.zero_grad(set_to_none=True)
-        self.engine = make_engine(self.model, x.shape[1], self.method, **self.engine_options)
-        losses = run_engine(self.engine, x, self.loss_fn, extra_parameters=self.extra,
-                            every=self.k, on_update=self._apply)
-        self.stats.append(self.engine.stats)
+        fresh = not carry or self.engine is None
+        if fresh:
+            self.engine = make_engine(self.model, x.shape[1], self.method, **self.engine_options)
+            self._t = 0
+        engine = self.engine
+        per_sequence = hasattr(type(engine), "seq_active")  # the event engine
+        active: list[torch.Tensor] = []
+        terms: list[Any] = []
+
+        def on_step(t: int, layer_term: Any) -> None:
+            if per_sequence:
+                active.append(torch.stack(engine.seq_active))
+            terms.append(layer_term)
+
+        losses = run_engine(engine, x, self.loss_fn, extra_parameters=self.extra,
+                            every=self.k, on_update=self._apply, layer_loss=self.layer_loss,
+                            t0=self._t, on_step=on_step)
+        self._t += x.shape[0]
+        self.active = torch.stack(active) if active else None
+        self.layer_losses = [float(v) if v is not None else 0.0 for v in terms] \
+            if self.layer_loss is not None else []
+        if fresh:
+            self.stats.append(engine.stats)
         return losses

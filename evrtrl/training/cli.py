@@ -64,9 +64,16 @@ def register(subparsers) -> None:
                    "LIF dt)")
     p.add_argument("--loss", choices=("mean", "last"), default=d.loss)
     p.add_argument("--dtype", choices=("float32", "float64"), default=d.dtype)
-    p.add_argument("--width", type=float, default=d.pd_width, help="pseudo-derivative (triangle) width")
+    p.add_argument("--width", type=float, default=None,
+                   help="pseudo-derivative (triangle) width (default: EGRU 0.1, LIF 0.5)")
     p.add_argument("--gamma", type=float, default=d.pd_gamma, help="pseudo-derivative height")
     p.add_argument("--theta-init", type=float, default=d.theta_init, help="EGRU initial threshold")
+    p.add_argument("--activity", type=float, default=None,
+                   help="activity regulariser strength lambda on every layer's outputs "
+                        "(lambda * mean |y|; 0 = off; default: EGRU 2.0, LIF 0)")
+    p.add_argument("--activity-target", type=float, default=None,
+                   help="penalise only mean |y| above this rate, per sequence and step "
+                        "(default: EGRU 0.03, LIF 0)")
     p.add_argument("--out", default="runs/latest", help="run directory")
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoint.h5")
     p.add_argument("--seed", type=int, default=d.seed)
@@ -114,6 +121,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         density=args.density, method=args.method, epochs=args.epochs, batch=args.batch,
         lr=args.lr, k=args.k, dt_us=args.dt_us, seed=args.seed, loss=args.loss, dtype=args.dtype,
         theta_init=args.theta_init, pd_gamma=args.gamma, pd_width=args.width,
+        activity=args.activity, activity_target=args.activity_target,
         checkpoint_every=args.checkpoint_every,
         log=("csv", "json") if args.log == "both" else (args.log,),
         eval_each_epoch=not args.no_eval, max_batches=args.max_batches,
@@ -133,7 +141,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         last = res.epochs[-1] if res.epochs else {}
         print(json.dumps({"run_dir": str(res.run_dir), "epochs": len(res.epochs),
                           "train_acc": last.get("acc"), "test_acc": last.get("test_acc"),
-                          "saving": last.get("saving"), "wall_s": round(res.wall_s, 2)}))
+                          "saving": last.get("saving"), "beta": last.get("beta"),
+                          "test_beta": last.get("test_beta"), "wall_s": round(res.wall_s, 2)}))
     return 0
 
 

@@ -40,18 +40,31 @@ from evrtrl.errors import ConfigError, UnknownMethodError
 from evrtrl.memory import check_memory, plan_memory
 from evrtrl.models import Readout, Stack, Triangle, cell_spec, random_masks, registered_cells
 from evrtrl.models.modelfile import save_model
+from evrtrl.network import layers_of
 from evrtrl.online import OnlineLearner
+from evrtrl.regularizers import ActivityRegularizer
 from evrtrl.training import distributed as ddp
 from evrtrl.training import sharded
 from evrtrl.training.checkpoint import load_checkpoint, save_checkpoint
 from evrtrl.training.data import SequenceData, open_data, parse_data_spec
-from evrtrl.training.metrics import MetricsLog, dense_rtrl_macs
+from evrtrl.training.metrics import (
+    MetricsLog, data_lengths, dense_rtrl_macs, measure_beta, sequence_beta,
+)
 
 __all__ = ["TrainConfig", "TrainResult", "train", "build_model", "make_loss", "predict_logits"]
 
 _DT = {"float32": torch.float32, "float64": torch.float64}
 #: config fields that are never cell keywords, even where a cell's constructor has that name
 _NOT_CELL_OPTIONS = {"dtype", "input_size", "hidden_size", "masks", "pseudo_derivative", "generator", "device"}
+
+
+#: per-model defaults of the sparsity knobs. EGRU: chosen by measurement
+#: (docs/training.md, "Activity-sparse training"): a narrow triangle and the target-rate
+#: activity regulariser. LIF: not measured; the former defaults (no regulariser).
+SPARSE_DEFAULTS: dict[str, dict[str, float]] = {
+    "egru": {"pd_width": 0.1, "activity": 2.0, "activity_target": 0.03},
+    "lif": {"pd_width": 0.5, "activity": 0.0, "activity_target": 0.0},
+}
 
 
 @dataclass
@@ -72,10 +85,13 @@ class TrainConfig:
     seed: int = 0
     loss: str = "mean"  # "mean" | "last"
     dtype: str = "float32"
-    # cell hyper-parameters
+    # cell hyper-parameters; None: the model's measured default (SPARSE_DEFAULTS)
     theta_init: float = 0.1
     pd_gamma: float = 0.7
-    pd_width: float = 0.5
+    pd_width: float | None = None
+    # activity regulariser on every layer's outputs (evrtrl.regularizers.ActivityRegularizer)
+    activity: float | None = None
+    activity_target: float | None = None
     tau_mem: float = 0.02
     tau_syn: float = 0.005
     v_th: float = 1.0
@@ -93,10 +109,14 @@ class TrainConfig:
     shard_partition: str = "strided"  # evrtrl.shards: "strided" | "contiguous"
 
     def validate(self) -> None:
+        """Check every field; fill the model's defaults where a field is None."""
         parse_data_spec(self.data)
         keys = [c.lower() for c in registered_cells()]
         if self.model not in keys:
             raise UnknownMethodError(f"--model {self.model!r}: expected one of {keys}")
+        for name, value in SPARSE_DEFAULTS.get(self.model, {}).items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
         if self.method not in METHODS:
             raise UnknownMethodError(f"--method {self.method!r}: expected one of {list(METHODS)}")
         if self.loss not in ("mean", "last"):
@@ -108,6 +128,11 @@ class TrainConfig:
                 raise ConfigError(f"--{name} must be >= 1, got {getattr(self, name)}")
         if self.k < 0:
             raise ConfigError(f"--k must be >= 0 (0: one update per sequence), got {self.k}")
+        if self.activity < 0 or self.activity_target < 0:
+            raise ConfigError(f"--activity {self.activity} and --activity-target "
+                              f"{self.activity_target} must be >= 0")
+        if self.pd_width <= 0 or self.pd_gamma <= 0:
+            raise ConfigError(f"--width {self.pd_width} and --gamma {self.pd_gamma} must be > 0")
         if not (0 < self.density <= 1):
             raise ConfigError(f"--density must be in (0, 1], got {self.density}")
         bad = set(self.log) - {"csv", "json"}
@@ -118,6 +143,8 @@ class TrainConfig:
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
         names = {f.name for f in fields(cls)}
         kw = {k: v for k, v in d.items() if k in names}
+        if "pd_width" in kw and "activity" not in kw:  # a run stored before the regulariser
+            kw.update(activity=0.0, activity_target=0.0)
         if "log" in kw:
             kw["log"] = tuple(kw["log"])
         return cls(**kw)
@@ -144,6 +171,7 @@ def build_model(cfg: TrainConfig, n_inputs: int, n_classes: int, dt_us: int | No
     (``theta_init``, ``tau_mem``, ``reset``, ``weight_scale``, ...), then ``cfg.cell``; a cell
     with a ``dt`` hyper-parameter gets the data's time step (``dt_us``, default 1 ms).
     """
+    cfg.validate()  # fills the model's defaults
     spec = cell_spec(cfg.model)
     dtype = _DT[cfg.dtype]
     g = torch.Generator().manual_seed(cfg.seed)
@@ -209,6 +237,13 @@ def _accuracy(model, readout, data: SequenceData, mode: str, batch: int) -> floa
     return correct / max(1, len(data))
 
 
+def _test_beta(model, data: SequenceData, batch: int, dtype) -> dict[str, float]:
+    """Per-sequence beta on the test split, from the event engine (forward only)."""
+    batches = (data.batch(list(range(lo, min(len(data), lo + batch))), dtype)[0]
+               for lo in range(0, len(data), batch))
+    return {"test_" + k: v for k, v in measure_beta(model, batches).items()}
+
+
 def _epoch_order(seed: int, epoch: int, n: int) -> list[int]:
     g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     return torch.randperm(n, generator=g).tolist()
@@ -264,7 +299,8 @@ def train(
     if cfg.batch < grid.data:
         raise ConfigError(f"--batch {cfg.batch} is smaller than the {grid.data} data processes")
 
-    counters = {"epoch": 0, "batch": 0, "global_batch": 0, "updates": 0, "wall_s": 0.0}
+    counters = {"epoch": 0, "batch": 0, "global_batch": 0, "updates": 0, "wall_s": 0.0,
+                "train_s": 0.0}
     batch_log = MetricsLog(run, "batches", cfg.log if rank == 0 else ())
     epoch_log = MetricsLog(run, "epochs", cfg.log if rank == 0 else ())
     if resume and ckpt_path.exists():
@@ -317,6 +353,7 @@ def train(
 
     while counters["epoch"] < cfg.epochs:
         epoch = counters["epoch"]
+        train_s = 0.0  # this epoch's training loop only (no data building, no evaluation)
         order = _epoch_order(cfg.seed, epoch, len(data))
         while counters["batch"] < n_batches:
             b = counters["batch"]
@@ -325,33 +362,54 @@ def train(
             x, labels = data.batch(idx, dtype)
             T = x.shape[0]
             loss_fn = make_loss(readout, labels, T, cfg.loss, len(global_idx))
+            reg = (ActivityRegularizer(cfg.activity, cfg.activity_target,
+                                       scale=1.0 / (len(global_idx) * T))
+                   if cfg.activity > 0 else None)
             learner = OnlineLearner(model, optimizer, loss_fn, k=cfg.k or T, method=cfg.method,
-                                    extra_parameters=readout.parameters(),
+                                    extra_parameters=readout.parameters(), layer_loss=reg,
                                     engine_options=grid.engine_options(allow_memory))
             t0 = time.perf_counter()
             losses = learner.run(x)
             dt_batch = time.perf_counter() - t0
+            train_s += dt_batch
+            counters["train_s"] += dt_batch
             loss_local = sum(v for v in losses if not math.isnan(v))
             correct = int((loss_fn.logits.argmax(-1) == labels).sum()) if loss_fn.logits is not None else 0
             st = learner.stats[-1].summary() if learner.stats else None
             loss_steps = T if cfg.loss == "mean" else 1
             macs_dense = dense_rtrl_macs(model, len(idx), T, loss_steps)
+            # beta per sequence and layer over the steps that carry data (event engine only)
+            n_layers = len(layers_of(model))
+            if learner.active is not None:
+                lengths = data_lengths(x)
+                ok = lengths > 0
+                per_l, overall = sequence_beta(learner.active, lengths,
+                                               [r.layer.hidden_size for r in layers_of(model)])
+                beta_sums = [float(overall[ok].sum())] + [float(v) for v in per_l[:, ok].sum(1)]
+                n_seq = float(ok.sum())
+            else:
+                beta_sums, n_seq = [0.0] * (n_layers + 1), 0.0
             vals = [loss_local, correct, macs_dense,
                     st["macs_total"] if st else float("nan"),
+                    sum(learner.layer_losses), n_seq] + beta_sums + [
                     st["alpha"] if st else float("nan"), st["beta"] if st else float("nan"),
                     st["gamma_final"] if st else float("nan"),
                     learner.engine.influence_density() if st else float("nan")]
             vals = sharded.reduce_metrics(grid, vals)
             vals[3] = sharded.sum_over_columns(grid, vals[3:4])[0]  # the shards split the work
-            loss_g, correct_g, macs_d, macs_e = vals[:4]
-            alpha, beta, gamma, mdens = (v / grid.data for v in vals[4:])
+            loss_g, correct_g, macs_d, macs_e, reg_g, n_seq_g = vals[:6]
+            betas = [v / n_seq_g if n_seq_g else float("nan") for v in vals[6:7 + n_layers]]
+            alpha, beta_all_steps, gamma, mdens = (v / grid.data for v in vals[7 + n_layers:])
             counters["batch"] += 1
             counters["global_batch"] += 1
             counters["updates"] += learner.updates
             rec = {
                 "kind": "batch", "epoch": epoch, "batch": b, "global_batch": counters["global_batch"],
-                "updates": counters["updates"], "loss": loss_g, "acc": correct_g / len(global_idx),
-                "alpha": alpha, "beta": beta, "gamma": gamma, "m_density": mdens,
+                "updates": counters["updates"], "loss": loss_g, "reg_loss": reg_g,
+                "acc": correct_g / len(global_idx),
+                "alpha": alpha, "beta": betas[0],
+                **{f"beta_l{l}": v for l, v in enumerate(betas[1:])},
+                "beta_all_steps": beta_all_steps, "gamma": gamma, "m_density": mdens,
                 "macs_event": macs_e, "macs_dense": macs_d,
                 "saving": macs_d / macs_e if macs_e and macs_e == macs_e else float("nan"),
                 "batch_s": dt_batch,
@@ -364,7 +422,7 @@ def train(
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss_g:.3f}", acc=f"{rec['acc']:.2f}", alpha=f"{alpha:.3f}",
-                                beta=f"{beta:.3f}", saving=f"{rec['saving']:.1f}x")
+                                beta=f"{betas[0]:.3f}", saving=f"{rec['saving']:.1f}x")
             for cb in callbacks:
                 cb(rec)
         # epoch end
@@ -373,10 +431,15 @@ def train(
                                 "updates": counters["updates"],
                                 "wall_s": wall0 + time.perf_counter() - t_run}
         if recs:
-            for k in ("loss", "acc", "alpha", "beta", "gamma", "m_density", "saving"):
+            keys = ["loss", "reg_loss", "acc", "alpha", "beta", "beta_all_steps", "gamma", "m_density",
+                    "saving"] + [k for k in recs[0] if k.startswith("beta_l")]
+            for k in keys:
                 erec[k] = sum(r[k] for r in recs) / len(recs)
+        erec["train_s"] = train_s
         if cfg.eval_each_epoch and test_data is not None:
             erec["test_acc"] = _accuracy(model, readout, test_data, cfg.loss, cfg.eval_batch)
+            if cfg.model == "egru" or cfg.method == "event":
+                erec.update(_test_beta(model, test_data, cfg.eval_batch, dtype))
         counters["epoch"] += 1
         counters["batch"] = 0
         if rank == 0:
@@ -390,7 +453,10 @@ def train(
     if rank == 0:
         _write_json(run / "summary.json", {
             "epochs": counters["epoch"], "updates": counters["updates"],
-            "train_wall_s": wall0 + time.perf_counter() - t_run,
+            "wall_s": wall0 + time.perf_counter() - t_run,
+            # the training loop alone (OnlineLearner.run of every batch): no data loading,
+            # no evaluation, no checkpoints
+            "train_wall_s": counters["train_s"],
             "last_epoch": epoch_log.records[-1] if epoch_log.records else None,
         })
     ddp.barrier()

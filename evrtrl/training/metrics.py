@@ -24,12 +24,86 @@ import csv
 import json
 import os
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
+
+import torch
 
 from evrtrl.atomic import atomic_write
 from evrtrl.network import layers_of
 
-__all__ = ["dense_rtrl_macs", "MetricsLog", "read_records"]
+__all__ = ["dense_rtrl_macs", "MetricsLog", "read_records", "data_lengths", "sequence_beta",
+           "measure_beta", "active_counts"]
+
+
+def data_lengths(x: torch.Tensor) -> torch.Tensor:
+    """Steps that carry data per sequence of ``x`` ``(T, B, d)``: 1 + the last step with a
+    non-zero input (padding with silence at the end is not counted); 0 for an empty one."""
+    T = x.shape[0]
+    has = (x != 0).flatten(2).any(-1)  # (T, B)
+    steps = torch.arange(1, T + 1, device=x.device)[:, None].expand_as(has)
+    return (has * steps).max(0).values
+
+
+def sequence_beta(active: torch.Tensor, lengths: torch.Tensor, sizes: Sequence[int]
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""Per-sequence beta from the event engine's active-set sizes.
+
+    ``active``: ``(T, L, B)`` counts :math:`|K^l_{t,b}|` (``OnlineLearner.active``);
+    ``lengths``: ``(B,)`` (:func:`data_lengths`); ``sizes``: units per layer. Returns
+    ``(per_layer (L, B), overall (B,))`` with
+    :math:`\beta^l_b = \frac{1}{L_b}\sum_{t < L_b} |K^l_{t,b}| / n_l` and the overall value
+    over all units of the network; NaN for a sequence without data.
+    """
+    T = active.shape[0]
+    keep = (torch.arange(T, device=active.device)[:, None] < lengths[None, :]).to(torch.float64)
+    counts = (active.to(torch.float64) * keep[:, None, :]).sum(0)  # (L, B)
+    n = torch.tensor(list(sizes), dtype=torch.float64)[:, None]
+    L = lengths.to(torch.float64)
+    per_layer = counts / n / L
+    overall = counts.sum(0) / n.sum() / L
+    return per_layer, overall
+
+
+def active_counts(model: Any, x: torch.Tensor) -> torch.Tensor:
+    """``(T, L, B)`` sizes of the event engine's per-sequence active sets on ``x``, from a
+    forward pass and the same rule (:func:`evrtrl.event_engine.active_units` of each
+    step's local Jacobian), without the influence matrices."""
+    from evrtrl.event_engine import active_units
+    from evrtrl.network import layers_of
+
+    refs = layers_of(model)
+    weights = [r.layer.weights() for r in refs]
+    states = [r.layer.initial_state(x.shape[1]) for r in refs]
+    out = []
+    for t in range(x.shape[0]):
+        inp, row = x[t], []
+        for l, ref in enumerate(refs):
+            new, aux = ref.layer.step(weights[l], states[l], inp)
+            lj = ref.layer.local_jacobian(weights[l], states[l], inp, new, aux, t == 0)
+            row.append(active_units(lj).sum(-1))
+            states[l], inp = new, new.y
+        out.append(torch.stack(row))
+    return torch.stack(out)
+
+
+@torch.no_grad()
+def measure_beta(model: Any, batches: Iterable[torch.Tensor]) -> dict[str, float]:
+    """Mean per-sequence beta (overall and per layer) of ``model`` on ``batches`` of inputs
+    ``(T, B, d)``: the event engine's active sets (:func:`active_counts`)."""
+    from evrtrl.network import layers_of
+
+    sizes = [r.layer.hidden_size for r in layers_of(model)]
+    per, tot = [], []
+    for x in batches:
+        lengths = data_lengths(x)
+        pl, ov = sequence_beta(active_counts(model, x), lengths, sizes)
+        ok = lengths > 0
+        per.append(pl[:, ok])
+        tot.append(ov[ok])
+    per_t, tot_t = torch.cat(per, 1), torch.cat(tot)
+    out = {"beta": float(tot_t.mean())}
+    out.update({f"beta_l{l}": float(v) for l, v in enumerate(per_t.mean(1))})
+    return out
 
 
 def dense_rtrl_macs(model: Any, batch: int, steps: int, loss_steps: int | None = None,

@@ -4,7 +4,8 @@ Writes into ``run_dir/figures/``:
 
 * ``curves.png``    training loss and accuracy per batch, test accuracy per epoch;
 * ``activity.png``  activity alpha (fraction of units with non-zero output) and beta
-  (fraction in the active set K) per batch, and the multiply-add saving
+  (fraction in the active set K, per sequence) per batch, test-set beta at epoch
+  ends, and the multiply-add saving
   ``macs_dense / macs_event`` (event engine counted, dense formula in
   :mod:`evrtrl.training.metrics`);
 * ``influence.png`` influence-matrix density per batch: gamma (born fraction of the live
@@ -78,7 +79,10 @@ def plot(run_dir: str | os.PathLike, *, sample: int = 0) -> list[Path]:
 
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.6))
     a1.plot(x, _series(batches, "alpha"), label="alpha (output non-zero)")
-    a1.plot(x, _series(batches, "beta"), label="beta (active set K)")
+    a1.plot(x, _series(batches, "beta"), label="beta (active set K, per sequence)")
+    if epochs and any(e.get("test_beta") is not None for e in epochs):
+        ex = [(e["epoch"] + 1) * per_epoch for e in epochs]
+        a1.plot(ex, _series(epochs, "test_beta"), "o-", label="beta on the test set")
     a1.set_xlabel("batch")
     a1.set_ylabel("fraction of units (mean over steps)")
     a1.set_ylim(0, 1.02)
