@@ -2,13 +2,17 @@
 
 NIR has no gated neuron, so EGRU networks (and any network together with its
 quantisation and placement) are written in this format, meant for programmable
-targets (Loihi 2 microcode, SpiNNaker 2 ARM cores). Format version 2::
+targets (Loihi 2 microcode, SpiNNaker 2 ARM cores). Format version 3::
 
-    /                       attrs: format = "evrtrl-bundle", version = 2,
+    /                       attrs: format = "evrtrl-bundle", version = 3,
                                    n_layers, input_size, created_by
     /layers/<i>/            attrs: kind = "lif" | "egru", n, d
-        params/             LIF attrs: tau_mem, tau_syn, dt (s), v_th, v_leak, v_reset,
-                                       reset, integration
+        params/             LIF attrs: dt (s), reset, integration, and (new in v3) synapse
+                                       (false: current-free LIF, no tau_syn), trainable (JSON
+                                       list of the learned neuron parameters);
+                            LIF neuron parameters tau_mem, tau_syn (s), v_th, v_leak, v_reset,
+                                       bias (new in v3): an attribute when one value serves
+                                       every neuron, else (new in v3) a dataset (n,) float64
                             EGRU datasets: b_u, b_r, b_z, theta (n,)
         weights/<name>/     one group per weight matrix (W, U, W_u, ..., U_z), CSR:
                             attrs shape = (rows, cols); datasets indptr (rows+1,) int64,
@@ -25,8 +29,9 @@ targets (Loihi 2 microcode, SpiNNaker 2 ARM cores). Format version 2::
     /mapping/               optional, attrs profile, ok, n_cores; dataset report_json (UTF-8)
 
 Readers must reject a ``version`` they do not know (:func:`read_bundle` does).
-Version 1 files (no EGRU codes, no ``params/hw``) are still read: v2 only adds
-optional groups, so a v1 file is a valid v2 file without them.
+Version 1 and 2 files are still read: v2 only adds optional groups (a v1 file is a v2 file
+without EGRU codes and ``params/hw``), v3 per-neuron datasets, ``bias`` (absent: 0),
+``synapse`` (absent: true) and ``trainable`` (absent: none).
 """
 from __future__ import annotations
 
@@ -41,11 +46,12 @@ from .netspec import EGRULayer, LIFLayer, Network, network_from_model
 
 __all__ = ["BUNDLE_VERSION", "READABLE_VERSIONS", "Bundle", "export_bundle", "read_bundle"]
 
-BUNDLE_VERSION = 2
-#: versions this reader understands (v1 = v2 without EGRU codes and params/hw)
-READABLE_VERSIONS = (1, 2)
+BUNDLE_VERSION = 3
+#: versions this reader understands (module docstring)
+READABLE_VERSIONS = (1, 2, 3)
 _FORMAT = "evrtrl-bundle"
-_LIF_ATTRS = ("tau_mem", "tau_syn", "dt", "v_th", "v_leak", "v_reset", "reset", "integration")
+_LIF_NEURON = ("tau_mem", "tau_syn", "v_th", "v_leak", "v_reset", "bias")
+_LIF_DEFAULTS = {"bias": 0.0}
 
 
 @dataclass
@@ -80,8 +86,14 @@ def export_bundle(model, path, mapping=None) -> None:
                 g.attrs.update(kind=L.kind, n=L.n, d=L.d)
                 pg = g.create_group("params")
                 if L.kind == "lif":
-                    for a in _LIF_ATTRS:
-                        pg.attrs[a] = getattr(L, a)
+                    pg.attrs.update(dt=L.dt, reset=L.reset, integration=L.integration, synapse=L.synapse,
+                                    trainable=json.dumps(list(L.trainable)))
+                    for a in L.neuron_fields:
+                        v = getattr(L, a)
+                        if np.ndim(v) == 0:
+                            pg.attrs[a] = float(v)
+                        else:
+                            pg.create_dataset(a, data=np.asarray(v, np.float64))
                     if mapping is not None:
                         hw = pg.create_group("hw")
                         Lq = mapping.quantized_network.layers[i]
@@ -125,6 +137,29 @@ def export_bundle(model, path, mapping=None) -> None:
     atomic_write(path, write)
 
 
+def _lif_params(pg, path, i: int) -> dict:
+    """LIF hyper-parameters of one bundle layer (any readable version)."""
+    where = f"layers/{i}/params"
+    try:
+        out = dict(dt=float(pg.attrs["dt"]), reset=str(pg.attrs["reset"]),
+                   integration=str(pg.attrs["integration"]), synapse=bool(pg.attrs.get("synapse", True)),
+                   trainable=tuple(json.loads(pg.attrs.get("trainable", "[]"))))
+        for a in _LIF_NEURON:
+            if a == "tau_syn" and not out["synapse"]:
+                out[a] = None
+            elif a in pg:
+                out[a] = np.asarray(pg[a][()], np.float64)
+            elif a in pg.attrs:
+                out[a] = float(pg.attrs[a])
+            elif a in _LIF_DEFAULTS:
+                out[a] = _LIF_DEFAULTS[a]
+            else:
+                raise KeyError(a)
+    except KeyError as e:
+        raise FormatError(f"{str(path)!r}: '{where}' lacks the LIF parameter {e.args[0]!r}") from e
+    return out
+
+
 def read_bundle(path) -> Bundle:
     """Read a bundle written by :func:`export_bundle`; unknown versions raise :class:`FormatError`."""
     import h5py
@@ -162,9 +197,7 @@ def read_bundle(path) -> Bundle:
                     Q[k] = (qi, wg["q/scale"][()], int(wg["q"].attrs["bits"]), str(wg["q"].attrs["mode"]))
             masks = {k: M != 0 for k, M in W.items()}
             if kind == "lif":
-                pa = {a: g["params"].attrs[a] for a in _LIF_ATTRS}
-                pa = {a: (str(v) if a in ("reset", "integration") else float(v)) for a, v in pa.items()}
-                layers.append(LIFLayer(W=W["W"], U=W.get("U"), masks=masks, **pa))
+                layers.append(LIFLayer(W=W["W"], U=W.get("U"), masks=masks, **_lif_params(g["params"], path, i)))
             elif kind == "egru":
                 params = dict(W)
                 params.update({k: g["params"][k][()] for k in ("b_u", "b_r", "b_z", "theta")})

@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from evrtrl.errors import ConfigError
+from evrtrl.errors import ConfigError, UnsupportedError
 from .netspec import Network, network_from_model
 from .placement import CoreLimits, neuron_loads, place
 from .profiles import HardwareProfile, load_profile
@@ -229,6 +229,12 @@ def map_to_hardware(model, profile, *, quantization: str = "per_tensor", x=None,
     # --- per-layer rules and quantisation
     qlayers, qnet_layers = [], []
     for li, layer in enumerate(net.layers):
+        if layer.kind == "lif" and not (layer.homogeneous and layer.synapse):
+            raise UnsupportedError(
+                f"map_to_hardware: layer {li} has " + ("per-neuron parameters" if layer.synapse else
+                                                       "no synaptic current (current-free LIF)")
+                + "; the register-level mapping handles current-based LIF layers with one value per "
+                "layer only")
         names = layer.weight_names()
         live = {k: _live(layer, k) for k in names}
         rec = [k for k in names if k.startswith("U") and np.any(live[k] != 0)]
@@ -434,13 +440,8 @@ def quantized_model(model, report: MappingReport):
                 for k in ql.weight_names():
                     p = getattr(cell, k)
                     p.copy_(torch.as_tensor(np.asarray(ql.weight(k)), dtype=p.dtype))
-                from evrtrl.models.lif import lif_parameters
-
-                p = cell.p
-                cell.p = lif_parameters(
-                    tau_mem=float(ql.tau_mem), tau_syn=float(ql.tau_syn), dt=p.dt, v_th=float(ql.v_th),
-                    v_leak=p.v_leak, v_reset=p.v_reset, reset=p.reset, integration=p.integration,
-                    pseudo_derivative=p.pseudo_derivative)
+                cell.set_neuron_parameters(tau_mem=float(ql.tau_mem), tau_syn=float(ql.tau_syn),
+                                           v_th=float(ql.v_th))
             else:
                 for k in ql.weight_names():
                     p = getattr(cell, k)
