@@ -76,7 +76,8 @@ class FuncRTRL:
             flat = flat.index_put((live,), theta[o:o + live.numel()])
             vals[name] = flat.view(shape)
             o += live.numel()
-        return self.layer.Weights(**vals)
+        base = self.layer.weights()  # frozen values (LIF neuron buffers) as the layer holds them
+        return base._replace(**vals)
 
     def _core(self, st: Any) -> torch.Tensor:
         return st.c if self.is_egru else torch.cat((st.q, st.i), dim=1)
@@ -87,7 +88,7 @@ class FuncRTRL:
             return EGRUState(s, e, s * e)
         n = self.layer.hidden_size
         q, i = s[:, :n], s[:, n:]
-        e = heaviside(q - self.layer.p.v_th, self.layer.p.pseudo_derivative)
+        e = heaviside(q - w.v_th.to(q.dtype), self.layer.pseudo_derivative)
         return LIFState(q, i, e, e)
 
     def _f(self, s, theta, x):

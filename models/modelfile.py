@@ -1,17 +1,24 @@
 r"""The model file: a trained network (EGRU, LIF or a Stack) and its readout in versioned HDF5.
 
 Written **atomically** (:mod:`evrtrl.atomic`): a crash or a kill mid-write leaves the
-previous file intact, never a half-written one. Format version 1::
+previous file intact, never a half-written one. Format version 2::
 
-    /                       attrs: format_version=1, kind="evrtrl-model",
+    /                       attrs: format_version=2, kind="evrtrl-model",
                                    evrtrl_version, extra (JSON of **extra)
     /model                  attrs: class ("EGRU" | "LIF" | "Stack"), n_layers
     /model/layers/<i>       attrs: class, input_size, hidden_size, dtype,
                                    pd_kind, pd_gamma, pd_width,
-                                   (LIF) tau_mem tau_syn dt v_th v_leak v_reset
-                                         reset integration recurrent
+                                   (LIF) dt reset integration recurrent, synapse (false:
+                                         current-free), trainable (JSON list of names)
                             datasets: every parameter (W_u, ..., theta; W, U), stored
-                                      masked (pruned entries hold 0), and mask_<weight>
+                                      masked (pruned entries hold 0), and mask_<weight>;
+                                      (LIF) every neuron parameter (n,): tau_mem, tau_syn
+                                      (absent when current-free), v_th, v_leak, v_reset,
+                                      bias -- trained ones in the layer's dtype, frozen
+                                      ones float64
+
+Version 1 (0.1.0: LIF neuron parameters as scalar attributes tau_mem tau_syn v_th v_leak
+v_reset, no bias, always current-based, nothing trainable) is still read.
     /readout (optional)     attrs: class="Readout", hidden_size, n_out, dtype
                             datasets: weight (n_out x n), bias (n_out)
 
@@ -26,6 +33,7 @@ missing or bad field.
 """
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,10 +65,11 @@ __all__ = ["FORMAT_VERSION", "SUPPORTED_VERSIONS", "save_model", "load_model", "
            "read_model"]
 
 #: the only format version this code writes; the versions it reads
-FORMAT_VERSION = 1
-SUPPORTED_VERSIONS = (1,)
+FORMAT_VERSION = 2
+SUPPORTED_VERSIONS = (1, 2)
 
-_LIF_FIELDS = ("tau_mem", "tau_syn", "dt", "v_th", "v_leak", "v_reset", "reset", "integration")
+#: version-1 LIF scalar attributes
+_LIF_V1 = ("tau_mem", "tau_syn", "v_th", "v_leak", "v_reset")
 
 
 def _pd_attrs(pd: Any) -> dict[str, Any]:
@@ -80,9 +89,12 @@ def _write_layer(g: Any, layer: Any) -> None:
     for k, v in _pd_attrs(layer.pseudo_derivative).items():
         g.attrs[k] = v
     if isinstance(layer, LIF):
-        for name in _LIF_FIELDS:
-            g.attrs[name] = getattr(layer, name)
-        g.attrs["recurrent"] = bool(layer.recurrent)
+        g.attrs.update(dt=layer.dt, reset=layer.reset, integration=layer.integration,
+                       recurrent=bool(layer.recurrent), synapse=bool(layer.synapse),
+                       trainable=json.dumps(list(layer.trainable)))
+        for name in layer.neuron_parameter_names:
+            if name not in layer.unit_parameters:  # frozen: float64 buffers
+                g.create_dataset(name, data=getattr(layer, name).detach().cpu().numpy())
     for name, p in layer.named_parameters(recurse=False):
         g.create_dataset(name, data=p.detach().cpu().numpy())
     for name, m in layer.masks.items():
@@ -109,9 +121,7 @@ def _read_layer(g: Any, path: Path) -> Any:
         masks = {k: torch.from_numpy(np.asarray(dataset(g, f"mask_{k}", path))) for k in names}
         layer = EGRU(d, n, pseudo_derivative=pd, masks=masks, dtype=dtype)
     elif cls == "LIF":
-        kw = {k: attr(g, k, path, where) for k in _LIF_FIELDS}
-        kw = {k: (v.decode() if isinstance(v, bytes) else (str(v) if k in ("reset", "integration") else float(v)))
-              for k, v in kw.items()}
+        kw = _lif_kwargs(g, path, where, n)
         recurrent = bool(attr(g, "recurrent", path, where))
         names = ["W"] + (["U"] if recurrent else [])
         masks = {k: torch.from_numpy(np.asarray(dataset(g, f"mask_{k}", path))) for k in names}
@@ -129,6 +139,29 @@ def _read_layer(g: Any, path: Path) -> Any:
                                   f"{tuple(p.shape)} (hidden_size={n}, input_size={d})")
             p.copy_(torch.from_numpy(v))
     return layer
+
+
+def _lif_kwargs(g: Any, path: Path, where: str, n: int) -> dict[str, Any]:
+    """LIF constructor arguments of a stored layer (format 2, or the scalar attributes of 1)."""
+    text = lambda k: (lambda v: v.decode() if isinstance(v, bytes) else str(v))(attr(g, k, path, where))  # noqa: E731
+    kw: dict[str, Any] = dict(dt=float(attr(g, "dt", path, where)), reset=text("reset"),
+                              integration=text("integration"))
+    if "synapse" not in g.attrs:  # format 1 (0.1.0): scalar attributes, current-based, nothing trained
+        kw.update({k: float(attr(g, k, path, where)) for k in _LIF_V1})
+        return kw
+    kw["synapse"] = bool(attr(g, "synapse", path, where))
+    try:
+        kw["trainable"] = tuple(json.loads(text("trainable")))
+    except ValueError as exc:
+        raise FormatError(f"{path}: attribute 'trainable' at '{where}' is not a JSON list") from exc
+    for k in ("tau_mem", "tau_syn", "v_th", "v_leak", "v_reset", "bias"):
+        if k == "tau_syn" and not kw["synapse"]:
+            continue
+        v = np.asarray(dataset(g, k, path), dtype=np.float64)
+        if v.shape != (n,):
+            raise FormatError(f"{path}: dataset '{where}/{k}' has shape {v.shape}, expected ({n},)")
+        kw[k] = v
+    return kw
 
 
 def write_model(f: Any, model: Any, readout: Any | None) -> None:
