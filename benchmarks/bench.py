@@ -176,7 +176,7 @@ def analytic_event_macs(model, x: torch.Tensor) -> list[int]:
         new, aux = model.step(w, st, x[t])
         lj = model.local_jacobian(w, st, x[t], new, aux, first)
         P_prev = P
-        diag, diag_state = diag_pass_macs(model, lj, P_prev, diag_state)
+        diag, diag_state = (0, None) if first else diag_pass_macs(model, lj, P_prev, diag_state)
         macs = diag
         if K_prev:
             macs += B * n * K_prev * (m * len(rec) + nd + m * P_prev)

@@ -214,10 +214,15 @@ class EventRTRL:
         layer, w, B = self.refs[l].layer, self.w[l], self.B
         n, m = layer.hidden_size, layer.state_size
         Ms = self.M[l]
-        # 1. lazy diagonal pass (leak, reset): T <- D T; materialise ill-conditioned units
+        # 1. lazy diagonal pass (leak, reset): T <- D T; materialise ill-conditioned units.
+        #    At the first step M is zero, so D has nothing to act on: T stays I (this keeps the
+        #    structural zeros of the first step exact instead of zero up to rounding).
         nd = len(layer.diag_structure)
-        T, bad = _absorb(self.T[l], lj.diag, layer.diag_structure)
-        self.stats.add_macs("diag", B * n * nd)
+        if self.first:
+            T, bad = self.T[l], self.T[l].new_zeros(0, dtype=torch.long)
+        else:
+            T, bad = _absorb(self.T[l], lj.diag, layer.diag_structure)
+            self.stats.add_macs("diag", B * n * nd)
         if bad.numel():
             for j, M in enumerate(Ms):
                 P = self.blocks[j].p_born

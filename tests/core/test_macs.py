@@ -37,7 +37,7 @@ def test_event_macs_equal_analytic_count_hand_built():
         input_events = int((x[t] != 0).sum())
         # births at step t: input channel fires (3 weights x n rows each), rec sources fire
         macs = 0
-        macs += n * 1                                       # lazy diagonal pass: T <- D T
+        macs += n * 1 if t > 0 else 0                       # lazy diagonal pass: T <- D T (M is 0 at t=0)
         # (no unit is materialised: its decay stays within [2^-40, 2^40] over 3 steps)
         if t > 0 and K_prev:
             macs += 3 * n * m * K_prev                      # building A[:, K]
