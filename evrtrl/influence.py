@@ -1,20 +1,56 @@
-"""Influence-column bookkeeping: which parameter entry owns which column of M.
+r"""Influence columns and the storage layout of the influence matrix.
 
-Each layer's parameters form one *block* of columns. Columns exist only for live
+Columns. Each layer's parameters form one *block* of columns. Columns exist only for live
 (unmasked) entries, and are allocated in *birth order*: a per-unit parameter (bias,
 threshold) is born at step 0; a weight ``W[i, j]`` is born the first time its source
 ``j`` carries an event (an input channel fires, or a unit emits a non-zero output).
 Until then its column is exactly zero, so the engines work on the prefix
 ``M[..., :p_born]`` only. The dense engine uses :meth:`ColumnBlock.natural_columns`
 instead (every entry, or every live entry, in parameter order).
+
+Layout. The event engine stores the influence of layer ``l``'s state on block ``j``
+(``R = n_l m_l`` state rows, capacity ``C = p_live`` of block ``j``, ``B`` sequences) as one
+contiguous tensor in one of two layouts:
+
+``"rows"``
+    ``(B, R, C)``, row ``r = i m + c`` (unit ``i``, state component ``c``) holds
+    :math:`\tilde M[i, c, :]`; the flat offset of entry ``(b, r, col)`` is ``(b R + r) C + col``.
+``"cols"``
+    ``(B, C, R)`` (the transpose): the flat offset is ``(b C + col) R + r``; the born
+    prefix ``[:, :p_born, :]`` is one contiguous slab.
+
+The coupling update is a rank-``|K|`` update of the prefix, ``(R x |K|)(|K| x P)`` in the
+row layout and ``(P x |K|)(|K| x R)`` in the column layout; which one the BLAS runs
+faster depends on the sizes: :func:`choose_layout` holds the rule, measured by
+``benchmarks/layout.py`` (docs/benchmarks.md).
 """
 from __future__ import annotations
 
 import torch
 
+from evrtrl.errors import UnknownMethodError
 from evrtrl.layer import Layer
 
-__all__ = ["ColumnBlock", "ragged_arange"]
+__all__ = ["ColumnBlock", "ragged_arange", "LAYOUTS", "choose_layout"]
+
+#: storage layouts of the influence matrix (module docstring)
+LAYOUTS = ("rows", "cols")
+
+#: ``"cols"`` from this many state rows ``R = n m`` on (measured, docs/benchmarks.md)
+COLS_FROM_ROWS = 128
+
+
+def choose_layout(rows: int, layout: str = "auto") -> str:
+    """The influence layout for a layer with ``rows = n m`` state rows.
+
+    ``layout="auto"`` picks ``"cols"`` when ``rows >= COLS_FROM_ROWS`` and ``"rows"``
+    otherwise; ``"rows"`` or ``"cols"`` are returned as given.
+    """
+    if layout == "auto":
+        return "cols" if rows >= COLS_FROM_ROWS else "rows"
+    if layout not in LAYOUTS:
+        raise UnknownMethodError(f"influence layout must be 'auto' or one of {LAYOUTS}, got {layout!r}")
+    return layout
 
 
 def ragged_arange(ptr: torch.Tensor, sel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -41,12 +77,11 @@ class _ProjectionColumns:
         self.n_src = n_src
         srcs, rows = mask.t().nonzero(as_tuple=True)
         # entries sorted by source j, then row i
-        self.rows = rows
+        self.rows, self.srcs = rows, srcs
         self.flat = offset + rows * n_src + srcs
         counts = torch.bincount(srcs, minlength=n_src)
         self.ptr = torch.zeros(n_src + 1, dtype=torch.long, device=mask.device)
         self.ptr[1:] = torch.cumsum(counts, 0)
-        self.born = torch.zeros(n_src, dtype=torch.bool, device=mask.device)
 
 
 class ColumnBlock:
@@ -91,18 +126,15 @@ class ColumnBlock:
         self.p_born += flat.numel()
         return cols
 
-    def fire(self, proj: _ProjectionColumns, sources: torch.Tensor):
-        """Sources ``j`` carry events: give newborn entries columns; return the entries.
+    def birth(self, proj: _ProjectionColumns, sources: torch.Tensor
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Sources ``j`` fire for the first time: give their live entries columns.
 
-        Returns ``(rows, cols, owner)``: unit row, column, and index into ``sources``.
+        ``sources`` must not have been born before. Returns ``(rows, srcs, cols)`` of the
+        newborn entries: unit row ``i``, source ``j`` and the column allocated to ``W[i, j]``.
         """
-        new = sources[~proj.born[sources]]
-        if new.numel():
-            proj.born[new] = True
-            pos, _ = ragged_arange(proj.ptr, new)
-            self._allocate(proj.flat[pos])
-        pos, owner = ragged_arange(proj.ptr, sources)
-        return proj.rows[pos], self.col_of[proj.flat[pos]], owner
+        pos, _ = ragged_arange(proj.ptr, sources)
+        return proj.rows[pos], proj.srcs[pos], self._allocate(proj.flat[pos])
 
     def natural_columns(self, live_only: bool) -> torch.Tensor:
         """Flat indices of the dense engine's columns, in parameter order."""
