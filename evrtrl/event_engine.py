@@ -270,7 +270,8 @@ class EventRTRL:
                    for run, Ms in zip(self.runs, self.M)]
         self.grad = [zeros(b.p_live) for b in self.blocks]
         self.T = [_identity_T(B, run.n, run.m, self.dtype, self.device) for run in self.runs]
-        self.states = [r.layer.initial_state(B) for r in self.refs]
+        with torch.no_grad():  # a trained v_leak would attach the initial LIF state to autograd
+            self.states = [r.layer.initial_state(B) for r in self.refs]
         self.bcol = torch.arange(B, device=self.device)[:, None]
         self.xbuf = zeros(B * self.runs[0].d)
         # output influence of each layer's last step: (Kp, k, [N_j], [P_j])

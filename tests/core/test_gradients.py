@@ -199,3 +199,14 @@ def test_float32_runs_and_is_close():
     for k in gb:
         assert ge[k].dtype == torch.float32
         assert float((ge[k] - gb[k]).norm()) <= 1e-4 * float(gb[k].norm()) + 1e-6
+
+
+def test_event_engine_state_is_grad_free_with_trained_v_leak():
+    """The initial LIF state depends on v_leak; the engine must not record autograd for it."""
+    from evrtrl.event_engine import EventRTRL
+    eng = EventRTRL(lif(per_neuron=True), 2)
+    x = spikes_in(5, 2, 4)
+    for t in range(5):
+        y = eng.step(x[t])
+    assert not y.requires_grad
+    assert not any(v.requires_grad for v in eng.states[0] if v is not None)
