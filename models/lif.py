@@ -164,11 +164,13 @@ class LIFParameters(NamedTuple):
 
 
 class LIFAux(NamedTuple):
-    """Intermediates of a step, reused by :func:`lif_jacobian`: ``v`` after reset, and the
-    drive ``j`` (current-based: the current after the jumps of step 1; current-free: I_t)."""
+    """Intermediates of a step, reused by :func:`lif_jacobian`: ``v`` after reset, the
+    drive ``j`` (current-based: the current after the jumps of step 1; current-free: I_t)
+    and the per-neuron terms the step used."""
 
     v: torch.Tensor
     j: torch.Tensor
+    terms: "LIFTerms"
 
 
 class Coefficients(NamedTuple):
@@ -234,6 +236,39 @@ def lif_coefficients(w: LIFWeights, p: LIFParameters) -> Coefficients:
     return Coefficients(a, a * u * phi1(u - ws), torch.exp(-ws), u, ws)
 
 
+class LIFTerms(NamedTuple):
+    """What one step needs of the neuron parameters: the values (n,) and the coefficients
+    ``a, b, alpha`` in the state's dtype, and the float64 :class:`Coefficients`."""
+
+    v_th: torch.Tensor
+    v_leak: torch.Tensor
+    v_reset: torch.Tensor
+    bias: torch.Tensor
+    a: torch.Tensor
+    b: torch.Tensor
+    alpha: Optional[torch.Tensor]
+    c: Coefficients
+    minus_cs: Optional[torch.Tensor] = None  # euler: -dt/tau_syn as Norse applies it
+
+
+def lif_terms(w: LIFWeights, p: LIFParameters, dtype: torch.dtype, keep: Optional[LIFTerms] = None,
+              fresh: Iterable[str] = NEURON_PARAMETERS) -> LIFTerms:
+    """The :class:`LIFTerms` of ``w`` in ``dtype``. With ``keep`` (terms computed earlier from the
+    same frozen values), only what depends on the names in ``fresh`` is recomputed."""
+    fresh = set(fresh)
+    if keep is not None and not fresh:
+        return keep
+    vals = {k: (getattr(keep, k) if keep is not None and k not in fresh else getattr(w, k).to(dtype))
+            for k in ("v_th", "v_leak", "v_reset", "bias")}
+    if keep is not None and not fresh & set(_TAUS):
+        a, b, alpha, c, mcs = keep.a, keep.b, keep.alpha, keep.c, keep.minus_cs
+    else:
+        c = lif_coefficients(w, p)
+        a, b, alpha = c.a.to(dtype), c.b.to(dtype), None if c.alpha is None else c.alpha.to(dtype)
+        mcs = (-c.w).to(dtype) if p.integration == "euler" and c.w is not None else None
+    return LIFTerms(a=a, b=b, alpha=alpha, c=c, minus_cs=mcs, **vals)
+
+
 # ------------------------------------------------------------------------------ the step
 
 def _reset(p: LIFParameters, q: torch.Tensor, z: torch.Tensor, v_th, v_reset) -> torch.Tensor:
@@ -242,17 +277,13 @@ def _reset(p: LIFParameters, q: torch.Tensor, z: torch.Tensor, v_th, v_reset) ->
     return q - z * (v_th - v_reset)
 
 
-def _cast(w: LIFWeights, dtype: torch.dtype) -> dict[str, Any]:
-    return {k: getattr(w, k).to(dtype) for k in ("v_th", "v_leak", "v_reset", "bias")}
-
-
 def lif_step(
-    w: LIFWeights, state: LIFState, x: torch.Tensor, p: LIFParameters
+    w: LIFWeights, state: LIFState, x: torch.Tensor, p: LIFParameters, terms: Optional[LIFTerms] = None
 ) -> tuple[LIFState, LIFAux]:
-    """One LIF step (module docstring); pure, differentiable."""
-    dt_ = state.q.dtype
-    c = lif_coefficients(w, p)
-    nv = _cast(w, dt_)
+    """One LIF step (module docstring); pure, differentiable. ``terms``: the
+    :func:`lif_terms` of ``w`` when the caller has them (computed here otherwise)."""
+    t = terms if terms is not None else lif_terms(w, p, state.q.dtype)
+    nv = {"v_th": t.v_th, "v_leak": t.v_leak, "v_reset": t.v_reset, "bias": t.bias}
     v = _reset(p, state.q, state.e, nv["v_th"], nv["v_reset"])
     if not p.synapse:
         I = F.linear(x, w.W)
@@ -260,11 +291,11 @@ def lif_step(
             I = I + F.linear(state.e, w.U)
         I = I + nv["bias"]
         if p.integration == "euler":  # Norse's LIFBox: dt * tau_mem_inv * (input + v_leak - v)
-            q = v + c.b.to(dt_) * ((I + nv["v_leak"]) - v)
+            q = v + t.b * ((I + nv["v_leak"]) - v)
         else:
-            q = nv["v_leak"] + c.a.to(dt_) * (v - nv["v_leak"]) + c.b.to(dt_) * I
+            q = nv["v_leak"] + t.a * (v - nv["v_leak"]) + t.b * I
         z = heaviside(q - nv["v_th"], p.pseudo_derivative)
-        return LIFState(q, None, z, z), LIFAux(v, I)
+        return LIFState(q, None, z, z), LIFAux(v, I, t)
     j = state.i
     if p.integration == "euler":
         # Norse's operation order (i + (W x + bias)) + U z, so that states agree bit for bit
@@ -272,13 +303,13 @@ def lif_step(
     if w.U is not None:
         j = j + F.linear(state.e, w.U)
     if p.integration == "euler":
-        q = v + c.u.to(dt_) * ((nv["v_leak"] - v) + j)
-        i = j + (-c.w).to(dt_) * j
+        q = v + t.b * ((nv["v_leak"] - v) + j)  # b = c_m
+        i = j + t.minus_cs * j
     else:
-        q = nv["v_leak"] + c.a.to(dt_) * (v - nv["v_leak"]) + c.b.to(dt_) * j
-        i = c.alpha.to(dt_) * j + F.linear(x, w.W) + nv["bias"]
+        q = nv["v_leak"] + t.a * (v - nv["v_leak"]) + t.b * j
+        i = t.alpha * j + F.linear(x, w.W) + nv["bias"]
     z = heaviside(q - nv["v_th"], p.pseudo_derivative)
-    return LIFState(q, i, z, z), LIFAux(v, j)
+    return LIFState(q, i, z, z), LIFAux(v, j, t)
 
 
 def lif_jacobian(
@@ -291,11 +322,11 @@ def lif_jacobian(
     """
     dt_ = new.q.dtype
     pd = p.pseudo_derivative
-    c = lif_coefficients(w, p)
+    v, j, terms = aux
+    c = terms.c
     cc = lambda t: t.to(dt_)  # noqa: E731
-    a, b = cc(c.a), cc(c.b)
-    nv = _cast(w, dt_)
-    v_th, v_reset, v_leak = nv["v_th"], nv["v_reset"], nv["v_leak"]
+    a, b = terms.a, terms.b
+    v_th, v_reset, v_leak = terms.v_th, terms.v_reset, terms.v_leak
     psi_prev = torch.zeros_like(prev.q) if first else pd(prev.q - v_th)
     if p.reset == "zero":
         rho = 1 - prev.e - psi_prev * (prev.q - v_reset)
@@ -306,7 +337,6 @@ def lif_jacobian(
     ones = torch.ones_like(new.q)
     zeros = torch.zeros_like(new.q)
     psi = pd(new.q - v_th)
-    v, j = aux
     trainable = tuple(trainable)
     if not p.synapse:
         col = lambda t: t.unsqueeze(-1)  # noqa: E731
@@ -331,7 +361,7 @@ def lif_jacobian(
             diag=col(a * rho), phi=phi, unit_phi=unit_phi, gain=col(psi),
             gain_direct={"v_th": -psi} if "v_th" in trainable else {},
         )
-    alpha = cc(c.alpha)
+    alpha = terms.alpha
     phi_jump = torch.stack((b * ones, alpha * ones), dim=-1)
     phi_w = phi_jump if p.integration == "euler" else torch.stack((zeros, ones), dim=-1)
     phi = {"W": phi_w}
@@ -373,6 +403,14 @@ def lif_jacobian(
 
 
 # ------------------------------------------------------------------------------ the layer
+
+class _TermsCache(NamedTuple):
+    record: LIFWeights
+    dtype: torch.dtype
+    bufs: tuple
+    versions: tuple
+    terms: LIFTerms
+
 
 def _values(name: str, value: Any, n: int) -> torch.Tensor:
     """A per-neuron value as a float64 CPU tensor (n,); scalars broadcast."""
@@ -578,8 +616,32 @@ class LIF(Layer):
         q = z + self.v_leak.to(self.dtype)  # differentiable when v_leak is trained
         return LIFState(q, z if self.p.synapse else None, z, z)
 
+    def _terms(self, weights: LIFWeights, dtype: torch.dtype) -> Optional[LIFTerms]:
+        """The step's :class:`LIFTerms`, the frozen part computed once per (record, dtype,
+        frozen values) and reused: the exp/expm1 of the coefficients and the float64 -> dtype
+        casts are not redone every step. None (compute in the step) for a record whose frozen
+        values are not this layer's buffers."""
+        c = getattr(self, "_terms_cache", None)
+        if c is None or c.record is not weights or c.dtype != dtype or \
+                c.versions != tuple(b._version for b in c.bufs):
+            frozen = [k for k in self.neuron_parameter_names if k not in self.unit_parameters]
+            bufs = tuple(self._buffers[k] for k in frozen)
+            try:  # the record must hold these buffers (or detached views of them, as the engines do)
+                if any(getattr(weights, k).data_ptr() != b.data_ptr() or getattr(weights, k).dtype != b.dtype
+                       for k, b in zip(frozen, bufs)):
+                    return None
+            except RuntimeError:  # tensors of torch.func transforms have no storage
+                return None
+            own = weights._replace(**{k: getattr(self, k).detach() for k in self.unit_parameters})
+            with torch.no_grad():
+                terms = lif_terms(own, self.p, dtype)
+            # the record and buffers are held, so that their ids cannot be reused while cached
+            c = _TermsCache(weights, dtype, bufs, tuple(b._version for b in bufs), terms)
+            self._terms_cache = c
+        return lif_terms(weights, self.p, dtype, keep=c.terms, fresh=self.unit_parameters)
+
     def step(self, weights: LIFWeights, state: LIFState, x: torch.Tensor):
-        return lif_step(weights, state, x, self.p)
+        return lif_step(weights, state, x, self.p, self._terms(weights, state.q.dtype))
 
     def local_jacobian(self, weights, prev, x, new, aux, first):  # noqa: D102
         return lif_jacobian(weights, prev, new, aux, self.p, first, self.unit_parameters)
