@@ -10,26 +10,25 @@ forward-mode AD of the SAME step function ``layer.step``:
     f_t(s, \theta) = \mathrm{core}(\mathrm{layer.step}(W(\theta), \mathrm{full}(s, \theta), x_t)),
 
 vmapped over the columns ``k`` (in chunks), where ``full`` rebuilds the event and output
-from the core state (:math:`e = H(c - \vartheta)`, :math:`y = c e` for EGRU,
-:math:`e = y = H(q - v_{th})` for LIF), so every path through :math:`e_{t-1}, y_{t-1}`
-is differentiated. At ``t = 0`` the initial state is a constant. The gradient is
+from the core state (the cell's ``state_from_components`` in its registry entry:
+:math:`e = H(c - \vartheta)`, :math:`y = c e` for EGRU, :math:`e = y = H(q - v_{th})` for
+LIF), so every path through :math:`e_{t-1}, y_{t-1}` is differentiated. At ``t = 0`` the initial state is a constant. The gradient is
 :math:`\sum_t \bar y_t^\top (\partial y_t/\partial s\, M_t + \partial y_t/\partial\theta)`,
 one ``vjp`` per step. No sparsity is exploited: every step costs
 :math:`O(n^2 p_{\rm live})`, like dense-live RTRL, plus the overhead of AD.
-Single layer, any batch size.
+Single layer of any registered cell, any batch size.
 """
 from __future__ import annotations
 
 from typing import Any
 
 import torch
-from evrtrl.models import Triangle, random_masks
-from evrtrl.models.egru import EGRU, EGRUState
-from evrtrl.models.lif import LIF, LIFState
-from evrtrl.models.surrogate import heaviside
 from torch.func import jvp, vjp, vmap
 
+from evrtrl.api import gradients, relative_error
+from evrtrl.errors import ConfigError
 from evrtrl.layer import Layer
+from evrtrl.models import EGRU, LIF, Triangle, cell_spec, random_masks
 from evrtrl.stats import EngineStats
 
 __all__ = ["FuncRTRL"]
@@ -41,8 +40,9 @@ class FuncRTRL:
     name = "func"
 
     def __init__(self, layer: Layer, batch: int, chunk: int = 256) -> None:
-        if not isinstance(layer, (EGRU, LIF)):
-            raise TypeError("FuncRTRL supports a single EGRU or LIF layer")
+        if not isinstance(layer, Layer):
+            raise ConfigError(f"FuncRTRL takes a single layer (a registered cell), got {type(layer).__name__}")
+        self.spec = cell_spec(layer)
         self.layer, self.B, self.chunk = layer, int(batch), int(chunk)
         masks = layer.masks
         self.names, self.shapes, self.live = [], [], []
@@ -55,7 +55,6 @@ class FuncRTRL:
             self.theta = torch.cat([p.detach().flatten()[i] for p, i in
                                     zip(layer.parameters(recurse=False), self.live)])
         self.p_live = self.theta.numel()
-        self.is_egru = isinstance(layer, EGRU)
         st = layer.initial_state(self.B)
         self.core = self._core(st)
         self.first_state = st
@@ -80,16 +79,12 @@ class FuncRTRL:
         return base._replace(**vals)
 
     def _core(self, st: Any) -> torch.Tensor:
-        return st.c if self.is_egru else torch.cat((st.q, st.i), dim=1)
+        """The RTRL state ``s``: the first ``state_size`` fields of the state, side by side."""
+        return torch.cat(tuple(st)[: self.layer.state_size], dim=1)
 
     def _full(self, s: torch.Tensor, w: Any) -> Any:
-        if self.is_egru:
-            e = heaviside(s - w.theta, self.layer.pseudo_derivative)
-            return EGRUState(s, e, s * e)
-        n = self.layer.hidden_size
-        q, i = s[:, :n], s[:, n:]
-        e = heaviside(q - w.v_th.to(q.dtype), self.layer.pseudo_derivative)
-        return LIFState(q, i, e, e)
+        comps = tuple(s.split(self.layer.hidden_size, dim=1))
+        return self.spec.state_from_components(self.layer, w, comps)
 
     def _f(self, s, theta, x):
         w = self._weights(theta)
@@ -144,7 +139,6 @@ class FuncRTRL:
 
 def check_against_dense(verbose: bool = False) -> float:
     """Largest relative gradient error of FuncRTRL vs the dense engine and BPTT (float64)."""
-    import evrtrl
     worst = 0.0
     g = torch.Generator().manual_seed(0)
     d, n, T = 4, 7, 25
@@ -166,9 +160,9 @@ def check_against_dense(verbose: bool = False) -> float:
             gf = eng.gradients()
             loss = lambda y, t: ((y - tgt[t]) ** 2).sum()  # noqa: E731
             for method in ("dense", "bptt"):
-                ref = evrtrl.gradients(model, x, loss, method=method)
+                ref = gradients(model, x, loss, method=method)
                 for k in ref:
-                    err = float((gf[k] - ref[k]).abs().max()) / max(float(ref[k].abs().max()), 1e-300)
+                    err = relative_error(gf[k], ref[k])
                     worst = max(worst, err)
                     if verbose and err > 1e-10:
                         print(type(model).__name__, B, method, k, err)

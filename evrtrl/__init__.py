@@ -8,9 +8,11 @@
 torch.Size([5, 3, 8])
 """
 from evrtrl.api import (
-    METHODS, Gradients, LayerTrace, SimulationResult, gradients, make_engine, simulate,
+    METHODS, Gradients, LayerTrace, SimulationResult, gradients, make_engine, relative_error, simulate,
 )
+from evrtrl.bptt import BPTT
 from evrtrl.dense_engine import DenseRTRL
+from evrtrl.engine import Engine, run_engine
 from evrtrl.errors import (
     ConfigError, EvrtrlError, FormatError, MaskError, NonFiniteError, ShapeError,
     UnknownMethodError, UnsupportedError,
@@ -23,8 +25,8 @@ from evrtrl.stats import EngineStats
 __version__ = "0.2.0"
 
 __all__ = [
-    "simulate", "gradients", "make_engine", "METHODS", "Gradients", "SimulationResult",
-    "LayerTrace", "EventRTRL", "DenseRTRL", "DegradesToDenseWarning", "EngineStats",
+    "simulate", "gradients", "make_engine", "relative_error", "METHODS", "Gradients", "SimulationResult",
+    "LayerTrace", "Engine", "run_engine", "EventRTRL", "DenseRTRL", "BPTT", "DegradesToDenseWarning", "EngineStats",
     "Layer", "LocalJacobian", "Projection", "OnlineLearner",
     "EvrtrlError", "ShapeError", "NonFiniteError", "MaskError", "UnknownMethodError",
     "ConfigError", "FormatError", "UnsupportedError",

@@ -1,25 +1,25 @@
-"""The public entry points: :func:`simulate`, :func:`gradients` and :func:`make_engine`."""
+"""The public entry points: :func:`simulate`, :func:`gradients`, :func:`make_engine` and
+:func:`relative_error`."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
-from evrtrl.bptt import bptt_gradients
+from evrtrl.bptt import BPTT
 from evrtrl.dense_engine import DenseRTRL
-from evrtrl.errors import ShapeError, UnknownMethodError
+from evrtrl.engine import Engine, LossFn, run_engine
+from evrtrl.errors import UnknownMethodError
 from evrtrl.event_engine import EventRTRL
-from evrtrl.network import check_parameters, check_sequence, layers_of
+from evrtrl.network import Unroll, check_parameters, check_sequence
 from evrtrl.stats import EngineStats
 
 __all__ = ["simulate", "gradients", "make_engine", "Gradients", "SimulationResult", "LayerTrace",
-           "METHODS"]
+           "METHODS", "relative_error"]
 
 #: gradient methods: the event engine, dense RTRL (all or live columns) and BPTT
 METHODS = ("event", "dense", "dense-live", "bptt")
-
-LossFn = Callable[[torch.Tensor, int], Any]
 
 
 @dataclass
@@ -41,6 +41,20 @@ class SimulationResult:
     layers: list[LayerTrace] = field(default_factory=list)
 
 
+def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Norm-wise error of ``a`` relative to the reference ``b``: ``||a - b|| / ||b||`` in float64.
+
+    Where ``b`` is exactly zero, the absolute error ``||a - b||``; ``inf`` if either holds
+    NaN or inf. The one definition behind every "relative error" the library states
+    (float64: event vs dense <= 1e-12, vs BPTT <= 1e-10).
+    """
+    a, b = a.detach().double(), b.detach().double()
+    if not (bool(torch.isfinite(a).all()) and bool(torch.isfinite(b).all())):
+        return float("inf")
+    diff, ref = float((a - b).norm()), float(b.norm())
+    return diff / ref if ref > 0 else diff
+
+
 class Gradients(dict):
     """``{parameter name: gradient}`` with the engine's :class:`EngineStats` as ``.stats``."""
 
@@ -48,28 +62,25 @@ class Gradients(dict):
         super().__init__(grads)
         self.stats = stats
 
+    def relative_error(self, reference: dict[str, torch.Tensor]) -> dict[str, float]:
+        """:func:`relative_error` of every parameter's gradient against ``reference``."""
+        return {name: relative_error(g, reference[name]) for name, g in self.items()}
+
 
 @torch.no_grad()
 def simulate(model: Any, x: torch.Tensor) -> SimulationResult:
     """Run ``model`` on ``x`` of shape ``(T, B, d)``; no gradients are tracked."""
     check_sequence(model, x)
     check_parameters(model)
-    refs = layers_of(model)
-    T, B = x.shape[:2]
-    weights = [r.layer.weights() for r in refs]
-    states = [r.layer.initial_state(B) for r in refs]
-    rec: list[dict[str, list[torch.Tensor]]] = [
-        {"spikes": [], "outputs": []} for _ in refs
-    ]
-    for t in range(T):
-        inp = x[t]
-        for l, ref in enumerate(refs):
-            states[l], _ = ref.layer.step(weights[l], states[l], inp)
-            inp = states[l].y
-            rec[l]["spikes"].append(states[l].e)
-            rec[l]["outputs"].append(states[l].y)
-            for k, v in ref.layer.state_traces(weights[l], states[l]).items():
-                rec[l].setdefault("state:" + k, []).append(v)
+    run = Unroll(model, x.shape[1])
+    rec: list[dict[str, list[torch.Tensor]]] = [{"spikes": [], "outputs": []} for _ in run.refs]
+    for t in range(x.shape[0]):
+        run.step(x[t])
+        for r, ref, w, s in zip(rec, run.refs, run.weights, run.states):
+            r["spikes"].append(s.e)
+            r["outputs"].append(s.y)
+            for k, v in ref.layer.state_traces(w, s).items():
+                r.setdefault("state:" + k, []).append(v)
     traces = [
         LayerTrace(
             torch.stack(r["spikes"]), torch.stack(r["outputs"]),
@@ -81,35 +92,15 @@ def simulate(model: Any, x: torch.Tensor) -> SimulationResult:
     return SimulationResult(last.spikes, last.outputs, last.states, traces)
 
 
-def make_engine(model: Any, batch: int, method: str = "event") -> EventRTRL | DenseRTRL:
-    """An RTRL engine for ``batch`` streams: ``"event"``, ``"dense"`` or ``"dense-live"``."""
+def make_engine(model: Any, batch: int, method: str = "event") -> Engine:
+    """An :class:`~evrtrl.engine.Engine` for ``batch`` streams; ``method`` is one of :data:`METHODS`."""
     if method == "event":
         return EventRTRL(model, batch)
     if method in ("dense", "dense-live"):
         return DenseRTRL(model, batch, columns="all" if method == "dense" else "live")
-    raise UnknownMethodError(
-        f"unknown RTRL method {method!r}; expected one of 'event', 'dense', 'dense-live'"
-        + (" ('bptt' is not an online engine; use gradients(..., method='bptt'))"
-           if method == "bptt" else "")
-    )
-
-
-def loss_gradient(loss_fn: LossFn, y: torch.Tensor, t: int) -> torch.Tensor | None:
-    """``dL_t/dy_t`` of one step's loss (None where the loss is None or constant)."""
-    with torch.enable_grad():
-        yl = y.detach().requires_grad_(True)
-        loss = loss_fn(yl, t)
-        if loss is None:
-            return None
-        if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
-            raise ShapeError(
-                f"loss_fn(y_t, t) must return a scalar tensor (or None), got "
-                f"{type(loss).__name__}{'' if not isinstance(loss, torch.Tensor) else tuple(loss.shape)} at t={t}"
-            )
-        if not loss.requires_grad:
-            return None
-        (g,) = torch.autograd.grad(loss, yl, allow_unused=True)
-    return g
+    if method == "bptt":
+        return BPTT(model, batch)
+    raise UnknownMethodError(f"unknown method {method!r}; expected one of {METHODS}")
 
 
 def gradients(model: Any, x: torch.Tensor, loss_fn: LossFn, method: str = "event") -> Gradients:
@@ -123,12 +114,6 @@ def gradients(model: Any, x: torch.Tensor, loss_fn: LossFn, method: str = "event
         raise UnknownMethodError(f"unknown method {method!r}; expected one of {METHODS}")
     check_sequence(model, x)
     check_parameters(model)
-    if method == "bptt":
-        return Gradients(*bptt_gradients(model, x, loss_fn))
     engine = make_engine(model, x.shape[1], method)
-    for t in range(x.shape[0]):
-        y = engine.step(x[t])
-        g = loss_gradient(loss_fn, y, t)
-        if g is not None:
-            engine.accumulate(g)
+    run_engine(engine, x, loss_fn)
     return Gradients(engine.gradients(), engine.stats)

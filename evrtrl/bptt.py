@@ -1,14 +1,23 @@
-"""BPTT, the ground truth: torch autograd through the very same step functions."""
+r"""BPTT, the ground truth: torch autograd through the very same step functions, as an engine.
+
+:class:`BPTT` satisfies :class:`evrtrl.Engine`: ``step`` runs the forward pass with
+autograd on (:class:`evrtrl.network.Unroll`), ``accumulate(dL_t/dy_t)`` adds
+:math:`\langle \partial L_t/\partial y_t,\, y_t\rangle` to a surrogate scalar whose gradient
+is :math:`\sum_t \partial L_t/\partial\theta` by the chain rule, and ``gradients()``
+differentiates it. ``refresh()`` (after an optimizer step) re-reads the weights and cuts
+the history: the online learner's truncated BPTT over windows of ``k`` steps.
+"""
 from __future__ import annotations
 
-from typing import Any, Callable
+import math
+from typing import Any
 
 import torch
 
-from evrtrl.network import layers_of
+from evrtrl.network import Unroll, check_parameters, layers_of
 from evrtrl.stats import EngineStats
 
-__all__ = ["bptt_gradients", "forward_macs"]
+__all__ = ["BPTT", "forward_macs"]
 
 
 def forward_macs(model: Any, batch: int) -> int:
@@ -20,43 +29,63 @@ def forward_macs(model: Any, batch: int) -> int:
     return total
 
 
-def bptt_gradients(
-    model: Any, x: torch.Tensor, loss_fn: Callable[[torch.Tensor, int], Any]
-) -> tuple[dict[str, torch.Tensor], EngineStats]:
-    """Sum of ``loss_fn(y_t, t)`` over the sequence, differentiated by autograd.
+class BPTT:
+    """Backpropagation through time over a layer or a stack, for ``batch`` streams.
 
-    Returns ``({name: grad}, stats)``; a loss of ``None`` at a step contributes nothing.
     Counted multiply-adds: the forward products and twice that for the backward pass.
     """
-    refs = layers_of(model)
-    T, B = x.shape[0], x.shape[1]
-    params = {ref.prefix + n: p for ref in refs for n, p in ref.layer.named_parameters(recurse=False)}
-    stats = EngineStats("bptt", p_live=sum(r.layer.live_parameter_count for r in refs),
-                        p_total=sum(p.numel() for p in params.values()))
-    with torch.enable_grad():
-        weights = [ref.layer.weights() for ref in refs]
-        states = [ref.layer.initial_state(B) for ref in refs]
-        total = None
-        n_units = sum(r.layer.hidden_size for r in refs)
-        fmacs = forward_macs(model, B)
-        for t in range(T):
-            stats.begin_step()
-            inp = x[t]
-            alpha = 0.0
-            for l, ref in enumerate(refs):
-                states[l], _ = ref.layer.step(weights[l], states[l], inp)
-                inp = states[l].y
-                alpha += float((inp != 0).sum()) / B
-            loss = loss_fn(inp, t)
-            if loss is not None:
-                total = loss if total is None else total + loss
-            stats.add_macs("forward", fmacs)
-            stats.add_macs("backward", 2 * fmacs)
-            stats.end_step(alpha / n_units, 1.0, 1.0)
-        if total is None or not isinstance(total, torch.Tensor) or not total.requires_grad:
-            return {k: torch.zeros_like(p) for k, p in params.items()}, stats
-        grads = torch.autograd.grad(total, list(params.values()), allow_unused=True)
-    return {
-        k: (g if g is not None else torch.zeros_like(p)).detach()
-        for (k, p), g in zip(params.items(), grads)
-    }, stats
+
+    name = "bptt"
+
+    def __init__(self, model: Any, batch: int) -> None:
+        check_parameters(model)
+        self.refs = layers_of(model)
+        self.B = int(batch)
+        self.params = {r.prefix + n: p for r in self.refs for n, p in r.layer.named_parameters(recurse=False)}
+        self.stats = EngineStats("bptt", p_live=sum(r.layer.live_parameter_count for r in self.refs),
+                                 p_total=sum(p.numel() for p in self.params.values()))
+        self._fmacs = forward_macs(model, self.B)
+        self._n_units = sum(r.layer.hidden_size for r in self.refs)
+        with torch.enable_grad():
+            self.run = Unroll(model, self.B)
+        self._y: torch.Tensor | None = None
+        self._surrogate: torch.Tensor | None = None
+
+    def step(self, x: torch.Tensor) -> torch.Tensor:
+        self.stats.begin_step()
+        with torch.enable_grad():
+            self._y = self.run.step(x)
+        alpha = sum(float((s.y != 0).sum()) for s in self.run.states) / self.B
+        self.stats.add_macs("forward", self._fmacs)
+        self.stats.add_macs("backward", 2 * self._fmacs)
+        self.stats.end_step(alpha / self._n_units, 1.0, 1.0)
+        return self._y.detach()
+
+    def accumulate(self, dL_dy: torch.Tensor) -> None:
+        if self._y is None or not self._y.requires_grad:
+            return
+        with torch.enable_grad():
+            term = (self._y * dL_dy.detach().to(self._y.dtype)).sum()
+            self._surrogate = term if self._surrogate is None else self._surrogate + term
+
+    def gradients(self) -> dict[str, torch.Tensor]:
+        if self._surrogate is None:
+            return {k: torch.zeros_like(p) for k, p in self.params.items()}
+        grads = torch.autograd.grad(self._surrogate, list(self.params.values()), allow_unused=True,
+                                    retain_graph=True)
+        return {k: (g if g is not None else torch.zeros_like(p)).detach()
+                for (k, p), g in zip(self.params.items(), grads)}
+
+    def zero_grad(self) -> None:
+        self._surrogate = None
+
+    def refresh(self) -> None:
+        """Re-read the weights and truncate: later gradients stop at the current state."""
+        self._surrogate = None
+        self.run.detach()
+        with torch.enable_grad():
+            self.run.refresh()
+
+    def influence_density(self) -> float:
+        """BPTT holds no influence matrix: nan."""
+        return math.nan

@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 
 import torch
 
+from evrtrl.engine import nonzero_fraction
 from evrtrl.errors import UnknownMethodError
 from evrtrl.influence import ColumnBlock
 from evrtrl.layer import Layer, LocalJacobian
@@ -238,3 +239,7 @@ class DenseRTRL:
 
     def zero_grad(self) -> None:
         self.grad.zero_()
+
+    def influence_density(self) -> float:
+        """Fraction of non-zero entries of the influence matrices."""
+        return nonzero_fraction(self.M)

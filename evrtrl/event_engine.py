@@ -74,6 +74,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from evrtrl.engine import nonzero_fraction
 from evrtrl.errors import NonFiniteError, ShapeError
 from evrtrl.events import SparseStep
 from evrtrl.influence import ColumnBlock, choose_layout
@@ -560,6 +561,10 @@ class EventRTRL:
     def zero_grad(self) -> None:
         for g in self.grad:
             g.zero_()
+
+    def influence_density(self) -> float:
+        """Fraction of non-zero entries of the stored influence tensors (all blocks)."""
+        return nonzero_fraction(m for row in self.M for m in row)
 
 
 def _check_structure(layer: Layer) -> None:

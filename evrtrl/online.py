@@ -17,6 +17,7 @@ from typing import Any, Callable, Iterable
 import torch
 
 from evrtrl.api import METHODS, make_engine
+from evrtrl.engine import Engine, run_engine
 from evrtrl.errors import ConfigError, UnknownMethodError
 from evrtrl.network import check_parameters, check_sequence, layers_of
 
@@ -28,7 +29,9 @@ class OnlineLearner:
 
     ``loss_fn(y_t, t)`` returns a scalar tensor or None (no loss at that step).
     ``run(x)`` processes one batch of sequences ``(T, B, d)`` from a fresh state and
-    returns the per-step losses; ``updates`` counts optimizer steps so far.
+    returns the per-step losses; ``updates`` counts optimizer steps so far; ``engine`` is
+    the :class:`~evrtrl.engine.Engine` of the last run and ``stats`` its statistics, one
+    per run. Every method goes through the same loop (:func:`evrtrl.engine.run_engine`).
     """
 
     def __init__(
@@ -54,79 +57,27 @@ class OnlineLearner:
             for n, p in ref.layer.named_parameters(recurse=False)
         }
         self.updates = 0
-        self.engine: Any = None
+        self.engine: Engine | None = None
         self.stats: list[Any] = []
 
-    # ----------------------------------------------------------------- helpers
     def _apply(self) -> None:
-        """Hand the accumulated gradient to the optimizer and update the weights."""
-        if self.method != "bptt":
-            for name, g in self.engine.gradients().items():
-                self.params[name].grad = g.to(self.params[name].dtype)
+        """Hand the accumulated gradient to the optimizer, update the weights, go on."""
+        assert self.engine is not None
+        for name, g in self.engine.gradients().items():
+            self.params[name].grad = g.to(self.params[name].dtype)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.updates += 1
-        if self.method != "bptt":
-            self.engine.zero_grad()
-            self.engine.refresh()
+        self.engine.zero_grad()
+        self.engine.refresh()
 
-    # --------------------------------------------------------------------- run
     def run(self, x: torch.Tensor) -> list[float]:
         """Learn online on ``x`` ``(T, B, d)``; returns the loss of each step (nan if none)."""
         check_sequence(self.model, x)
         check_parameters(self.model)
-        T, B = x.shape[:2]
-        losses: list[float] = []
         self.optimizer.zero_grad(set_to_none=True)
-        if self.method == "bptt":
-            return self._run_bptt(x)
-        self.engine = make_engine(self.model, B, self.method)
-        pending = 0
-        for t in range(T):
-            y = self.engine.step(x[t])
-            with torch.enable_grad():
-                yl = y.detach().requires_grad_(True)
-                loss = self.loss_fn(yl, t)
-                if loss is not None and loss.requires_grad:
-                    grads = torch.autograd.grad(loss, [yl] + self.extra, allow_unused=True)
-                    if grads[0] is not None:
-                        self.engine.accumulate(grads[0])
-                    for p, g in zip(self.extra, grads[1:]):
-                        if g is not None:
-                            p.grad = g if p.grad is None else p.grad + g
-            losses.append(float(loss.detach()) if loss is not None else float("nan"))
-            pending += 1
-            if pending == self.k:
-                self._apply()
-                pending = 0
-        if pending:
-            self._apply()
+        self.engine = make_engine(self.model, x.shape[1], self.method)
+        losses = run_engine(self.engine, x, self.loss_fn, extra_parameters=self.extra,
+                            every=self.k, on_update=self._apply)
         self.stats.append(self.engine.stats)
-        return losses
-
-    def _run_bptt(self, x: torch.Tensor) -> list[float]:
-        refs = layers_of(self.model)
-        T, B = x.shape[:2]
-        states = [r.layer.initial_state(B) for r in refs]
-        losses: list[float] = []
-        total = None
-        weights = [r.layer.weights() for r in refs]
-        pending = 0
-        for t in range(T):
-            inp = x[t]
-            for l, ref in enumerate(refs):
-                states[l], _ = ref.layer.step(weights[l], states[l], inp)
-                inp = states[l].y
-            loss = self.loss_fn(inp, t)
-            if loss is not None:
-                total = loss if total is None else total + loss
-            losses.append(float(loss.detach()) if loss is not None else float("nan"))
-            pending += 1
-            if pending == self.k or t == T - 1:
-                if total is not None and total.requires_grad:
-                    total.backward()
-                self._apply()
-                total, pending = None, 0
-                states = [type(s)(*(v.detach() for v in s)) for s in states]
-                weights = [r.layer.weights() for r in refs]
         return losses

@@ -34,9 +34,11 @@ import torch
 import torch.nn.functional as F
 
 from evrtrl.layer import Layer, LocalJacobian, Projection, check_sizes
+from evrtrl.network import forward_sequence
+from evrtrl.models.registry import CellSpec, register
 from evrtrl.models.surrogate import PseudoDerivative, Triangle, heaviside
 
-__all__ = ["EGRU", "EGRUState", "EGRUWeights", "EGRUAux", "egru_step", "egru_jacobian"]
+__all__ = ["EGRU", "EGRUState", "EGRUWeights", "EGRUAux", "egru_step", "egru_state", "egru_jacobian", "SPEC"]
 
 
 class EGRUState(NamedTuple):
@@ -81,8 +83,13 @@ def egru_step(
     h_z = F.linear(y_prev, w.U_z)
     z = torch.tanh(F.linear(x, w.W_z) + r * h_z + w.b_z)
     c = u * z + (1 - u) * (state.c - w.theta * state.e)
+    return egru_state(w, c, pd), EGRUAux(u, r, z, h_z)
+
+
+def egru_state(w: EGRUWeights, c: torch.Tensor, pd: PseudoDerivative) -> EGRUState:
+    """The state record from the internal state: :math:`e = H(c - \\theta)`, :math:`y = c e`."""
     e = heaviside(c - w.theta, pd)
-    return EGRUState(c, e, c * e), EGRUAux(u, r, z, h_z)
+    return EGRUState(c, e, c * e)
 
 
 def egru_jacobian(
@@ -191,6 +198,20 @@ class EGRU(Layer):
     def state_traces(self, weights: EGRUWeights, state: EGRUState) -> dict[str, torch.Tensor]:
         return {"c": state.c}
 
+    def forward(self, x: torch.Tensor, state: EGRUState | None = None) -> tuple[torch.Tensor, EGRUState]:
+        """``outputs, state = layer(x, state)``, like :class:`torch.nn.GRU` (no batch_first):
+        ``x`` ``(T, B, d)``, outputs ``y_t`` ``(T, B, n)``, the state after the last step.
+        Differentiable by autograd through :func:`egru_step`
+        (:func:`evrtrl.network.forward_sequence`)."""
+        return forward_sequence(self, x, state)
+
     def extra_repr(self) -> str:
         return f"{self.input_size}, {self.hidden_size}, pseudo_derivative={self.pseudo_derivative}"
 
+
+#: EGRU in the cell registry: no stored hyper-parameters besides the pseudo-derivative
+SPEC = register(CellSpec(
+    name="EGRU", cls=EGRU, hyper=(),
+    weight_shapes=lambda d, n, config: EGRU.weight_shapes(d, n),
+    state_from_components=lambda layer, w, s: egru_state(w, s[0], layer.pseudo_derivative),
+))

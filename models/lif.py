@@ -118,10 +118,12 @@ import torch.nn.functional as F
 
 from evrtrl.errors import ConfigError
 from evrtrl.layer import Layer, LocalJacobian, Projection, check_sizes
+from evrtrl.network import forward_sequence
+from evrtrl.models.registry import CellSpec, HyperParameter, register
 from evrtrl.models.surrogate import PseudoDerivative, Triangle, heaviside
 
-__all__ = ["LIF", "LIFState", "LIFWeights", "LIFParameters", "LIFAux", "lif_step", "lif_jacobian",
-           "lif_coefficients", "NEURON_PARAMETERS", "phi1"]
+__all__ = ["LIF", "LIFState", "LIFWeights", "LIFParameters", "LIFAux", "lif_step", "lif_state",
+           "lif_jacobian", "lif_coefficients", "lif_terms", "NEURON_PARAMETERS", "phi1", "SPEC"]
 
 RESETS = ("zero", "subtract")
 INTEGRATIONS = ("exact", "euler")
@@ -294,8 +296,7 @@ def lif_step(
             q = v + t.b * ((I + nv["v_leak"]) - v)
         else:
             q = nv["v_leak"] + t.a * (v - nv["v_leak"]) + t.b * I
-        z = heaviside(q - nv["v_th"], p.pseudo_derivative)
-        return LIFState(q, None, z, z), LIFAux(v, I, t)
+        return lif_state(p, t, q, None), LIFAux(v, I, t)
     j = state.i
     if p.integration == "euler":
         # Norse's operation order (i + (W x + bias)) + U z, so that states agree bit for bit
@@ -308,8 +309,13 @@ def lif_step(
     else:
         q = nv["v_leak"] + t.a * (v - nv["v_leak"]) + t.b * j
         i = t.alpha * j + F.linear(x, w.W) + nv["bias"]
-    z = heaviside(q - nv["v_th"], p.pseudo_derivative)
-    return LIFState(q, i, z, z), LIFAux(v, j, t)
+    return lif_state(p, t, q, i), LIFAux(v, j, t)
+
+
+def lif_state(p: LIFParameters, terms: LIFTerms, q: torch.Tensor, i: Optional[torch.Tensor]) -> LIFState:
+    """The state record from its RTRL components: spikes :math:`z = H(q - v_{th})` are the output."""
+    z = heaviside(q - terms.v_th, p.pseudo_derivative)
+    return LIFState(q, i, z, z)
 
 
 def lif_jacobian(
@@ -657,6 +663,13 @@ class LIF(Layer):
             i = i + F.linear(state.e, weights.U)
         return {"v": v, "i": i}
 
+    def forward(self, x: torch.Tensor, state: LIFState | None = None) -> tuple[torch.Tensor, LIFState]:
+        """``outputs, state = layer(x, state)``, like :class:`torch.nn.GRU` (no batch_first):
+        ``x`` ``(T, B, d)``, outputs ``y_t`` ``(T, B, n)``, the state after the last step.
+        Differentiable by autograd through :func:`lif_step`
+        (:func:`evrtrl.network.forward_sequence`)."""
+        return forward_sequence(self, x, state)
+
     def extra_repr(self) -> str:
         p = self.p
         vals = []
@@ -668,3 +681,31 @@ class LIF(Layer):
             f"{self.input_size}, {self.hidden_size}, {', '.join(vals)}, dt={p.dt}, reset={p.reset!r}, "
             f"integration={p.integration!r}, synapse={p.synapse}, recurrent={self.recurrent}"
         )
+
+
+def _state_from_components(layer: LIF, w: LIFWeights, s: tuple) -> LIFState:
+    q = s[0]
+    return lif_state(layer.p, lif_terms(w, layer.p, q.dtype), q, s[1] if layer.synapse else None)
+
+
+#: LIF in the cell registry: structure, per-neuron values (floats or one per neuron; the
+#: trained ones are also parameters), which of them are trained, and the recurrence
+SPEC = register(CellSpec(
+    name="LIF", cls=LIF,
+    hyper=(
+        HyperParameter("tau_mem", float, per_neuron=True),
+        HyperParameter("tau_syn", float, per_neuron=True, default=None),
+        HyperParameter("dt", float),
+        HyperParameter("v_th", float, per_neuron=True),
+        HyperParameter("v_leak", float, per_neuron=True),
+        HyperParameter("v_reset", float, per_neuron=True),
+        HyperParameter("bias", float, per_neuron=True, default=0.0),
+        HyperParameter("reset", str, RESETS), HyperParameter("integration", str, INTEGRATIONS),
+        HyperParameter("recurrent", bool),
+        HyperParameter("synapse", bool, default=True),
+        HyperParameter("trainable", tuple, NEURON_PARAMETERS, default=()),
+    ),
+    weight_shapes=lambda d, n, config: LIF.weight_shapes(d, n, config.get("recurrent", True)),
+    state_from_components=_state_from_components,
+    unit_parameters=lambda config: tuple(k for k in NEURON_PARAMETERS if k in config.get("trainable", ())),
+))

@@ -1,26 +1,28 @@
-r"""The model file: a trained network (EGRU, LIF or a Stack) and its readout in versioned HDF5.
+r"""The model file: a trained network (any registered cell or a Stack) and its readout in versioned HDF5.
 
 Written **atomically** (:mod:`evrtrl.atomic`): a crash or a kill mid-write leaves the
 previous file intact, never a half-written one. Format version 2::
 
     /                       attrs: format_version=2, kind="evrtrl-model",
                                    evrtrl_version, extra (JSON of **extra)
-    /model                  attrs: class ("EGRU" | "LIF" | "Stack"), n_layers
+    /model                  attrs: class ("EGRU" | "LIF" | ... | "Stack"), n_layers
     /model/layers/<i>       attrs: class, input_size, hidden_size, dtype,
-                                   pd_kind, pd_gamma, pd_width,
-                                   (LIF) dt reset integration recurrent, synapse (false:
-                                         current-free), trainable (JSON list of names)
-                            datasets: every parameter (W_u, ..., theta; W, U), stored
-                                      masked (pruned entries hold 0), and mask_<weight>;
-                                      (LIF) every neuron parameter (n,): tau_mem, tau_syn
-                                      (absent when current-free), v_th, v_leak, v_reset,
-                                      bias -- trained ones in the layer's dtype, frozen
-                                      ones float64
-
-Version 1 (0.1.0: LIF neuron parameters as scalar attributes tau_mem tau_syn v_th v_leak
-v_reset, no bias, always current-based, nothing trainable) is still read.
+                                   pd_kind, pd_gamma, pd_width, and the cell's
+                                   stored hyper-parameters (its CellSpec in
+                                   evrtrl.models.registry; LIF: dt reset integration
+                                   recurrent synapse, trainable as a JSON list)
+                            datasets: every parameter (EGRU: W_u, ..., theta; LIF: W, U and
+                                      the trained neuron values), stored masked (pruned
+                                      entries hold 0), and mask_<weight>; every per-unit
+                                      hyper-parameter that is not a parameter (LIF: the
+                                      frozen tau_mem tau_syn v_th v_leak v_reset bias) as a
+                                      float64 dataset (n,)
     /readout (optional)     attrs: class="Readout", hidden_size, n_out, dtype
                             datasets: weight (n_out x n), bias (n_out)
+
+Format 1 (0.1.0) is still read: it stored every hyper-parameter as a scalar attribute (LIF:
+tau_mem tau_syn v_th v_leak v_reset); hyper-parameters it did not have take their registered
+defaults (LIF: no bias, current-based, nothing trained).
 
 ``theta_init`` and ``weight_scale`` are not stored: they only set initial values, and the
 values themselves are stored. A single layer is stored as a one-layer model with
@@ -41,13 +43,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from evrtrl.models import surrogate
-from evrtrl.models.egru import EGRU
-from evrtrl.models.lif import LIF
-from evrtrl.models.readout import Readout
-from evrtrl.models.stack import Stack
 
-from evrtrl.errors import ConfigError, FormatError
+from evrtrl.errors import ConfigError, FormatError, MaskError, ShapeError
 from evrtrl.h5file import (
     DTYPES,
     attr,
@@ -60,6 +57,11 @@ from evrtrl.h5file import (
     write_h5,
     write_header,
 )
+from evrtrl.layer import Layer
+from evrtrl.models import surrogate
+from evrtrl.models.readout import Readout
+from evrtrl.models.registry import cell_spec, registered_cells
+from evrtrl.models.stack import Stack
 
 __all__ = ["FORMAT_VERSION", "SUPPORTED_VERSIONS", "save_model", "load_model", "LoadedModel", "write_model",
            "read_model"]
@@ -68,69 +70,71 @@ __all__ = ["FORMAT_VERSION", "SUPPORTED_VERSIONS", "save_model", "load_model", "
 FORMAT_VERSION = 2
 SUPPORTED_VERSIONS = (1, 2)
 
-#: version-1 LIF scalar attributes
-_LIF_V1 = ("tau_mem", "tau_syn", "v_th", "v_leak", "v_reset")
-
 
 def _pd_attrs(pd: Any) -> dict[str, Any]:
     return {"pd_kind": type(pd).__name__, "pd_gamma": float(pd.gamma), "pd_width": float(pd.width)}
 
 
+def _read_pd(g: Any, path: Path, where: str) -> surrogate.PseudoDerivative:
+    pd_kind = attr_str(g, "pd_kind", path, where)
+    pd_cls = getattr(surrogate, pd_kind, None)
+    if not (isinstance(pd_cls, type) and issubclass(pd_cls, surrogate.PseudoDerivative)):
+        raise FormatError(f"{path}: attribute 'pd_kind' at '{where}' is {pd_kind!r}; expected a "
+                          "pseudo-derivative of evrtrl.models.surrogate (Triangle, FastSigmoid)")
+    return pd_cls(gamma=float(attr(g, "pd_gamma", path, where)), width=float(attr(g, "pd_width", path, where)))
+
+
 def _write_layer(g: Any, layer: Any) -> None:
-    if not isinstance(layer, (EGRU, LIF)):
-        raise ConfigError(
-            f"save_model: cannot store a layer of type {type(layer).__name__}; "
-            "supported: EGRU, LIF (alone or in a Stack)"
-        )
-    g.attrs["class"] = type(layer).__name__
+    try:
+        spec = cell_spec(layer)
+    except ConfigError as exc:
+        raise ConfigError(f"save_model: cannot store a layer of type {type(layer).__name__}: {exc}") from None
+    g.attrs["class"] = spec.name
     g.attrs["input_size"] = layer.input_size
     g.attrs["hidden_size"] = layer.hidden_size
     g.attrs["dtype"] = dtype_name(layer.dtype)
     for k, v in _pd_attrs(layer.pseudo_derivative).items():
         g.attrs[k] = v
-    if isinstance(layer, LIF):
-        g.attrs.update(dt=layer.dt, reset=layer.reset, integration=layer.integration,
-                       recurrent=bool(layer.recurrent), synapse=bool(layer.synapse),
-                       trainable=json.dumps(list(layer.trainable)))
-        for name in layer.neuron_parameter_names:
-            if name not in layer.unit_parameters:  # frozen: float64 buffers
-                g.create_dataset(name, data=getattr(layer, name).detach().cpu().numpy())
-    for name, p in layer.named_parameters(recurse=False):
+    params = dict(layer.named_parameters(recurse=False))
+    by_name = {h.name: h for h in spec.hyper}
+    for k, v in spec.config(layer).items():
+        h = by_name[k]
+        if v is None:
+            continue  # an absent option (its default is None)
+        if h.per_neuron:
+            if k not in params:  # a trained value is stored as the parameter below
+                g.create_dataset(k, data=np.broadcast_to(np.asarray(v, np.float64), (layer.hidden_size,)))
+        elif h.type is tuple:
+            g.attrs[k] = json.dumps(list(v))
+        else:
+            g.attrs[k] = v
+    for name, p in params.items():
         g.create_dataset(name, data=p.detach().cpu().numpy())
     for name, m in layer.masks.items():
         g.create_dataset(f"mask_{name}", data=m.cpu().numpy())
 
 
-def _read_layer(g: Any, path: Path) -> Any:
+def _read_layer(g: Any, path: Path) -> Layer:
     where = g.name
     cls = attr_str(g, "class", path, where)
+    try:
+        spec = cell_spec(cls)
+    except ConfigError:
+        raise FormatError(f"{path}: attribute 'class' at '{where}' is {cls!r}; expected one of the "
+                          f"registered cells {list(registered_cells())}") from None
     d = int(attr(g, "input_size", path, where))
     n = int(attr(g, "hidden_size", path, where))
     stored_dtype = attr_str(g, "dtype", path, where)
     if stored_dtype not in DTYPES:
         raise FormatError(f"{path}: attribute 'dtype' at '{where}' is {stored_dtype!r}; expected one of {sorted(DTYPES)}")
-    dtype = DTYPES[stored_dtype]
-    pd_kind = attr_str(g, "pd_kind", path, where)
-    pd_cls = getattr(surrogate, pd_kind, None)
-    if not (isinstance(pd_cls, type) and issubclass(pd_cls, surrogate.PseudoDerivative)):
-        raise FormatError(f"{path}: attribute 'pd_kind' at '{where}' is {pd_kind!r}; expected a "
-                          "pseudo-derivative of models.surrogate (Triangle, FastSigmoid)")
-    pd = pd_cls(gamma=float(attr(g, "pd_gamma", path, where)), width=float(attr(g, "pd_width", path, where)))
-    if cls == "EGRU":
-        names = [f"W_{c}" for c in "urz"] + [f"U_{c}" for c in "urz"]
-        masks = {k: torch.from_numpy(np.asarray(dataset(g, f"mask_{k}", path))) for k in names}
-        layer = EGRU(d, n, pseudo_derivative=pd, masks=masks, dtype=dtype)
-    elif cls == "LIF":
-        kw = _lif_kwargs(g, path, where, n)
-        recurrent = bool(attr(g, "recurrent", path, where))
-        names = ["W"] + (["U"] if recurrent else [])
-        masks = {k: torch.from_numpy(np.asarray(dataset(g, f"mask_{k}", path))) for k in names}
-        try:
-            layer = LIF(d, n, recurrent=recurrent, pseudo_derivative=pd, masks=masks, dtype=dtype, **kw)
-        except ConfigError as exc:
-            raise FormatError(f"{path}: bad LIF hyper-parameters at '{where}': {exc}") from exc
-    else:
-        raise FormatError(f"{path}: attribute 'class' at '{where}' is {cls!r}; expected 'EGRU' or 'LIF'")
+    pd = _read_pd(g, path, where)
+    try:
+        config = spec.check_config(_stored_hyper(g, spec, path, where, n), where=f"{path}: '{where}'")
+        masks = {k: torch.from_numpy(np.asarray(dataset(g, f"mask_{k}", path)))
+                 for k in spec.weight_shapes(d, n, config)}
+        layer = spec.from_config(d, n, config, pseudo_derivative=pd, masks=masks, dtype=DTYPES[stored_dtype])
+    except (ConfigError, MaskError, ShapeError) as exc:
+        raise FormatError(f"{path}: bad {spec.name} layer at '{where}': {exc}") from exc
     with torch.no_grad():
         for name, p in layer.named_parameters(recurse=False):
             v = np.asarray(dataset(g, name, path))
@@ -141,27 +145,23 @@ def _read_layer(g: Any, path: Path) -> Any:
     return layer
 
 
-def _lif_kwargs(g: Any, path: Path, where: str, n: int) -> dict[str, Any]:
-    """LIF constructor arguments of a stored layer (format 2, or the scalar attributes of 1)."""
-    text = lambda k: (lambda v: v.decode() if isinstance(v, bytes) else str(v))(attr(g, k, path, where))  # noqa: E731
-    kw: dict[str, Any] = dict(dt=float(attr(g, "dt", path, where)), reset=text("reset"),
-                              integration=text("integration"))
-    if "synapse" not in g.attrs:  # format 1 (0.1.0): scalar attributes, current-based, nothing trained
-        kw.update({k: float(attr(g, k, path, where)) for k in _LIF_V1})
-        return kw
-    kw["synapse"] = bool(attr(g, "synapse", path, where))
-    try:
-        kw["trainable"] = tuple(json.loads(text("trainable")))
-    except ValueError as exc:
-        raise FormatError(f"{path}: attribute 'trainable' at '{where}' is not a JSON list") from exc
-    for k in ("tau_mem", "tau_syn", "v_th", "v_leak", "v_reset", "bias"):
-        if k == "tau_syn" and not kw["synapse"]:
-            continue
-        v = np.asarray(dataset(g, k, path), dtype=np.float64)
-        if v.shape != (n,):
-            raise FormatError(f"{path}: dataset '{where}/{k}' has shape {v.shape}, expected ({n},)")
-        kw[k] = v
-    return kw
+def _stored_hyper(g: Any, spec: Any, path: Path, where: str, n: int) -> dict[str, Any]:
+    """The stored hyper-parameters: per-unit ones from their dataset (n,) (format 1: a scalar
+    attribute), the others from attributes; a missing one takes its registered default."""
+    out: dict[str, Any] = {}
+    for h in spec.hyper:
+        if h.per_neuron and h.name in g:
+            v = np.asarray(dataset(g, h.name, path))
+            if v.shape != (n,):
+                raise FormatError(f"{path}: dataset '{where}/{h.name}' has shape {v.shape}, expected ({n},)")
+            out[h.name] = v
+        elif h.name in g.attrs:
+            out[h.name] = attr(g, h.name, path, where)
+        elif not h.required:
+            out[h.name] = h.default
+        else:
+            attr(g, h.name, path, where)  # raises FormatError naming the missing attribute
+    return out
 
 
 def write_model(f: Any, model: Any, readout: Any | None) -> None:
@@ -214,7 +214,7 @@ def read_model(f: Any, path: Path) -> tuple[Any, Any | None]:
 
 
 def save_model(model: Any, path: str | os.PathLike, *, readout: Any | None = None, **extra: Any) -> Path:
-    """Store ``model`` (EGRU, LIF or a Stack of them) and an optional ``readout``
+    """Store ``model`` (a registered cell such as EGRU or LIF, or a Stack of them) and an optional ``readout``
     (``models.Readout``) in a versioned HDF5 file, atomically. ``extra`` (JSON-able
     values, e.g. accuracy, data spec) is kept in the root attribute ``extra``."""
     return write_h5(path, lambda f: (write_header(f, "evrtrl-model", FORMAT_VERSION, extra),

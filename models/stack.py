@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import torch
 
+from typing import Any
+
 from evrtrl.errors import ConfigError, ShapeError
 from evrtrl.layer import Layer
+from evrtrl.network import forward_sequence
 
 __all__ = ["Stack"]
 
@@ -51,3 +54,9 @@ class Stack(torch.nn.Module):
 
     def __getitem__(self, i: int) -> Layer:
         return self.layers[i]
+
+    def forward(self, x: torch.Tensor, state: tuple[Any, ...] | None = None) -> tuple[torch.Tensor, tuple[Any, ...]]:
+        """``outputs, state = stack(x, state)``: ``x`` ``(T, B, d)``, the last layer's outputs
+        ``(T, B, n)`` and a tuple of every layer's state after the last step. Differentiable by
+        autograd through the cells' step functions (:func:`evrtrl.network.forward_sequence`)."""
+        return forward_sequence(self, x, state)

@@ -40,9 +40,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from evrtrl.errors import FormatError
 from evrtrl.atomic import atomic_write
-from .netspec import EGRULayer, LIFLayer, Network, network_from_model
+from evrtrl.errors import ConfigError, FormatError, ShapeError
+from evrtrl.models.lif import SPEC as LIF_SPEC
+
+from .netspec import EGRU_UNIT_PARAMETERS, EGRULayer, LIFLayer, Network, network_from_model
 
 __all__ = ["BUNDLE_VERSION", "READABLE_VERSIONS", "Bundle", "export_bundle", "read_bundle"]
 
@@ -50,8 +52,6 @@ BUNDLE_VERSION = 3
 #: versions this reader understands (module docstring)
 READABLE_VERSIONS = (1, 2, 3)
 _FORMAT = "evrtrl-bundle"
-_LIF_NEURON = ("tau_mem", "tau_syn", "v_th", "v_leak", "v_reset", "bias")
-_LIF_DEFAULTS = {"bias": 0.0}
 
 
 @dataclass
@@ -86,14 +86,14 @@ def export_bundle(model, path, mapping=None) -> None:
                 g.attrs.update(kind=L.kind, n=L.n, d=L.d)
                 pg = g.create_group("params")
                 if L.kind == "lif":
-                    pg.attrs.update(dt=L.dt, reset=L.reset, integration=L.integration, synapse=L.synapse,
-                                    trainable=json.dumps(list(L.trainable)))
-                    for a in L.neuron_fields:
-                        v = getattr(L, a)
-                        if np.ndim(v) == 0:
-                            pg.attrs[a] = float(v)
+                    for h in LIF_SPEC.hyper:
+                        v = getattr(L, h.name, None)
+                        if h.name == "recurrent" or v is None:
+                            continue
+                        if h.per_neuron and np.ndim(v):
+                            pg.create_dataset(h.name, data=np.asarray(v, np.float64))
                         else:
-                            pg.create_dataset(a, data=np.asarray(v, np.float64))
+                            pg.attrs[h.name] = json.dumps(list(v)) if h.type is tuple else v
                     if mapping is not None:
                         hw = pg.create_group("hw")
                         Lq = mapping.quantized_network.layers[i]
@@ -106,7 +106,7 @@ def export_bundle(model, path, mapping=None) -> None:
                             if c is not None:
                                 hw.attrs[f"decay_code_{nm}"] = int(c)
                 else:
-                    for k in ("b_u", "b_r", "b_z", "theta"):
+                    for k in EGRU_UNIT_PARAMETERS:
                         pg.create_dataset(k, data=np.asarray(L.params[k]))
                 ql = mapping.quantization[i] if mapping is not None else None
                 for k in L.weight_names():
@@ -138,26 +138,25 @@ def export_bundle(model, path, mapping=None) -> None:
 
 
 def _lif_params(pg, path, i: int) -> dict:
-    """LIF hyper-parameters of one bundle layer (any readable version)."""
-    where = f"layers/{i}/params"
+    """LIF hyper-parameters of one bundle layer (any readable version): per-neuron values from
+    a dataset or an attribute, the rest from attributes; absent ones take their defaults."""
+    where = f"{str(path)!r}: 'layers/{i}/params'"
+    raw = {}
+    for h in LIF_SPEC.hyper:
+        if h.name == "recurrent":
+            continue
+        if h.per_neuron and h.name in pg:
+            raw[h.name] = pg[h.name][()]
+        elif h.name in pg.attrs:
+            raw[h.name] = pg.attrs[h.name]
+        elif not h.required:
+            raw[h.name] = h.default
+        else:
+            raise FormatError(f"{where} lacks the LIF parameter {h.name!r}")
     try:
-        out = dict(dt=float(pg.attrs["dt"]), reset=str(pg.attrs["reset"]),
-                   integration=str(pg.attrs["integration"]), synapse=bool(pg.attrs.get("synapse", True)),
-                   trainable=tuple(json.loads(pg.attrs.get("trainable", "[]"))))
-        for a in _LIF_NEURON:
-            if a == "tau_syn" and not out["synapse"]:
-                out[a] = None
-            elif a in pg:
-                out[a] = np.asarray(pg[a][()], np.float64)
-            elif a in pg.attrs:
-                out[a] = float(pg.attrs[a])
-            elif a in _LIF_DEFAULTS:
-                out[a] = _LIF_DEFAULTS[a]
-            else:
-                raise KeyError(a)
-    except KeyError as e:
-        raise FormatError(f"{str(path)!r}: '{where}' lacks the LIF parameter {e.args[0]!r}") from e
-    return out
+        return LIF_SPEC.check_config(raw, where=where)
+    except ConfigError as exc:
+        raise FormatError(str(exc)) from exc
 
 
 def read_bundle(path) -> Bundle:
@@ -197,10 +196,13 @@ def read_bundle(path) -> Bundle:
                     Q[k] = (qi, wg["q/scale"][()], int(wg["q"].attrs["bits"]), str(wg["q"].attrs["mode"]))
             masks = {k: M != 0 for k, M in W.items()}
             if kind == "lif":
-                layers.append(LIFLayer(W=W["W"], U=W.get("U"), masks=masks, **_lif_params(g["params"], path, i)))
+                try:
+                    layers.append(LIFLayer(W=W["W"], U=W.get("U"), masks=masks, **_lif_params(g["params"], path, i)))
+                except (ConfigError, ShapeError) as exc:
+                    raise FormatError(f"{str(path)!r}: layer {i}: {exc}") from exc
             elif kind == "egru":
                 params = dict(W)
-                params.update({k: g["params"][k][()] for k in ("b_u", "b_r", "b_z", "theta")})
+                params.update({k: g["params"][k][()] for k in EGRU_UNIT_PARAMETERS})
                 layers.append(EGRULayer(params=params, masks=masks))
             else:
                 raise FormatError(f"{str(path)!r}: layer {i} attribute 'kind' is {kind!r}, expected 'lif' or 'egru'")

@@ -18,8 +18,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
 import numpy as np
+import torch
 
 from evrtrl.errors import ConfigError, UnsupportedError
+from evrtrl.models import Stack, cell_spec
 from .netspec import Network, network_from_model
 from .placement import CoreLimits, neuron_loads, place
 from .profiles import HardwareProfile, load_profile
@@ -429,24 +431,18 @@ def map_to_hardware(model, profile, *, quantization: str = "per_tensor", x=None,
 # --------------------------------------------------------------------------- simulation
 
 def quantized_model(model, report: MappingReport):
-    """A deep copy of ``model`` carrying the quantised weights, thresholds and time constants."""
-    import torch
-
-    qm = copy.deepcopy(model)
-    layers = list(getattr(qm, "layers", None) or [qm])
-    for cell, ql in zip(layers, report.quantized_network.layers):
+    """A copy of ``model`` carrying the quantised weights, thresholds and time constants."""
+    cells = []
+    for cell, ql in zip(list(getattr(model, "layers", None) or [model]), report.quantized_network.layers):
+        changes = ({"tau_mem": float(ql.tau_mem), "tau_syn": float(ql.tau_syn), "v_th": float(ql.v_th)}
+                   if ql.kind == "lif" else {})
+        new = cell_spec(cell).rebuild(cell, **changes)
         with torch.no_grad():
-            if ql.kind == "lif":
-                for k in ql.weight_names():
-                    p = getattr(cell, k)
-                    p.copy_(torch.as_tensor(np.asarray(ql.weight(k)), dtype=p.dtype))
-                cell.set_neuron_parameters(tau_mem=float(ql.tau_mem), tau_syn=float(ql.tau_syn),
-                                           v_th=float(ql.v_th))
-            else:
-                for k in ql.weight_names():
-                    p = getattr(cell, k)
-                    p.copy_(torch.as_tensor(np.asarray(ql.params[k]), dtype=p.dtype))
-    return qm
+            for k in ql.weight_names():
+                p = getattr(new, k)
+                p.copy_(torch.as_tensor(np.asarray(ql.weight(k)), dtype=p.dtype))
+        cells.append(new)
+    return cells[0] if len(cells) == 1 else Stack(*cells)
 
 
 def compare_spikes(sf: np.ndarray, sq: np.ndarray) -> dict:

@@ -3,8 +3,9 @@
 This is the only module that touches ``models`` (the cells). Everything else in
 ``neuromorphic`` (quantisation, placement, NIR, bundles) works on
 :class:`Network`, a list of :class:`LIFLayer` / :class:`EGRULayer` records
-holding numpy arrays. The model reading and building functions import
-``models`` lazily.
+holding numpy arrays. What a cell is (its hyper-parameters, parameter names,
+construction, decay coefficients and validation) comes from the cell registry
+(:mod:`evrtrl.models.registry`) and the cell modules, never restated here.
 """
 from __future__ import annotations
 
@@ -13,16 +14,24 @@ from typing import Any
 
 import numpy as np
 
+import torch
+
 from evrtrl.errors import ConfigError, ShapeError, UnsupportedError
+from evrtrl.models import Stack, cell_spec
+from evrtrl.models.egru import SPEC as EGRU_SPEC
+from evrtrl.models.lif import SPEC as LIF_SPEC
 
 __all__ = ["LIFLayer", "EGRULayer", "Network", "network_from_model", "model_from_network",
-           "EGRU_WEIGHTS", "LIF_NEURON_FIELDS"]
+           "EGRU_WEIGHTS", "EGRU_UNIT_PARAMETERS", "LIF_HYPER", "LIF_NEURON_FIELDS"]
 
-EGRU_WEIGHTS = ("W_u", "W_r", "W_z", "U_u", "U_r", "U_z", "b_u", "b_r", "b_z", "theta")
-
-
+#: every EGRU parameter, weights first (from the cell registry)
+EGRU_WEIGHTS = EGRU_SPEC.parameter_names({})
+#: EGRU's per-unit parameters (biases, threshold)
+EGRU_UNIT_PARAMETERS = tuple(EGRU_SPEC.cls.unit_parameters)
+#: the LIF hyper-parameters a :class:`LIFLayer` carries (the registry's, less ``recurrent``)
+LIF_HYPER = tuple(k for k in LIF_SPEC.hyper_names if k != "recurrent")
 #: per-neuron LIF fields (each a float or an array (n,)); same names as ``models.LIF``
-LIF_NEURON_FIELDS = ("tau_mem", "tau_syn", "v_th", "v_leak", "v_reset", "bias")
+LIF_NEURON_FIELDS = tuple(h.name for h in LIF_SPEC.hyper if h.per_neuron)
 
 
 @dataclass
@@ -98,7 +107,7 @@ class LIFLayer:
         """The per-neuron parameters of this layer (no ``tau_syn`` when current-free)."""
         return tuple(k for k in LIF_NEURON_FIELDS if self.synapse or k != "tau_syn")
 
-    def values(self, name: str) -> np.ndarray:
+    def values_of(self, name: str) -> np.ndarray:
         """Neuron parameter ``name`` as a float64 array (n,) (scalars broadcast)."""
         return np.broadcast_to(np.asarray(getattr(self, name), np.float64), (self.n,)).copy()
 
@@ -109,6 +118,20 @@ class LIFLayer:
 
     def weight(self, name: str) -> np.ndarray | None:
         return {"W": self.W, "U": self.U}.get(name)
+
+    def hyper(self) -> dict[str, Any]:
+        """The neuron parameters and structure (:data:`LIF_HYPER`) as a dict."""
+        return {k: getattr(self, k) for k in LIF_HYPER}
+
+    def config(self) -> dict[str, Any]:
+        """The cell's stored hyper-parameters (:meth:`evrtrl.models.CellSpec.config` form)."""
+        return {**self.hyper(), "recurrent": self.U is not None}
+
+    def values(self) -> dict[str, np.ndarray]:
+        """The values to copy into a built cell: the weights and the trained neuron values."""
+        out = {k: self.weight(k) for k in self.weight_names()}
+        out.update({k: self.values_of(k) for k in self.trainable})
+        return out
 
     def weight_names(self) -> tuple[str, ...]:
         return ("W", "U") if self.U is not None else ("W",)
@@ -148,7 +171,7 @@ def _neuron_field(name: str, value: Any, n: int) -> Any:
 
 @dataclass
 class EGRULayer:
-    """One EGRU layer: the named parameters of DESIGN.md section 3, numpy arrays."""
+    """One EGRU layer: its named parameters (:mod:`evrtrl.models.egru`), numpy arrays."""
 
     params: dict[str, np.ndarray]
     masks: dict[str, np.ndarray] = field(default_factory=dict)
@@ -177,7 +200,13 @@ class EGRULayer:
         return self.params.get(name)
 
     def weight_names(self) -> tuple[str, ...]:
-        return tuple(k for k in EGRU_WEIGHTS if k[0] in "WU")
+        return tuple(k for k in EGRU_WEIGHTS if k not in EGRU_UNIT_PARAMETERS)
+
+    def config(self) -> dict[str, Any]:
+        return {}
+
+    def values(self) -> dict[str, np.ndarray]:
+        return dict(self.params)
 
     def mask(self, name: str) -> np.ndarray:
         m = self.masks.get(name)
@@ -223,43 +252,34 @@ def network_from_model(model) -> Network:
         return model
     out = []
     for i, layer in enumerate(_layers_of(model)):
-        cls = type(layer).__name__
-        masks = {k: _np(v).astype(bool) for k, v in (getattr(layer, "masks", None) or {}).items()}
-        if cls == "LIF" or hasattr(layer, "tau_mem"):
-            U = getattr(layer, "U", None)
-            vals = {k: v.numpy() for k, v in layer.neuron_parameters().items()}
-            out.append(LIFLayer(
-                W=_np(layer.W), U=None if U is None else _np(U), tau_syn=vals.pop("tau_syn", None),
-                dt=float(layer.dt), reset=str(layer.reset), integration=str(layer.integration),
-                masks=masks, synapse=bool(layer.synapse), trainable=tuple(layer.trainable), **vals))
-        elif cls == "EGRU" or hasattr(layer, "theta"):
-            out.append(EGRULayer(params={k: _np(getattr(layer, k)) for k in EGRU_WEIGHTS}, masks=masks))
+        try:
+            spec = cell_spec(layer)
+        except ConfigError:
+            spec = None
+        if spec not in (LIF_SPEC, EGRU_SPEC):
+            raise UnsupportedError(f"layer {i} is a {type(layer).__name__}; neuromorphic export knows "
+                                   "LIF and EGRU layers")
+        config = spec.config(layer)
+        masks = {k: _np(v).astype(bool) for k, v in layer.masks.items()}
+        values = {k: _np(getattr(layer, k)) for k in spec.parameter_names(config)}
+        if spec is LIF_SPEC:
+            out.append(LIFLayer(W=values["W"], U=values.get("U"), masks=masks,
+                                **{k: config[k] for k in LIF_HYPER}))
         else:
-            raise UnsupportedError(f"layer {i} is a {cls}; neuromorphic export knows LIF and EGRU layers")
+            out.append(EGRULayer(params=values, masks=masks))
     return Network(out)
 
 
 def model_from_network(net: Network, *, dtype=None, device=None):
     """Build ``models`` cells (a ``Stack`` when there is more than one layer) from a :class:`Network`."""
-    import torch
-    from evrtrl.models import EGRU, LIF, Stack
-
     dtype = dtype or torch.float32
     cells = []
     for layer in net.layers:
         masks = {k: torch.as_tensor(np.asarray(m, bool), device=device) for k, m in layer.masks.items()} or None
-        if layer.kind == "lif":
-            cell = LIF(layer.d, layer.n, dt=layer.dt, reset=layer.reset, integration=layer.integration,
-                       recurrent=layer.U is not None, masks=masks, synapse=layer.synapse,
-                       trainable=layer.trainable, dtype=dtype, device=device,
-                       **{k: getattr(layer, k) for k in layer.neuron_fields})
-            names = layer.weight_names()
-            values = {k: layer.weight(k) for k in names}
-        else:
-            cell = EGRU(layer.d, layer.n, masks=masks, dtype=dtype, device=device)
-            values = layer.params
+        cell = cell_spec(layer.kind).from_config(layer.d, layer.n, layer.config(), masks=masks,
+                                                 dtype=dtype, device=device)
         with torch.no_grad():
-            for k, v in values.items():
+            for k, v in layer.values().items():
                 getattr(cell, k).copy_(torch.as_tensor(np.asarray(v), dtype=dtype, device=device))
         cells.append(cell)
     return cells[0] if len(cells) == 1 else Stack(*cells)

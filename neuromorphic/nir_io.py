@@ -292,14 +292,14 @@ def nir_graph_from_network(net: Network, prov: dict | None = None, *, nested: bo
             P = None  # the layer changed kind or size since import
         W = np.where(L.mask("W"), L.W, 0.0).astype(np.float64)
         U = None if L.U is None else np.where(L.mask("U"), L.U, 0.0).astype(np.float64)
-        bias = L.values("bias")
+        bias = L.values_of("bias")
         n = W.shape[0]
         ff, neu = (P["ff"], P["neuron"]) if P else (f"fc{li + 1}", f"lif{li + 1}" + (".lif" if U is not None else ""))
         rec = ((P["rec"] if P and P["rec"] else f"lif{li + 1}.w_rec")) if U is not None else None
         pdt = np.dtype(P["param_dtype"]) if P else np.float64
-        val = lambda k: L.values(k).astype(pdt)  # noqa: E731
+        val = lambda k: L.values_of(k).astype(pdt)  # noqa: E731
         if L.synapse:
-            tau_syn = L.values("tau_syn")
+            tau_syn = L.values_of("tau_syn")
             r = P["r"].astype(np.float64) if P else np.ones(n)
             w_in = P["w_in"].astype(np.float64) if P else tau_syn / L.dt
             g = r * w_in * L.dt / tau_syn

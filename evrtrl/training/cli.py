@@ -13,7 +13,9 @@ from typing import Sequence
 
 import torch
 
+from evrtrl.api import METHODS
 from evrtrl.errors import EvrtrlError
+from evrtrl.models import registered_cells
 from evrtrl.training import distributed as ddp
 from evrtrl.training.demo import run as run_demo
 from evrtrl.training.evaluate import evaluate
@@ -47,11 +49,11 @@ def register(subparsers) -> None:
                     "config.json, checkpoint.h5, model.h5, batches/epochs .csv/.jsonl into --out.")
     p.add_argument("--data", required=True, help="KIND:PATH[,key=value...]; KIND in shd, nmnist, synthetic "
                    "(e.g. synthetic:rotation, synthetic:spikes, shd:/data/shd, nmnist:/data/N-MNIST)")
-    p.add_argument("--model", choices=("egru", "lif"), default=d.model)
+    p.add_argument("--model", choices=[c.lower() for c in registered_cells()], default=d.model)
     p.add_argument("--hidden", type=int, default=d.hidden, help="units per layer")
     p.add_argument("--layers", type=int, default=d.layers)
     p.add_argument("--density", type=float, default=d.density, help="fraction of live weights (random masks)")
-    p.add_argument("--method", choices=("event", "dense", "dense-live", "bptt"), default=d.method)
+    p.add_argument("--method", choices=METHODS, default=d.method)
     p.add_argument("--epochs", type=int, default=d.epochs)
     p.add_argument("--batch", type=int, default=d.batch, help="global batch size (all processes)")
     p.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate")

@@ -23,6 +23,7 @@ the same weights, bit for bit, as an uninterrupted one (tests/training).
 """
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import os
@@ -33,9 +34,12 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from evrtrl.api import METHODS, simulate
 from evrtrl.atomic import atomic_write_text
 from evrtrl.errors import ConfigError, UnknownMethodError
+from evrtrl.models import Readout, Stack, Triangle, cell_spec, random_masks, registered_cells
 from evrtrl.models.modelfile import save_model
+from evrtrl.online import OnlineLearner
 from evrtrl.training import distributed as ddp
 from evrtrl.training.checkpoint import load_checkpoint, save_checkpoint
 from evrtrl.training.data import SequenceData, open_data, parse_data_spec
@@ -44,6 +48,8 @@ from evrtrl.training.metrics import MetricsLog, dense_rtrl_macs
 __all__ = ["TrainConfig", "TrainResult", "train", "build_model", "make_loss", "predict_logits"]
 
 _DT = {"float32": torch.float32, "float64": torch.float64}
+#: config fields that are never cell keywords, even where a cell's constructor has that name
+_NOT_CELL_OPTIONS = {"dtype", "input_size", "hidden_size", "masks", "pseudo_derivative", "generator", "device"}
 
 
 @dataclass
@@ -51,7 +57,7 @@ class TrainConfig:
     """Everything that defines a run (stored as ``config.json`` in the run directory)."""
 
     data: str = "synthetic:rotation"
-    model: str = "egru"  # "egru" | "lif"
+    model: str = "egru"  # a registered cell: "egru", "lif", ... (evrtrl.models.registered_cells)
     hidden: int = 32
     layers: int = 1
     density: float = 1.0
@@ -74,6 +80,7 @@ class TrainConfig:
     reset: str = "zero"
     integration: str = "exact"
     weight_scale: float = 4.0
+    cell: dict[str, Any] = field(default_factory=dict)  # further cell keywords (hyper-parameters)
     # run control
     checkpoint_every: int = 0  # batches; 0: only at epoch end
     log: tuple[str, ...] = ("csv", "json")
@@ -83,10 +90,11 @@ class TrainConfig:
 
     def validate(self) -> None:
         parse_data_spec(self.data)
-        if self.model not in ("egru", "lif"):
-            raise UnknownMethodError(f"--model {self.model!r}: expected 'egru' or 'lif'")
-        if self.method not in ("event", "dense", "dense-live", "bptt"):
-            raise UnknownMethodError(f"--method {self.method!r}: expected event, dense, dense-live or bptt")
+        keys = [c.lower() for c in registered_cells()]
+        if self.model not in keys:
+            raise UnknownMethodError(f"--model {self.model!r}: expected one of {keys}")
+        if self.method not in METHODS:
+            raise UnknownMethodError(f"--method {self.method!r}: expected one of {list(METHODS)}")
         if self.loss not in ("mean", "last"):
             raise UnknownMethodError(f"loss {self.loss!r}: expected 'mean' or 'last'")
         if self.dtype not in _DT:
@@ -125,29 +133,31 @@ class TrainResult:
 
 # ----------------------------------------------------------------------- building
 def build_model(cfg: TrainConfig, n_inputs: int, n_classes: int, dt_us: int | None):
-    """The recurrent model and its readout, from the seed (deterministic)."""
-    from evrtrl.models import EGRU, LIF, Readout, Stack, Triangle, random_masks
+    """The recurrent model and its readout, from the seed (deterministic).
 
+    The cell is ``cell_spec(cfg.model)`` from the registry (:mod:`evrtrl.models.registry`).
+    Its keywords are the config fields named like a constructor keyword of the cell
+    (``theta_init``, ``tau_mem``, ``reset``, ``weight_scale``, ...), then ``cfg.cell``; a cell
+    with a ``dt`` hyper-parameter gets the data's time step (``dt_us``, default 1 ms).
+    """
+    spec = cell_spec(cfg.model)
     dtype = _DT[cfg.dtype]
     g = torch.Generator().manual_seed(cfg.seed)
     pd = Triangle(gamma=cfg.pd_gamma, width=cfg.pd_width)
+    accepted = set(inspect.signature(spec.cls).parameters)
+    options = {f.name: getattr(cfg, f.name) for f in fields(cfg)
+               if f.name in accepted and f.name not in _NOT_CELL_OPTIONS}
+    if "dt" in spec.hyper_names:
+        options["dt"] = (dt_us or 1000) * 1e-6
+    options.update(cfg.cell)
+    config = {k: options.pop(k) for k in spec.hyper_names if k in options}
     layers = []
     d = n_inputs
     for i in range(cfg.layers):
-        seed_i = cfg.seed * 1000 + i
-        if cfg.model == "egru":
-            masks = (random_masks(EGRU.weight_shapes(d, cfg.hidden), cfg.density, seed=seed_i)
-                     if cfg.density < 1 else None)
-            layers.append(EGRU(d, cfg.hidden, pseudo_derivative=pd, masks=masks,
-                               theta_init=cfg.theta_init, dtype=dtype, generator=g))
-        else:
-            masks = (random_masks(LIF.weight_shapes(d, cfg.hidden), cfg.density, seed=seed_i)
-                     if cfg.density < 1 else None)
-            dt = (dt_us or 1000) * 1e-6
-            layers.append(LIF(d, cfg.hidden, tau_mem=cfg.tau_mem, tau_syn=cfg.tau_syn, dt=dt,
-                              v_th=cfg.v_th, reset=cfg.reset, integration=cfg.integration,
-                              pseudo_derivative=pd, masks=masks, weight_scale=cfg.weight_scale,
-                              dtype=dtype, generator=g))
+        masks = (random_masks(spec.weight_shapes(d, cfg.hidden, config), cfg.density, seed=cfg.seed * 1000 + i)
+                 if cfg.density < 1 else None)
+        layers.append(spec.from_config(d, cfg.hidden, config, pseudo_derivative=pd, masks=masks,
+                                       dtype=dtype, generator=g, **options))
         d = cfg.hidden
     model = layers[0] if len(layers) == 1 else Stack(*layers)
     torch.manual_seed(cfg.seed)
@@ -179,9 +189,7 @@ def make_loss(readout, labels, T, mode="mean", global_batch=None) -> _Loss:
 @torch.no_grad()
 def predict_logits(model, readout, x: torch.Tensor, mode: str = "mean") -> torch.Tensor:
     """Summed (``mean``) or last-step (``last``) readout logits ``(B, classes)``."""
-    import evrtrl
-
-    out = evrtrl.simulate(model, x.to(readout.weight.dtype)).outputs  # (T, B, n)
+    out = simulate(model, x.to(readout.weight.dtype)).outputs  # (T, B, n)
     if mode == "last":
         return readout(out[-1])
     return readout(out).sum(0)
@@ -195,16 +203,6 @@ def _accuracy(model, readout, data: SequenceData, mode: str, batch: int) -> floa
         x, y = data.batch(idx, dtype)
         correct += int((predict_logits(model, readout, x, mode).argmax(-1) == y).sum())
     return correct / max(1, len(data))
-
-
-def _m_density(engine) -> float:
-    """Fraction of non-zero entries of the engine's influence tensors (allocated ones)."""
-    Ms = getattr(engine, "M", None)
-    if Ms is None:
-        return float("nan")
-    flat = [m for row in Ms for m in (row if isinstance(row, list) else [row])]
-    total = sum(m.numel() for m in flat)
-    return sum(int((m != 0).sum()) for m in flat) / total if total else 0.0
 
 
 def _epoch_order(seed: int, epoch: int, n: int) -> list[int]:
@@ -235,8 +233,6 @@ def train(
     the run as a kill would. Runs distributed when a ``torch.distributed`` group is
     initialised (:mod:`evrtrl.training.distributed`).
     """
-    from evrtrl.online import OnlineLearner
-
     t_start = time.perf_counter()
     rank, world = ddp.rank_and_world()
     run = Path(out)
@@ -329,7 +325,7 @@ def train(
                     st["macs_total"] if st else float("nan"),
                     st["alpha"] if st else float("nan"), st["beta"] if st else float("nan"),
                     st["gamma_final"] if st else float("nan"),
-                    _m_density(learner.engine) if st else float("nan")]
+                    learner.engine.influence_density() if st else float("nan")]
             vals = ddp.all_reduce_sum(vals)
             loss_g, correct_g, macs_d, macs_e = vals[:4]
             alpha, beta, gamma, mdens = (v / world for v in vals[4:])

@@ -66,10 +66,7 @@ def all_gradients(model, x, loss_fn, methods=ENGINES):
     return {m: evrtrl.gradients(model, x, loss_fn, method=m) for m in methods}
 
 
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Norm-wise relative error of a against b (absolute when b is exactly zero)."""
-    nb = float(b.norm())
-    return float((a - b).norm()) / nb if nb > 0 else float((a - b).norm())
+rel_err = evrtrl.relative_error  # norm-wise, relative to the reference (absolute where it is 0)
 
 
 def assert_engines_agree(model, x, loss_fn, *, event_dense=1e-12, vs_bptt=1e-10):

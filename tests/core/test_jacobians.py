@@ -12,26 +12,18 @@ from torch.func import jacrev
 
 from evrtrl.dense_engine import _gain_matrix, dense_step_jacobians
 from evrtrl.influence import ColumnBlock
-from evrtrl.models import EGRU, EGRUState, LIFState, heaviside
+from evrtrl.models import EGRU, cell_spec
 
 from .helpers import egru, lif
 
 
 def _emit(layer, w, s):
     """State record from the RTRL state components (events recomputed with the surrogate)."""
-    if isinstance(layer, EGRU):
-        (c,) = s
-        e = heaviside(c - w.theta, layer.pseudo_derivative)
-        return EGRUState(c, e, c * e)
-    q, i = s if len(s) == 2 else (s[0], None)
-    z = heaviside(q - w.v_th.to(q.dtype), layer.pseudo_derivative)
-    return LIFState(q, i, z, z)
+    return cell_spec(layer).state_from_components(layer, w, tuple(s))
 
 
 def _components(layer, state):
-    if isinstance(layer, EGRU):
-        return (state.c,)
-    return (state.q, state.i) if layer.synapse else (state.q,)
+    return tuple(state)[: layer.state_size]
 
 
 CASES = [

@@ -345,7 +345,7 @@ def test_bundle_per_neuron_and_current_free_round_trip(tmp_path):
     for a, c in zip(src.layers, b.network.layers):
         assert (a.synapse, a.trainable) == (c.synapse, c.trainable)
         for k in a.neuron_fields:
-            np.testing.assert_array_equal(c.values(k), a.values(k))
+            np.testing.assert_array_equal(c.values_of(k), a.values_of(k))
     assert b.network.layers[1].tau_syn is None and b.network.layers[1].bias == 0.25
     with h5py.File(p, "r") as f:  # per-neuron values as datasets, shared ones as attributes
         assert f["layers/0/params/v_th"].shape == (5,) and f["layers/1/params"].attrs["bias"] == 0.25

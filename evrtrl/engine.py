@@ -1,0 +1,146 @@
+r"""The Engine protocol, and the one time loop that drives any engine over a sequence.
+
+An engine holds ``B`` streams of a model and, step by step, the exact gradient of
+:math:`\sum_t L_t(y_t)` so far: the event engine (:class:`evrtrl.EventRTRL`), dense RTRL
+(:class:`evrtrl.DenseRTRL`) and backpropagation through time (:class:`evrtrl.BPTT`) all
+satisfy :class:`Engine`. :func:`run_engine` is the loop that :func:`evrtrl.gradients` and
+:class:`evrtrl.OnlineLearner` share:
+
+.. math::
+
+    y_t = \mathrm{engine.step}(x_t), \qquad
+    \mathrm{engine.accumulate}(\partial L_t / \partial y_t),
+
+with an update hook every ``k`` steps (the online learner hands ``engine.gradients()``
+to its optimizer there, then calls ``zero_grad`` and ``refresh``).
+
+>>> import torch, evrtrl
+>>> from evrtrl.models import EGRU
+>>> engine = evrtrl.make_engine(EGRU(2, 4).double(), batch=3, method="event")
+>>> isinstance(engine, evrtrl.Engine)
+True
+>>> losses = evrtrl.run_engine(engine, torch.randn(5, 3, 2, dtype=torch.float64),
+...                            lambda y, t: y.pow(2).sum())
+>>> len(losses), sorted(engine.gradients())[:2]
+(5, ['U_r', 'U_u'])
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Iterable, Protocol, runtime_checkable
+
+import torch
+
+from evrtrl.errors import ShapeError
+from evrtrl.stats import EngineStats
+
+__all__ = ["Engine", "LossFn", "run_engine", "loss_gradient", "nonzero_fraction"]
+
+#: ``loss_fn(y_t, t)``: a scalar tensor, or None where step ``t`` has no loss
+LossFn = Callable[[torch.Tensor, int], Any]
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """What every gradient engine offers (event, dense, dense-live RTRL and BPTT)."""
+
+    #: the method name: "event", "dense", "dense-live" or "bptt"
+    name: str
+    #: per-step statistics and multiply-add counts
+    stats: EngineStats
+
+    def step(self, x: torch.Tensor) -> torch.Tensor:
+        """Advance every layer by one step on ``x`` ``(B, d)``; returns the last output ``(B, n)``."""
+        ...
+
+    def accumulate(self, dL_dy: torch.Tensor) -> None:
+        """Add ``dL_t/dy_t`` ``(B, n)`` of the step just taken to the gradient."""
+        ...
+
+    def gradients(self) -> dict[str, torch.Tensor]:
+        """The gradient accumulated since the last :meth:`zero_grad`, by parameter name."""
+        ...
+
+    def zero_grad(self) -> None:
+        """Forget the accumulated gradient (the influence/history is kept)."""
+        ...
+
+    def refresh(self) -> None:
+        """Re-read the weights after an optimizer step (BPTT also truncates its history here)."""
+        ...
+
+    def influence_density(self) -> float:
+        """Fraction of non-zero entries of the stored influence tensors (nan for BPTT)."""
+        ...
+
+
+def nonzero_fraction(tensors: Iterable[torch.Tensor]) -> float:
+    """Fraction of non-zero entries over ``tensors`` (0.0 when they hold no entries)."""
+    nz = total = 0
+    for t in tensors:
+        nz += int(torch.count_nonzero(t))
+        total += t.numel()
+    return nz / total if total else 0.0
+
+
+def loss_gradient(loss_fn: LossFn, y: torch.Tensor, t: int,
+                  extra: list[torch.Tensor] = ()) -> tuple[Any, torch.Tensor | None, list[Any]]:
+    """``(loss, dL_t/dy_t, [dL_t/dp for p in extra])`` of one step's loss.
+
+    The gradients are None where the loss is None or does not depend on them.
+    """
+    extra = list(extra)
+    with torch.enable_grad():
+        yl = y.detach().requires_grad_(True)
+        loss = loss_fn(yl, t)
+        if loss is None:
+            return None, None, [None] * len(extra)
+        if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+            raise ShapeError(
+                f"loss_fn(y_t, t) must return a scalar tensor (or None), got "
+                f"{type(loss).__name__}{'' if not isinstance(loss, torch.Tensor) else tuple(loss.shape)} at t={t}"
+            )
+        if not loss.requires_grad:
+            return loss, None, [None] * len(extra)
+        grads = torch.autograd.grad(loss, [yl] + extra, allow_unused=True)
+    return loss, grads[0], list(grads[1:])
+
+
+def run_engine(
+    engine: Engine,
+    x: torch.Tensor,
+    loss_fn: LossFn,
+    *,
+    extra_parameters: Iterable[torch.nn.Parameter] = (),
+    every: int = 0,
+    on_update: Callable[[], None] | None = None,
+) -> list[float]:
+    """Feed ``x`` ``(T, B, d)`` to ``engine`` step by step; returns each step's loss (nan if none).
+
+    Each step accumulates ``dL_t/dy_t`` into the engine and adds ``dL_t/dp`` to ``p.grad``
+    for every parameter in ``extra_parameters`` (a readout inside ``loss_fn``: its gradient
+    is exact from the current step alone). With ``every = k > 0``, ``on_update()`` is
+    called after every ``k`` steps and once more after the last step if steps are pending.
+    """
+    extra = list(extra_parameters)
+    losses: list[Any] = []
+    pending = 0
+    for t in range(x.shape[0]):
+        y = engine.step(x[t])
+        loss, g, g_extra = loss_gradient(loss_fn, y, t, extra)
+        if g is not None:
+            engine.accumulate(g)
+        for p, gp in zip(extra, g_extra):
+            if gp is not None:
+                p.grad = gp if p.grad is None else p.grad + gp
+        losses.append(loss.detach() if loss is not None else None)
+        pending += 1
+        if every and pending == every:
+            if on_update is not None:
+                on_update()
+            pending = 0
+    if every and pending and on_update is not None:
+        on_update()
+    values = [v for v in losses if v is not None]
+    floats = iter(torch.stack([v.reshape(()).double().cpu() for v in values]).tolist() if values else [])
+    return [next(floats) if v is not None else math.nan for v in losses]
