@@ -88,3 +88,29 @@ def test_bad_neuron_values_are_named(tmp_path):
     _write_v1(tmp_path / "bad.h5", tau_syn=-1.0)
     with pytest.raises(FormatError, match="tau_syn"):
         load_model(tmp_path / "bad.h5")
+
+
+def test_registry_config_and_rebuild_keep_per_neuron_values():
+    from evrtrl.models import cell_spec
+
+    m = lif(per_neuron=True, trainable=("v_th", "bias"))
+    spec = cell_spec(m)
+    cfg = spec.config(m)
+    assert cfg["trainable"] == ("v_th", "bias") and cfg["v_th"].shape == (7,) and cfg["synapse"]
+    assert spec.parameter_names(cfg) == ("W", "U", "v_th", "bias")
+    twin = spec.from_config(4, 7, cfg, dtype=torch.float64)
+    _same(m, twin)
+    # rebuild: a changed value replaces the old one, the others (and the weights) are kept
+    new = spec.rebuild(m, tau_mem=0.03, v_th=0.9)
+    assert bool((new.tau_mem == 0.03).all()) and bool((new.v_th == 0.9).all())
+    assert torch.equal(new.W, m.W) and torch.equal(new.v_leak, m.v_leak) and torch.equal(new.bias, m.bias)
+    free = lif(synapse=False, per_neuron=True)
+    assert spec.config(free)["tau_syn"] is None and spec.from_config(4, 7, spec.config(free)).state_size == 1
+
+
+def test_training_builds_lif_with_trained_neuron_values():
+    from evrtrl.training.loop import TrainConfig, build_model
+
+    cfg = TrainConfig(data="synthetic:rotation", model="lif", hidden=5, cell={"trainable": ["v_th", "tau_mem"]})
+    model, _ = build_model(cfg, 3, 2, 1000)
+    assert model.unit_parameters == ("tau_mem", "v_th") and model.v_th.requires_grad
