@@ -607,6 +607,10 @@ def plot(recs: list[dict], outdir: str) -> list[str]:
 
 # --------------------------------------------------------------------------- CLI
 def run(args: argparse.Namespace) -> int:
+    if getattr(args, "fuzz", False):  # the file-reader fuzzer, not a speed benchmark
+        from evrtrl.benchmarks.fuzz import run as run_fuzz
+
+        return run_fuzz(args, prefix="fuzz-")
     t_start = time.time()
     cfgs = plan(args.quick, getattr(args, "core", False))
     cal: dict[tuple, tuple[float, float]] = {}
@@ -659,6 +663,11 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads for every engine and the matmul reference (default 1: "
                         "on a shared 2-core machine 2 threads oversubscribe, see docs)")
+    p.add_argument("--fuzz", action="store_true",
+                   help="instead: run the seeded mutation fuzzer over every file reader (evrtrl.benchmarks.fuzz)")
+    from evrtrl.benchmarks.fuzz import add_arguments
+
+    add_arguments(p, prefix="fuzz-")
     p.set_defaults(func=run)
     return p
 

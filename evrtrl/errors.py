@@ -38,3 +38,7 @@ class FormatError(EvrtrlError, ValueError):
 
 class UnsupportedError(EvrtrlError, NotImplementedError):
     """The request is valid but cannot be expressed (e.g. a node type on export)."""
+
+
+class MemoryBudgetError(EvrtrlError, MemoryError):
+    """A planned allocation (the influence matrix) exceeds the memory the machine has."""

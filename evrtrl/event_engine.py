@@ -79,7 +79,9 @@ from evrtrl.errors import NonFiniteError, ShapeError
 from evrtrl.events import SparseStep
 from evrtrl.influence import ColumnBlock, choose_layout
 from evrtrl.layer import Layer, LocalJacobian
+from evrtrl.memory import check_memory, plan_memory
 from evrtrl.network import check_parameters, layers_of
+from evrtrl.shards import ColumnShard
 from evrtrl.stats import EngineStats
 
 __all__ = ["EventRTRL", "DegradesToDenseWarning", "diag_pass_macs"]
@@ -180,15 +182,20 @@ class _LayerRun:
         self.born_rec = np.zeros(self.n, dtype=bool)
         self.unborn_in = torch.arange(self.d, device=dev)
         self.unborn_rec = torch.arange(self.n, device=dev)
-        # gain_direct: the column of p_i for each unit, (n, 1)
-        self.ucol = {u: c[:, None] for u, c in block.unit_cols.items()}
+        # gain_direct: the column of p_i for each unit, (n, 1); a unit whose p_i column another
+        # shard tracks points at column 0 with a zero factor (an exact no-op)
+        self.ucol = {u: c.clamp(min=0)[:, None] for u, c in block.unit_cols.items()}
+        self.ukeep = {u: (c >= 0).to(layer.dtype)[:, None] for u, c in block.unit_cols.items()
+                      if bool((c < 0).any())}
         e = torch.empty(0, dtype=torch.long, device=dev)
         self.phi_idx, self.src_idx, self.dest = e, e, e
         self.phi_take, self.src_take, self.entries = e[None].expand(B, 0), e[None].expand(B, 0), 0
         n = self.n
         for u, cols in block.unit_cols.items():
-            self._add(self.group[u], torch.arange(n, device=dev),
-                      torch.full((n,), self.d + n, dtype=torch.long, device=dev), cols)
+            units = (cols >= 0).nonzero(as_tuple=True)[0]  # shard: the p_i tracked here
+            self._add(self.group[u], units,
+                      torch.full((units.numel(),), self.d + n, dtype=torch.long, device=dev),
+                      cols[units])
 
     def _add(self, g: int, rows: torch.Tensor, src: torch.Tensor, cols: torch.Tensor) -> None:
         """Append table entries for weight entries ``(rows, src)`` of group ``g`` at ``cols``."""
@@ -232,13 +239,19 @@ class EventRTRL:
     ``x_t`` is a dense ``(B, d)`` tensor or a :class:`evrtrl.events.SparseStep`.
     ``layout``: storage of the influence matrix, ``"auto"`` (by size,
     :func:`evrtrl.influence.choose_layout`), ``"rows"`` or ``"cols"``.
+    ``shard``: track only that column shard (:mod:`evrtrl.shards`; the forward pass is
+    unchanged, the gradient is exactly zero outside the shard). ``allow_memory``: skip the
+    refusal of an influence matrix larger than the memory available (:mod:`evrtrl.memory`).
     """
 
     name = "event"
 
-    def __init__(self, model: Any, batch: int, layout: str = "auto") -> None:
+    def __init__(self, model: Any, batch: int, layout: str = "auto", *,
+                 shard: ColumnShard | None = None, allow_memory: bool = False) -> None:
         self.refs = layers_of(model)
         check_parameters(model)
+        check_memory(plan_memory(model, int(batch), "event", shard=shard), allow=allow_memory,
+                     device=self.refs[0].layer.device)
         for ref in self.refs:
             _check_structure(ref.layer)
             if not getattr(ref.layer.pseudo_derivative, "compact", False):
@@ -253,7 +266,7 @@ class EventRTRL:
         self.B = B = int(batch)
         layer0 = self.refs[0].layer
         self.dtype, self.device = layer0.dtype, layer0.device
-        self.blocks = [ColumnBlock(r.layer, r.prefix) for r in self.refs]
+        self.blocks = [ColumnBlock(r.layer, r.prefix, shard) for r in self.refs]
         self.runs = [
             _LayerRun(r.layer, b, B, choose_layout(r.layer.hidden_size * r.layer.state_size, layout))
             for r, b in zip(self.refs, self.blocks)
@@ -493,7 +506,12 @@ class EventRTRL:
             self.stats.add_macs("emission", B * k * (m - run.c0) * P)
         self.stats.add_macs("emission", B * n * m * m)
         for u, gd in lj.gain_direct.items():
-            Ns[l].scatter_add_(2, run.ucol[u][Kp], gd[self.bcol, Kp, None])
+            if Ns[l].shape[-1] == 0:  # shard without columns in this block
+                continue
+            vals = gd[self.bcol, Kp, None]
+            if u in run.ukeep:
+                vals = vals * run.ukeep[u][Kp]
+            Ns[l].scatter_add_(2, run.ucol[u][Kp], vals)
             self.stats.add_macs("emission", B * k)
         return (Kp, k, Ns, Ps, count)
 

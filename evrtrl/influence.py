@@ -8,6 +8,12 @@ Until then its column is exactly zero, so the engines work on the prefix
 ``M[..., :p_born]`` only. The dense engine uses :meth:`ColumnBlock.natural_columns`
 instead (every entry, or every live entry, in parameter order).
 
+Shards (:class:`evrtrl.shards.ColumnShard`): a block built with ``shard`` has columns only
+for the shard's part of the candidates (:meth:`ColumnBlock.natural_columns` applies it), so
+``p_live`` counts this shard's live columns, ``tracked`` marks them (a flat bool over the
+block's entries) and a per-unit parameter's ``unit_cols[u][i]`` is ``-1`` for the units
+``i`` whose column another shard tracks.
+
 Layout. The event engine stores the influence of layer ``l``'s state on block ``j``
 (``R = n_l m_l`` state rows, capacity ``C = p_live`` of block ``j``, ``B`` sequences) as one
 contiguous tensor in one of two layouts:
@@ -30,6 +36,7 @@ import torch
 
 from evrtrl.errors import UnknownMethodError
 from evrtrl.layer import Layer
+from evrtrl.shards import ColumnShard
 
 __all__ = ["ColumnBlock", "ragged_arange", "LAYOUTS", "choose_layout"]
 
@@ -87,8 +94,8 @@ class _ProjectionColumns:
 class ColumnBlock:
     """Columns of one layer's parameters (see module docstring)."""
 
-    def __init__(self, layer: Layer, prefix: str) -> None:
-        self.layer, self.prefix = layer, prefix
+    def __init__(self, layer: Layer, prefix: str, shard: ColumnShard | None = None) -> None:
+        self.layer, self.prefix, self.shard = layer, prefix, shard
         dev = layer.device
         self.names: list[str] = []
         self.shapes: list[torch.Size] = []
@@ -101,14 +108,15 @@ class ColumnBlock:
             off += p.numel()
         self.p_total = off
         masks = layer.masks
+        # shard hook: the live entries whose columns this block keeps (all without a shard)
+        self.tracked = torch.zeros(self.p_total, dtype=torch.bool, device=dev)
+        self.tracked[self.natural_columns(live_only=True)] = True
         self.projections = [
-            _ProjectionColumns(pr.name, pr.source, masks[pr.name], self.offsets[pr.name])
+            _ProjectionColumns(pr.name, pr.source, masks[pr.name] & self._tracked(pr.name),
+                               self.offsets[pr.name])
             for pr in layer.projections
         ]
-        self.p_live = sum(
-            int(masks[n].sum()) if n in masks else int(torch.Size(s).numel())
-            for n, s in zip(self.names, self.shapes)
-        )
+        self.p_live = int(self.tracked.sum())
         self.col_of = torch.full((self.p_total,), -1, dtype=torch.long, device=dev)
         self.order = torch.empty(self.p_live, dtype=torch.long, device=dev)
         self.p_born = 0
@@ -117,7 +125,15 @@ class ColumnBlock:
         self.unit_cols: dict[str, torch.Tensor] = {}
         for u in layer.unit_parameters:
             flat = self.offsets[u] + torch.arange(n, device=dev)
-            self.unit_cols[u] = self._allocate(flat)
+            keep = self.tracked[flat]
+            self.unit_cols[u] = torch.full((n,), -1, dtype=torch.long, device=dev)
+            self.unit_cols[u][keep] = self._allocate(flat[keep])
+
+    def _tracked(self, name: str) -> torch.Tensor:
+        """``tracked`` restricted to parameter ``name``, in its shape."""
+        o, shape = self.offsets[name], self.shapes[self.names.index(name)]
+        return self.tracked[o : o + torch.Size(shape).numel()].view(shape)
+
 
     def _allocate(self, flat: torch.Tensor) -> torch.Tensor:
         cols = torch.arange(self.p_born, self.p_born + flat.numel(), device=flat.device)
@@ -137,16 +153,19 @@ class ColumnBlock:
         return proj.rows[pos], proj.srcs[pos], self._allocate(proj.flat[pos])
 
     def natural_columns(self, live_only: bool) -> torch.Tensor:
-        """Flat indices of the dense engine's columns, in parameter order."""
+        """Flat indices of the dense engine's columns, in parameter order (this shard's part)."""
+        dev = self.layer.device
         if not live_only:
-            return torch.arange(self.p_total, device=self.col_of.device)
-        keep = torch.ones(self.p_total, dtype=torch.bool, device=self.col_of.device)
-        masks = self.layer.masks
-        for name in self.names:
-            if name in masks:
-                o = self.offsets[name]
-                keep[o : o + masks[name].numel()] = masks[name].flatten()
-        return keep.nonzero(as_tuple=True)[0]
+            cols = torch.arange(self.p_total, device=dev)
+        else:
+            keep = torch.ones(self.p_total, dtype=torch.bool, device=dev)
+            masks = self.layer.masks
+            for name in self.names:
+                if name in masks:
+                    o = self.offsets[name]
+                    keep[o : o + masks[name].numel()] = masks[name].flatten()
+            cols = keep.nonzero(as_tuple=True)[0]
+        return cols if self.shard is None else self.shard.take(cols)
 
     def unflatten(self, flat_values: torch.Tensor) -> dict[str, torch.Tensor]:
         """Split a length-``p_total`` vector into ``{prefix + name: tensor}``."""

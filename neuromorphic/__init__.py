@@ -3,7 +3,8 @@
 Public API::
 
     from evrtrl.neuromorphic import (list_profiles, load_profile, map_to_hardware,
-                              export_nir, import_nir, export_bundle, read_bundle)
+                              export_nir, import_nir, export_bundle, read_bundle,
+                              export_xylo, export_netx, simulate_export)
 
 See ``docs/neuromorphic.md``.
 """
@@ -21,6 +22,7 @@ __all__ = [
     "MappingReport", "ParameterDrift", "Violation", "map_to_hardware", "quantized_model", "compare_spikes",
     "quantize_weights",
     "export_nir", "import_nir", "export_bundle", "read_bundle",
+    "export_xylo", "export_netx", "simulate_export",
 ]
 
 
@@ -31,4 +33,10 @@ def __getattr__(name):  # lazy: NIR and bundle pull in nir / h5py only when used
     if name in ("export_bundle", "read_bundle", "Bundle", "BUNDLE_VERSION"):
         from . import bundle
         return getattr(bundle, name)
+    if name in ("export_xylo", "export_netx"):
+        from . import vendor_export
+        return getattr(vendor_export, name)
+    if name == "simulate_export":
+        from .chipsim import simulate_export
+        return simulate_export
     raise AttributeError(f"module 'neuromorphic' has no attribute {name!r}")
