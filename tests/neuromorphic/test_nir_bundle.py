@@ -377,3 +377,12 @@ def test_bundle_v2_lif_file_written_by_hand_still_reads(tmp_path):
     L = b.network.layers[0]
     assert b.version == 2 and L.synapse and L.bias == 0.0 and L.trainable == () and L.tau_syn == 0.005
     np.testing.assert_array_equal(L.W, [[1.5, 0.0], [0.0, -0.5]])
+
+
+@pytest.mark.parametrize("kw,what", [(dict(synapse=False), "current-free"),
+                                     (dict(tau_syn=0.005, v_th=[1.0, 1.1, 0.9]), "per-neuron"),
+                                     (dict(tau_syn=0.005, bias=0.3), "bias")])
+def test_mapping_refuses_what_it_cannot_map_by_name(kw, what):
+    m = LIF(4, 3, tau_mem=0.02, dt=1e-3, **kw)
+    with pytest.raises(UnsupportedError, match=f"layer 0 has .*{what}"):
+        N.map_to_hardware(m, "xylo_audio2")
