@@ -477,6 +477,8 @@ class LIF(Layer):
     ['U', 'W', 'bias', 'v_th']
     """
 
+    #: the current-based layer's; a current-free one (``synapse=False``) sets 1 and ((0, 0),)
+    state_size = 2
     diag_structure = ((0, 0), (0, 1), (1, 1))
     unit_parameters = ()
     Weights = LIFWeights
