@@ -75,7 +75,8 @@ class FuncRTRL:
             flat = flat.index_put((live,), theta[o:o + live.numel()])
             vals[name] = flat.view(shape)
             o += live.numel()
-        return self.layer.Weights(**vals)
+        base = self.layer.weights()  # frozen values (LIF neuron buffers) as the layer holds them
+        return base._replace(**vals)
 
     def _core(self, st: Any) -> torch.Tensor:
         """The RTRL state ``s``: the first ``state_size`` fields of the state, side by side."""

@@ -304,7 +304,8 @@ class EventRTRL:
                    for run, Ms in zip(self.runs, self.M)]
         self.grad = [zeros(b.p_live) for b in self.blocks]
         self.T = [_identity_T(B, run.n, run.m, self.dtype, self.device) for run in self.runs]
-        self.states = [r.layer.initial_state(B) for r in self.refs]
+        with torch.no_grad():  # a trained v_leak would attach the initial LIF state to autograd
+            self.states = [r.layer.initial_state(B) for r in self.refs]
         # the active set of each layer at the last step, (B, n) bool (see seq_active)
         self._act: list[torch.Tensor | None] = [None] * len(self.refs)
         self.bcol = torch.arange(B, device=self.device)[:, None]

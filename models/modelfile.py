@@ -1,20 +1,28 @@
 r"""The model file: a trained network (any registered cell or a Stack) and its readout in versioned HDF5.
 
 Written **atomically** (:mod:`evrtrl.atomic`): a crash or a kill mid-write leaves the
-previous file intact, never a half-written one. Format version 1::
+previous file intact, never a half-written one. Format version 2::
 
-    /                       attrs: format_version=1, kind="evrtrl-model",
+    /                       attrs: format_version=2, kind="evrtrl-model",
                                    evrtrl_version, extra (JSON of **extra)
     /model                  attrs: class ("EGRU" | "LIF" | ... | "Stack"), n_layers
     /model/layers/<i>       attrs: class, input_size, hidden_size, dtype,
                                    pd_kind, pd_gamma, pd_width, and the cell's
                                    stored hyper-parameters (its CellSpec in
-                                   evrtrl.models.registry; LIF: tau_mem tau_syn dt
-                                   v_th v_leak v_reset reset integration recurrent)
-                            datasets: every parameter (EGRU: W_u, ..., theta; LIF: W, U), stored
-                                      masked (pruned entries hold 0), and mask_<weight>
+                                   evrtrl.models.registry; LIF: dt reset integration
+                                   recurrent synapse, trainable as a JSON list)
+                            datasets: every parameter (EGRU: W_u, ..., theta; LIF: W, U and
+                                      the trained neuron values), stored masked (pruned
+                                      entries hold 0), and mask_<weight>; every per-unit
+                                      hyper-parameter that is not a parameter (LIF: the
+                                      frozen tau_mem tau_syn v_th v_leak v_reset bias) as a
+                                      float64 dataset (n,)
     /readout (optional)     attrs: class="Readout", hidden_size, n_out, dtype
                             datasets: weight (n_out x n), bias (n_out)
+
+Format 1 (0.1.0) is still read: it stored every hyper-parameter as a scalar attribute (LIF:
+tau_mem tau_syn v_th v_leak v_reset); hyper-parameters it did not have take their registered
+defaults (LIF: no bias, current-based, nothing trained).
 
 ``theta_init`` and ``weight_scale`` are not stored: they only set initial values, and the
 values themselves are stored. A single layer is stored as a one-layer model with
@@ -27,6 +35,7 @@ missing or bad field.
 """
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,8 +67,8 @@ __all__ = ["FORMAT_VERSION", "SUPPORTED_VERSIONS", "save_model", "load_model", "
            "read_model"]
 
 #: the only format version this code writes; the versions it reads
-FORMAT_VERSION = 1
-SUPPORTED_VERSIONS = (1,)
+FORMAT_VERSION = 2
+SUPPORTED_VERSIONS = (1, 2)
 
 
 def _pd_attrs(pd: Any) -> dict[str, Any]:
@@ -84,9 +93,22 @@ def _write_layer(g: Any, layer: Any) -> None:
     g.attrs["input_size"] = layer.input_size
     g.attrs["hidden_size"] = layer.hidden_size
     g.attrs["dtype"] = dtype_name(layer.dtype)
-    for k, v in {**_pd_attrs(layer.pseudo_derivative), **spec.config(layer)}.items():
+    for k, v in _pd_attrs(layer.pseudo_derivative).items():
         g.attrs[k] = v
-    for name, p in layer.named_parameters(recurse=False):
+    params = dict(layer.named_parameters(recurse=False))
+    by_name = {h.name: h for h in spec.hyper}
+    for k, v in spec.config(layer).items():
+        h = by_name[k]
+        if v is None:
+            continue  # an absent option (its default is None)
+        if h.per_neuron:
+            if k not in params:  # a trained value is stored as the parameter below
+                g.create_dataset(k, data=np.broadcast_to(np.asarray(v, np.float64), (layer.hidden_size,)))
+        elif h.type is tuple:
+            g.attrs[k] = json.dumps(list(v))
+        else:
+            g.attrs[k] = v
+    for name, p in params.items():
         g.create_dataset(name, data=p.detach().cpu().numpy())
     for name, m in layer.masks.items():
         g.create_dataset(f"mask_{name}", data=m.cpu().numpy())
@@ -107,8 +129,7 @@ def _read_layer(g: Any, path: Path) -> Layer:
         raise FormatError(f"{path}: attribute 'dtype' at '{where}' is {stored_dtype!r}; expected one of {sorted(DTYPES)}")
     pd = _read_pd(g, path, where)
     try:
-        config = spec.check_config({k: attr(g, k, path, where) for k in spec.hyper_names},
-                                   where=f"{path}: '{where}'")
+        config = spec.check_config(_stored_hyper(g, spec, path, where, n), where=f"{path}: '{where}'")
         masks = {k: torch.from_numpy(np.asarray(dataset(g, f"mask_{k}", path)))
                  for k in spec.weight_shapes(d, n, config)}
         layer = spec.from_config(d, n, config, pseudo_derivative=pd, masks=masks, dtype=DTYPES[stored_dtype])
@@ -122,6 +143,25 @@ def _read_layer(g: Any, path: Path) -> Layer:
                                   f"{tuple(p.shape)} (hidden_size={n}, input_size={d})")
             p.copy_(torch.from_numpy(v))
     return layer
+
+
+def _stored_hyper(g: Any, spec: Any, path: Path, where: str, n: int) -> dict[str, Any]:
+    """The stored hyper-parameters: per-unit ones from their dataset (n,) (format 1: a scalar
+    attribute), the others from attributes; a missing one takes its registered default."""
+    out: dict[str, Any] = {}
+    for h in spec.hyper:
+        if h.per_neuron and h.name in g:
+            v = np.asarray(dataset(g, h.name, path))
+            if v.shape != (n,):
+                raise FormatError(f"{path}: dataset '{where}/{h.name}' has shape {v.shape}, expected ({n},)")
+            out[h.name] = v
+        elif h.name in g.attrs:
+            out[h.name] = attr(g, h.name, path, where)
+        elif not h.required:
+            out[h.name] = h.default
+        else:
+            attr(g, h.name, path, where)  # raises FormatError naming the missing attribute
+    return out
 
 
 def write_model(f: Any, model: Any, readout: Any | None) -> None:

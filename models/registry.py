@@ -24,35 +24,60 @@ and ``generator`` keywords besides its hyper-parameters.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
+
+import numpy as np
 
 from evrtrl.errors import ConfigError
 from evrtrl.layer import Layer
 
-__all__ = ["HyperParameter", "CellSpec", "register", "cell_spec", "registered_cells"]
+__all__ = ["HyperParameter", "CellSpec", "register", "cell_spec", "registered_cells", "REQUIRED"]
 
-_TYPES = (bool, int, float, str)
+_TYPES = (bool, int, float, str, tuple)
+#: marks a hyper-parameter without a default (it must be given / stored)
+REQUIRED = object()
 
 
 @dataclass(frozen=True)
 class HyperParameter:
-    """One stored hyper-parameter of a cell: its constructor keyword, type and allowed values."""
+    """One stored hyper-parameter of a cell: its constructor keyword, type and allowed values.
+
+    ``per_neuron``: a float or one float per unit (stored as a dataset (n,) in model files,
+    coerced to a float when every unit has the same value, else to a float64 array).
+    ``tuple``: a tuple of strings (each among ``choices``), stored as a JSON list.
+    ``default``: the value when a file does not hold it (an older format); ``None`` as the
+    default also makes ``None`` a valid value (an absent option, e.g. a current-free LIF's
+    ``tau_syn``).
+    """
 
     name: str
     type: type
     choices: tuple[Any, ...] = ()
+    per_neuron: bool = False
+    default: Any = REQUIRED
 
     def __post_init__(self) -> None:
         if self.type not in _TYPES:
             raise ConfigError(f"hyper-parameter {self.name!r}: type must be one of "
                               f"{[t.__name__ for t in _TYPES]}, got {self.type!r}")
 
+    @property
+    def required(self) -> bool:
+        return self.default is REQUIRED
+
     def coerce(self, value: Any, where: str) -> Any:
         """``value`` (from a file attribute, JSON or a layer) as this type; raises
         :class:`ConfigError` naming ``where`` and the field when it does not fit."""
+        if value is None and self.default is None:
+            return None
         if isinstance(value, bytes):
             value = value.decode()
+        if self.per_neuron:
+            return self._coerce_per_neuron(value, where)
+        if self.type is tuple:
+            return self._coerce_tuple(value, where)
         if hasattr(value, "item") and not isinstance(value, str):  # numpy / torch scalars
             value = value.item()
         try:
@@ -80,6 +105,41 @@ class HyperParameter:
                               f"{list(self.choices)}, got {out!r}")
         return out
 
+    def _coerce_per_neuron(self, value: Any, where: str) -> Any:
+        if hasattr(value, "detach"):
+            value = value.detach().cpu()
+        try:
+            if isinstance(value, (bool, str)):
+                raise ValueError
+            a = np.asarray(value, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: hyper-parameter {self.name!r} must be a float or one float "
+                              f"per unit, got {value!r}") from None
+        if a.ndim > 1:
+            raise ConfigError(f"{where}: hyper-parameter {self.name!r} must be a float or one float "
+                              f"per unit (1-D), got shape {a.shape}")
+        if a.size and (a.ndim == 0 or bool(np.all(a == a.ravel()[0]))):
+            return float(a.ravel()[0])
+        return a.copy()
+
+    def _coerce_tuple(self, value: Any, where: str) -> tuple[str, ...]:
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except ValueError:
+                raise ConfigError(f"{where}: hyper-parameter {self.name!r} must be a JSON list of "
+                                  f"names, got {value!r}") from None
+        if hasattr(value, "tolist"):
+            value = value.tolist()
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{where}: hyper-parameter {self.name!r} must be a list of names, "
+                              f"got {value!r}")
+        bad = [v for v in value if self.choices and v not in self.choices]
+        if bad:
+            raise ConfigError(f"{where}: hyper-parameter {self.name!r}: {bad} are not among "
+                              f"{list(self.choices)}")
+        return tuple(value)
+
 
 def _no_state(layer: Layer, weights: Any, components: tuple[Any, ...]) -> Any:
     raise ConfigError(f"{type(layer).__name__}: its CellSpec has no state_from_components")
@@ -104,6 +164,10 @@ class CellSpec:
         ``(layer, weights, components) -> state``: the full state record (events and
         outputs included) from its first ``state_size`` fields, the RTRL state ``s``.
         Used by forward-mode RTRL (:mod:`evrtrl.benchmarks.funcrtrl`) and the Jacobian tests.
+    unit_parameters
+        ``config -> names`` of the per-unit parameters of a layer with these
+        hyper-parameters (default: the class attribute ``unit_parameters``); a cell whose
+        trained per-unit values are chosen by a hyper-parameter (LIF's ``trainable``) sets it.
     """
 
     name: str
@@ -111,6 +175,7 @@ class CellSpec:
     hyper: tuple[HyperParameter, ...]
     weight_shapes: Callable[[int, int, Mapping[str, Any]], dict[str, tuple[int, int]]]
     state_from_components: Callable[[Layer, Any, tuple[Any, ...]], Any] = _no_state
+    unit_parameters: Callable[[Mapping[str, Any]], tuple[str, ...]] | None = None
 
     @property
     def key(self) -> str:
@@ -137,7 +202,8 @@ class CellSpec:
 
     def parameter_names(self, config: Mapping[str, Any]) -> tuple[str, ...]:
         """Names of the parameters of a layer with these hyper-parameters, in order."""
-        return tuple(self.weight_shapes(1, 1, config)) + tuple(self.cls.unit_parameters)
+        units = self.unit_parameters(config) if self.unit_parameters else self.cls.unit_parameters
+        return tuple(self.weight_shapes(1, 1, config)) + tuple(units)
 
     def from_config(self, input_size: int, hidden_size: int, config: Mapping[str, Any],
                     **kwargs: Any) -> Layer:
@@ -151,7 +217,12 @@ class CellSpec:
         new = self.from_config(layer.input_size, layer.hidden_size, {**self.config(layer), **changes},
                                pseudo_derivative=layer.pseudo_derivative, masks=layer.masks,
                                dtype=layer.dtype, device=layer.device)
-        new.load_state_dict(layer.state_dict())
+        # parameters and buffers of the old layer, except the changed (per-unit) values
+        missing, unexpected = new.load_state_dict(
+            {k: v for k, v in layer.state_dict().items() if k not in changes}, strict=False)
+        if unexpected or set(missing) - set(changes):
+            raise ConfigError(f"{self.name}.rebuild: the new layer's parameters differ: missing "
+                              f"{sorted(set(missing) - set(changes))}, unexpected {sorted(unexpected)}")
         return new
 
 

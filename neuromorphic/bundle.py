@@ -2,13 +2,17 @@
 
 NIR has no gated neuron, so EGRU networks (and any network together with its
 quantisation and placement) are written in this format, meant for programmable
-targets (Loihi 2 microcode, SpiNNaker 2 ARM cores). Format version 2::
+targets (Loihi 2 microcode, SpiNNaker 2 ARM cores). Format version 3::
 
-    /                       attrs: format = "evrtrl-bundle", version = 2,
+    /                       attrs: format = "evrtrl-bundle", version = 3,
                                    n_layers, input_size, created_by
     /layers/<i>/            attrs: kind = "lif" | "egru", n, d
-        params/             LIF attrs: tau_mem, tau_syn, dt (s), v_th, v_leak, v_reset,
-                                       reset, integration
+        params/             LIF attrs: dt (s), reset, integration, and (new in v3) synapse
+                                       (false: current-free LIF, no tau_syn), trainable (JSON
+                                       list of the learned neuron parameters);
+                            LIF neuron parameters tau_mem, tau_syn (s), v_th, v_leak, v_reset,
+                                       bias (new in v3): an attribute when one value serves
+                                       every neuron, else (new in v3) a dataset (n,) float64
                             EGRU datasets: b_u, b_r, b_z, theta (n,)
         weights/<name>/     one group per weight matrix (W, U, W_u, ..., U_z), CSR:
                             attrs shape = (rows, cols); datasets indptr (rows+1,) int64,
@@ -27,8 +31,9 @@ targets (Loihi 2 microcode, SpiNNaker 2 ARM cores). Format version 2::
                             bias (n_out,): y_t = weight z_t + bias of the last layer's spikes
 
 Readers must reject a ``version`` they do not know (:func:`read_bundle` does).
-Version 1 files (no EGRU codes, no ``params/hw``) are still read: v2 only adds
-optional groups, so a v1 file is a valid v2 file without them.
+Version 1 and 2 files are still read: v2 only adds optional groups (a v1 file is a v2 file
+without EGRU codes and ``params/hw``), v3 per-neuron datasets, ``bias`` (absent: 0),
+``synapse`` (absent: true) and ``trainable`` (absent: none).
 """
 from __future__ import annotations
 
@@ -38,16 +43,16 @@ from dataclasses import dataclass
 import numpy as np
 
 from evrtrl.atomic import atomic_write
-from evrtrl.errors import ConfigError, FormatError
+from evrtrl.errors import ConfigError, FormatError, ShapeError
 from evrtrl.models.lif import SPEC as LIF_SPEC
 
-from .netspec import EGRU_UNIT_PARAMETERS, LIF_HYPER, EGRULayer, LIFLayer, Network, network_from_model
+from .netspec import EGRU_UNIT_PARAMETERS, EGRULayer, LIFLayer, Network, network_from_model
 
 __all__ = ["BUNDLE_VERSION", "READABLE_VERSIONS", "Bundle", "export_bundle", "read_bundle"]
 
-BUNDLE_VERSION = 2
-#: versions this reader understands (v1 = v2 without EGRU codes and params/hw)
-READABLE_VERSIONS = (1, 2)
+BUNDLE_VERSION = 3
+#: versions this reader understands (module docstring)
+READABLE_VERSIONS = (1, 2, 3)
 _FORMAT = "evrtrl-bundle"
 
 
@@ -85,8 +90,14 @@ def export_bundle(model, path, mapping=None, readout=None) -> None:
                 g.attrs.update(kind=L.kind, n=L.n, d=L.d)
                 pg = g.create_group("params")
                 if L.kind == "lif":
-                    for a in LIF_HYPER:
-                        pg.attrs[a] = getattr(L, a)
+                    for h in LIF_SPEC.hyper:
+                        v = getattr(L, h.name, None)
+                        if h.name == "recurrent" or v is None:
+                            continue
+                        if h.per_neuron and np.ndim(v):
+                            pg.create_dataset(h.name, data=np.asarray(v, np.float64))
+                        else:
+                            pg.attrs[h.name] = json.dumps(list(v)) if h.type is tuple else v
                     if mapping is not None:
                         hw = pg.create_group("hw")
                         Lq = mapping.quantized_network.layers[i]
@@ -134,6 +145,28 @@ def export_bundle(model, path, mapping=None, readout=None) -> None:
     atomic_write(path, write)
 
 
+def _lif_params(pg, path, i: int) -> dict:
+    """LIF hyper-parameters of one bundle layer (any readable version): per-neuron values from
+    a dataset or an attribute, the rest from attributes; absent ones take their defaults."""
+    where = f"{str(path)!r}: 'layers/{i}/params'"
+    raw = {}
+    for h in LIF_SPEC.hyper:
+        if h.name == "recurrent":
+            continue
+        if h.per_neuron and h.name in pg:
+            raw[h.name] = pg[h.name][()]
+        elif h.name in pg.attrs:
+            raw[h.name] = pg.attrs[h.name]
+        elif not h.required:
+            raw[h.name] = h.default
+        else:
+            raise FormatError(f"{where} lacks the LIF parameter {h.name!r}")
+    try:
+        return LIF_SPEC.check_config(raw, where=where)
+    except ConfigError as exc:
+        raise FormatError(str(exc)) from exc
+
+
 def read_bundle(path) -> Bundle:
     """Read a bundle written by :func:`export_bundle`; unknown versions raise :class:`FormatError`."""
     import h5py
@@ -171,15 +204,10 @@ def read_bundle(path) -> Bundle:
                     Q[k] = (qi, wg["q/scale"][()], int(wg["q"].attrs["bits"]), str(wg["q"].attrs["mode"]))
             masks = {k: M != 0 for k, M in W.items()}
             if kind == "lif":
-                missing = [a for a in LIF_HYPER if a not in g["params"].attrs]
-                if missing:
-                    raise FormatError(f"{str(path)!r}: 'layers/{i}/params' lacks attributes {missing}")
                 try:
-                    pa = LIF_SPEC.check_config({a: g["params"].attrs[a] for a in LIF_HYPER},
-                                               where=f"{str(path)!r}: 'layers/{i}/params'")
-                    layers.append(LIFLayer(W=W["W"], U=W.get("U"), masks=masks, **pa))
-                except ConfigError as exc:
-                    raise FormatError(str(exc)) from exc
+                    layers.append(LIFLayer(W=W["W"], U=W.get("U"), masks=masks, **_lif_params(g["params"], path, i)))
+                except (ConfigError, ShapeError) as exc:
+                    raise FormatError(f"{str(path)!r}: layer {i}: {exc}") from exc
             elif kind == "egru":
                 params = dict(W)
                 params.update({k: g["params"][k][()] for k in EGRU_UNIT_PARAMETERS})

@@ -24,7 +24,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from evrtrl.errors import ConfigError
+from evrtrl.errors import ConfigError, UnsupportedError
 from evrtrl.models import Stack, cell_spec
 from .netspec import Network, network_from_model
 from .placement import CoreLimits, neuron_loads, place
@@ -336,6 +336,12 @@ def map_to_hardware(model, profile, *, quantization: str = "per_tensor", x=None,
     # --- per-layer rules and quantisation
     qlayers, qnet_layers = [], []
     for li, layer in enumerate(net.layers):
+        if layer.kind == "lif" and not (layer.homogeneous and layer.synapse and layer.bias == 0):
+            what = ("no synaptic current (current-free LIF)" if not layer.synapse else
+                    "per-neuron parameters" if not layer.homogeneous else f"a bias current ({layer.bias:g})")
+            raise UnsupportedError(
+                f"map_to_hardware: layer {li} has {what}; the register-level mapping handles "
+                "current-based LIF layers with one value per layer and no bias only")
         names = layer.weight_names()
         live = {k: _live(layer, k) for k in names}
         rec = [k for k in names if k.startswith("U") and np.any(live[k] != 0)]

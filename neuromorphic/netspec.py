@@ -20,35 +20,45 @@ from evrtrl.errors import ConfigError, ShapeError, UnsupportedError
 from evrtrl.models import Stack, cell_spec
 from evrtrl.models.egru import SPEC as EGRU_SPEC
 from evrtrl.models.lif import SPEC as LIF_SPEC
-from evrtrl.models.lif import check_lif_hyper, lif_coefficients
 
 __all__ = ["LIFLayer", "EGRULayer", "Network", "network_from_model", "model_from_network",
-           "EGRU_WEIGHTS", "EGRU_UNIT_PARAMETERS", "LIF_HYPER"]
+           "EGRU_WEIGHTS", "EGRU_UNIT_PARAMETERS", "LIF_HYPER", "LIF_NEURON_FIELDS"]
 
 #: every EGRU parameter, weights first (from the cell registry)
 EGRU_WEIGHTS = EGRU_SPEC.parameter_names({})
 #: EGRU's per-unit parameters (biases, threshold)
 EGRU_UNIT_PARAMETERS = tuple(EGRU_SPEC.cls.unit_parameters)
-#: the LIF neuron parameters a :class:`LIFLayer` carries (the registry's, less ``recurrent``)
+#: the LIF hyper-parameters a :class:`LIFLayer` carries (the registry's, less ``recurrent``)
 LIF_HYPER = tuple(k for k in LIF_SPEC.hyper_names if k != "recurrent")
+#: per-neuron LIF fields (each a float or an array (n,)); same names as ``models.LIF``
+LIF_NEURON_FIELDS = tuple(h.name for h in LIF_SPEC.hyper if h.per_neuron)
 
 
 @dataclass
 class LIFLayer:
-    """One LIF layer: ``W`` (n x d), optional ``U`` (n x n), masks, neuron parameters (seconds)."""
+    """One LIF layer: ``W`` (n x d), optional ``U`` (n x n), masks, neuron parameters (seconds).
+
+    Each neuron parameter is a float (the same for every neuron) or an array of shape (n,);
+    arrays whose values are all equal are stored as floats. ``synapse=False`` is the
+    current-free LIF (the nir.LIF node; ``tau_syn`` is None). ``trainable`` names the neuron
+    parameters the model learns (kept through files; see ``models.LIF``).
+    """
 
     W: np.ndarray
     U: np.ndarray | None
-    tau_mem: float
-    tau_syn: float
+    tau_mem: Any
+    tau_syn: Any
     dt: float
-    v_th: float = 1.0
-    v_leak: float = 0.0
-    v_reset: float = 0.0
+    v_th: Any = 1.0
+    v_leak: Any = 0.0
+    v_reset: Any = 0.0
     reset: str = "zero"
     integration: str = "exact"
     masks: dict[str, np.ndarray] = field(default_factory=dict)
     kind: str = "lif"
+    bias: Any = 0.0
+    synapse: bool = True
+    trainable: tuple = ()
 
     def __post_init__(self) -> None:
         self.W = np.asarray(self.W)
@@ -59,7 +69,26 @@ class LIFLayer:
             self.U = np.asarray(self.U)
             if self.U.shape != (n, n):
                 raise ShapeError(f"LIF weight 'U' must have shape {(n, n)}, got {self.U.shape}")
-        check_lif_hyper(**self.hyper(), where="LIF layer")
+        self.synapse = bool(self.synapse)
+        if not self.synapse and self.tau_syn is not None:
+            raise ConfigError("a current-free LIF layer (synapse=False) has no tau_syn; got "
+                              f"{self.tau_syn!r}")
+        for name in LIF_NEURON_FIELDS:
+            if name == "tau_syn" and not self.synapse:
+                continue
+            setattr(self, name, _neuron_field(name, getattr(self, name), n))
+        if not (np.isfinite(self.dt) and self.dt > 0):
+            raise ConfigError(f"LIF parameter 'dt' must be a positive finite number of seconds, got {self.dt!r}")
+        self.dt = float(self.dt)
+        if self.reset not in ("zero", "subtract"):
+            raise ConfigError(f"LIF reset must be 'zero' or 'subtract', got {self.reset!r}")
+        if self.integration not in ("exact", "euler"):
+            raise ConfigError(f"LIF integration must be 'exact' or 'euler', got {self.integration!r}")
+        self.trainable = tuple(str(t) for t in self.trainable)
+        bad = [t for t in self.trainable if t not in self.neuron_fields]
+        if bad:
+            raise ConfigError(f"LIF trainable names {bad} are not neuron parameters of this layer "
+                              f"({list(self.neuron_fields)})")
         for k, m in self.masks.items():
             w = self.weight(k)
             if w is None or np.shape(m) != w.shape:
@@ -73,8 +102,36 @@ class LIFLayer:
     def d(self) -> int:
         return self.W.shape[1]
 
+    @property
+    def neuron_fields(self) -> tuple[str, ...]:
+        """The per-neuron parameters of this layer (no ``tau_syn`` when current-free)."""
+        return tuple(k for k in LIF_NEURON_FIELDS if self.synapse or k != "tau_syn")
+
+    def values_of(self, name: str) -> np.ndarray:
+        """Neuron parameter ``name`` as a float64 array (n,) (scalars broadcast)."""
+        return np.broadcast_to(np.asarray(getattr(self, name), np.float64), (self.n,)).copy()
+
+    @property
+    def homogeneous(self) -> bool:
+        """True when every neuron parameter is one value for the whole layer."""
+        return all(np.ndim(getattr(self, k)) == 0 for k in self.neuron_fields)
+
     def weight(self, name: str) -> np.ndarray | None:
         return {"W": self.W, "U": self.U}.get(name)
+
+    def hyper(self) -> dict[str, Any]:
+        """The neuron parameters and structure (:data:`LIF_HYPER`) as a dict."""
+        return {k: getattr(self, k) for k in LIF_HYPER}
+
+    def config(self) -> dict[str, Any]:
+        """The cell's stored hyper-parameters (:meth:`evrtrl.models.CellSpec.config` form)."""
+        return {**self.hyper(), "recurrent": self.U is not None}
+
+    def values(self) -> dict[str, np.ndarray]:
+        """The values to copy into a built cell: the weights and the trained neuron values."""
+        out = {k: self.weight(k) for k in self.weight_names()}
+        out.update({k: self.values_of(k) for k in self.trainable})
+        return out
 
     def weight_names(self) -> tuple[str, ...]:
         return ("W", "U") if self.U is not None else ("W",)
@@ -84,24 +141,32 @@ class LIFLayer:
         m = self.masks.get(name)
         return np.ones(w.shape, bool) if m is None else np.asarray(m, bool)
 
-    def hyper(self) -> dict[str, Any]:
-        """The neuron parameters (:data:`LIF_HYPER`) as a dict."""
-        return {k: getattr(self, k) for k in LIF_HYPER}
+    def decay_factors(self, tau_mem: Any = None, tau_syn: Any = None) -> tuple[Any, Any]:
+        """Per-step decay (membrane, synapse) for this layer's discretisation (floats, or arrays
+        (n,) for per-neuron time constants; the synapse decay is None when current-free)."""
+        tm = np.asarray(self.tau_mem if tau_mem is None else tau_mem, np.float64)
+        ts = None if not self.synapse else np.asarray(self.tau_syn if tau_syn is None else tau_syn, np.float64)
+        out = lambda v: float(v) if np.ndim(v) == 0 else v  # noqa: E731
+        if self.integration == "exact":
+            return out(np.exp(-self.dt / tm)), None if ts is None else out(np.exp(-self.dt / ts))
+        return out(1.0 - self.dt / tm), None if ts is None else out(1.0 - self.dt / ts)
 
-    def config(self) -> dict[str, Any]:
-        """The cell's stored hyper-parameters (:meth:`evrtrl.models.CellSpec.config` form)."""
-        return {**self.hyper(), "recurrent": self.U is not None}
 
-    def values(self) -> dict[str, np.ndarray]:
-        return {k: self.weight(k) for k in self.weight_names()}
-
-    def decay_factors(self, tau_mem: float | None = None, tau_syn: float | None = None) -> tuple[float, float]:
-        """Per-step decay (membrane, synapse) for this layer's discretisation
-        (:func:`evrtrl.models.lif.lif_coefficients`)."""
-        tm = self.tau_mem if tau_mem is None else tau_mem
-        ts = self.tau_syn if tau_syn is None else tau_syn
-        a, _, alpha = lif_coefficients(tm, ts, self.dt, self.integration)
-        return float(a), float(alpha)
+def _neuron_field(name: str, value: Any, n: int) -> Any:
+    """A validated per-neuron value: a float, or a float64 array (n,) when the neurons differ."""
+    try:
+        a = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"LIF parameter {name!r} must be a number or an array of {n} numbers, got {value!r}") from e
+    if a.ndim and a.shape not in ((n,), (1,)):
+        raise ShapeError(f"LIF parameter {name!r} has shape {a.shape}, expected () or ({n},)")
+    if not np.all(np.isfinite(a)):
+        raise ConfigError(f"LIF parameter {name!r} must be finite, got {value!r}")
+    if name.startswith("tau") and not np.all(a > 0):
+        raise ConfigError(f"LIF parameter {name!r} must be a positive number of seconds, got min {a.min()!r}")
+    if a.ndim == 0 or np.all(a == a.ravel()[0]):
+        return float(a.ravel()[0])
+    return a.copy()
 
 
 @dataclass

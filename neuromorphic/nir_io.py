@@ -16,21 +16,16 @@ Conventions (also in ``docs/neuromorphic.md``):
   ``integration="euler"`` this reproduces Norse's ``from_nir`` step exactly;
   with ``"exact"`` the subsequent decay is integrated exactly but the
   box input is approximated by a jump (first order in dt / tau_syn).
-* NIR ``LIF`` (no synaptic current) imports as a library LIF with
-  ``tau_syn = dt (1 + 1e-9)``, ``g = r`` and ``integration="euler"`` (the
-  current then lasts one step, as in Norse's ``LIFBoxCell``, up to a 1e-9
-  leftover: the library requires dt < tau_syn); exact integration of a
-  current-free LIF is not expressible and raises :class:`UnsupportedError`.
-* Biases: the library LIF has no bias. A non-zero bias feeding the first
-  layer becomes one extra input channel (the last one) that the caller must
-  hold at 1 (:func:`append_bias_channel`). A non-zero bias feeding layer k > 0
-  is carried by one *relay* neuron appended to layer k-1: it receives a large
-  weight from the bias source of layer k-1, has no recurrent synapses, fires
-  every step (with ``integration="exact"`` from step 1, because exact inputs
-  act one step later), and its outgoing weight is the bias.
-* Neuron parameters other than r and w_in must be the same for all neurons of
-  a node (the library LIF has scalar parameters); otherwise the node and field
-  are named in an :class:`UnsupportedError`.
+* NIR ``LIF`` (no synaptic current) imports as the library's current-free LIF
+  (``synapse=False``) with ``W_lib = diag(r) W_nir``: ``integration="euler"`` is Norse's
+  ``LIFBoxCell`` step (what Norse's ``from_nir`` builds), ``"exact"`` integrates the same ODE
+  exactly with the input held over the step. It exports back as ``LIF``.
+* Per-neuron parameters: every field (``tau_mem``, ``tau_syn``, ``tau``, ``v_leak``,
+  ``v_threshold``, ``v_reset``, ``r``, ``w_in``) may differ between the neurons of a node, as
+  in trained networks; the library layer holds them per neuron (``models.LIF``).
+* Biases: an ``Affine`` bias (feed-forward and recurrent summed) becomes the layer's
+  ``bias``, scaled like the weights (``bias_lib = g * b``); export splits it back (the
+  recurrent part as the import found it).
 * Recurrence is a cycle ``lif -> w_rec -> lif``. On export it is written flat
   with dotted names (``lif1.lif``, ``lif1.w_rec``: what the shared NIR-paper
   graphs hold, and what nirtorch flattens nested graphs to) or, with
@@ -38,7 +33,7 @@ Conventions (also in ``docs/neuromorphic.md``):
   ``lif``, ``w_rec``, ``output`` as snnTorch writes it. Import accepts both.
 * An imported model remembers where it came from (``model.nir_provenance``),
   so that export gives back the same node names, types (Linear stays Linear,
-  Affine stays Affine), r / w_in split, biases and dtypes.
+  Affine stays Affine, LIF stays LIF), r / w_in split, biases and dtypes.
 """
 from __future__ import annotations
 
@@ -48,16 +43,13 @@ import numpy as np
 
 from evrtrl.errors import ConfigError, FormatError, ShapeError, UnsupportedError
 from evrtrl.atomic import atomic_write
-from evrtrl.models.lif import lif_coefficients
-
 from .netspec import LIFLayer, Network, model_from_network, network_from_model
 
 __all__ = ["export_nir", "import_nir", "nir_graph_from_network", "network_from_nir_graph",
-           "append_bias_channel", "flatten_graph"]
+           "flatten_graph"]
 
 _WEIGHT_TYPES = ("Affine", "Linear")
 _NEURON_TYPES = ("CubaLIF", "LIF")
-_LIF_SYN_EPS = 1e-9
 
 
 def _nir():
@@ -66,13 +58,6 @@ def _nir():
     except ImportError as e:  # pragma: no cover
         raise UnsupportedError("NIR export/import needs the 'nir' package (pip install evrtrl[sim])") from e
     return nir
-
-
-def append_bias_channel(x):
-    """Append the constant-1 input channel that carries first-layer biases: (T, B, d) -> (T, B, d+1)."""
-    import torch
-
-    return torch.cat([x, torch.ones_like(x[..., :1])], dim=-1)
 
 
 # --------------------------------------------------------------------------- graph helpers
@@ -103,18 +88,8 @@ def flatten_graph(graph) -> tuple[dict, list, bool]:
     return nodes, edges, nested
 
 
-def _uniform(node_name: str, field: str, value) -> float:
-    v = np.asarray(value, dtype=np.float64).ravel()
-    if v.size == 0 or not np.all(np.isfinite(v)):
-        raise FormatError(f"NIR node {node_name!r}: field {field!r} is empty or not finite")
-    if not np.all(v == v[0]):
-        raise UnsupportedError(
-            f"NIR node {node_name!r}: field {field!r} differs between neurons (min {v.min():g}, max {v.max():g}); "
-            "the library LIF has one value per layer")
-    return float(v[0])
-
-
 def _arr(node_name: str, field: str, value, n: int) -> np.ndarray:
+    """A per-neuron NIR field as an array (n,) of its own dtype (scalars broadcast)."""
     a = np.asarray(value)
     if a.shape not in ((n,), (), (1,)):
         raise FormatError(f"NIR node {node_name!r}: field {field!r} has shape {a.shape}, expected ({n},)")
@@ -199,7 +174,7 @@ def network_from_nir_graph(graph, *, dt: float | None = None, integration: str =
         raise UnsupportedError(f"Output must be fed by the last neuron node {layers[-1][1]!r}, "
                                f"is fed by {preds[outs[0]]}")
 
-    net_layers, biases = [], []
+    net_layers = []
     for li, (ff, neu, rec) in enumerate(layers):
         N = nodes[neu]
         Wf = np.asarray(nodes[ff].weight)
@@ -207,23 +182,21 @@ def network_from_nir_graph(graph, *, dt: float | None = None, integration: str =
             raise UnsupportedError(f"NIR node {ff!r}: field 'weight' has shape {Wf.shape}; only 2-D weights run")
         n = Wf.shape[0]
         typ = type(N).__name__
+        f64 = lambda field, value: _arr(neu, field, value, n).astype(np.float64)  # noqa: E731
         r = _arr(neu, "r", N.r, n)
         vrst = getattr(N, "v_reset", None)
-        params = dict(v_leak=_uniform(neu, "v_leak", N.v_leak), v_th=_uniform(neu, "v_threshold", N.v_threshold),
-                      v_reset=0.0 if vrst is None else _uniform(neu, "v_reset", vrst))
+        params = dict(v_leak=f64("v_leak", N.v_leak), v_th=f64("v_threshold", N.v_threshold),
+                      v_reset=np.zeros(n) if vrst is None else f64("v_reset", vrst))
         if typ == "CubaLIF":
-            tau_mem, tau_syn = _uniform(neu, "tau_mem", N.tau_mem), _uniform(neu, "tau_syn", N.tau_syn)
+            tau_mem, tau_syn = f64("tau_mem", N.tau_mem), f64("tau_syn", N.tau_syn)
             w_in = _arr(neu, "w_in", N.w_in, n)
             g = r.astype(np.float64) * w_in.astype(np.float64) * dt / tau_syn
-            layer_integ = integration
         else:
-            # the library's Euler step needs dt < tau_syn; 1e-9 leaves 1e-9 of the current after one step
-            tau_mem, tau_syn, w_in = _uniform(neu, "tau", N.tau), dt * (1.0 + _LIF_SYN_EPS), None
-            if integration != "euler":
-                raise UnsupportedError(f"NIR node {neu!r} is a LIF without synaptic current; it maps exactly only "
-                                       "with integration='euler' (tau_syn = dt)")
+            tau_mem, tau_syn, w_in = f64("tau", N.tau), None, None
             g = r.astype(np.float64)
-            layer_integ = "euler"
+        for field, t in (("tau_mem" if typ == "CubaLIF" else "tau", tau_mem), ("tau_syn", tau_syn)):
+            if t is not None and not np.all(t > 0):
+                raise FormatError(f"NIR node {neu!r}: field {field!r} must be positive seconds, min {t.min():g}")
         if Wf.shape[1] != (net_layers[-1].n if net_layers else Wf.shape[1]):
             raise FormatError(f"NIR node {ff!r}: field 'weight' takes {Wf.shape[1]} inputs, the layer before has "
                               f"{net_layers[-1].n}")
@@ -231,17 +204,16 @@ def network_from_nir_graph(graph, *, dt: float | None = None, integration: str =
         U = None
         b = np.zeros(n)
         if type(nodes[ff]).__name__ == "Affine":
-            b = b + np.asarray(nodes[ff].bias, np.float64)
+            b = b + _arr(ff, "bias", nodes[ff].bias, n).astype(np.float64)
         if rec is not None:
             Ur = np.asarray(nodes[rec].weight)
             if Ur.shape != (n, n):
                 raise FormatError(f"NIR node {rec!r}: field 'weight' has shape {Ur.shape}, expected {(n, n)}")
             U = g[:, None] * Ur.astype(np.float64)
             if type(nodes[rec]).__name__ == "Affine":
-                b = b + np.asarray(nodes[rec].bias, np.float64)
-        biases.append(g * b)
+                b = b + _arr(rec, "bias", nodes[rec].bias, n).astype(np.float64)
         net_layers.append(LIFLayer(W=W, U=U, tau_mem=tau_mem, tau_syn=tau_syn, dt=float(dt), reset=reset,
-                                   integration=layer_integ, **params))
+                                   integration=integration, bias=g * b, synapse=typ == "CubaLIF", **params))
         prov_layers.append(dict(
             ff=ff, ff_type=type(nodes[ff]).__name__, ff_dtype=str(Wf.dtype),
             neuron=neu, neuron_type=typ, rec=rec, rec_type=None if rec is None else type(nodes[rec]).__name__,
@@ -250,68 +222,33 @@ def network_from_nir_graph(graph, *, dt: float | None = None, integration: str =
             param_dtype=str(np.asarray(N.v_threshold).dtype), has_v_reset=vrst is not None,
             ff_bias_dtype=str(np.asarray(nodes[ff].bias).dtype) if type(nodes[ff]).__name__ == "Affine" else None,
             rec_bias=None if rec is None or type(nodes[rec]).__name__ != "Affine" else np.asarray(nodes[rec].bias).copy(),
-            relay=None,
         ))
-    # biases -> bias input channel + relay neurons
-    need = [bool(np.any(b != 0)) for b in biases]
-    bias_channel = False
-    if any(need):
-        last_need = max(i for i, x in enumerate(need) if x)
-        for li in range(last_need + 1):
-            L = net_layers[li]
-            drive_col = None
-            if li == 0:
-                bias_channel = True
-                L.W = np.concatenate([L.W, biases[0][:, None]], axis=1)
-                drive_col = L.W.shape[1] - 1
-            else:
-                prev_relay = prov_layers[li - 1]["relay"]
-                drive_col = prev_relay
-                L.W[:, prev_relay] = biases[li]
-            if li < last_need:  # add a relay neuron to carry the bias of layer li + 1
-                c = _relay_drive(L)
-                row = np.zeros((1, L.W.shape[1]))
-                row[0, drive_col] = c
-                L.W = np.concatenate([L.W, row], axis=0)
-                if L.U is not None:
-                    L.U = np.pad(L.U, ((0, 1), (0, 1)))
-                prov_layers[li]["relay"] = L.W.shape[0] - 1
-                nxt = net_layers[li + 1]
-                nxt.W = np.concatenate([nxt.W, np.zeros((nxt.n, 1))], axis=1)
-            net_layers[li] = LIFLayer(W=L.W, U=L.U, **L.hyper())
-    prov = dict(input=ins[0], output=outs[0], nested=nested, layers=prov_layers, bias_channel=bias_channel,
+    prov = dict(input=ins[0], output=outs[0], nested=nested, layers=prov_layers,
                 input_size=int(np.asarray(nodes[layers[0][0]].weight).shape[1]),
                 metadata={k: v for k, v in meta.items() if not str(k).startswith("evrtrl.")})
     return Network(net_layers), prov
 
 
-def _relay_drive(L: LIFLayer) -> float:
-    """Input weight that makes a relay neuron fire every step from a constant 1 input."""
-    span = abs(L.v_th) + abs(L.v_reset) + abs(L.v_leak) + 1.0
-    if L.integration == "euler":
-        return 4.0 * span * L.tau_mem / L.dt
-    _, b, alpha = lif_coefficients(L.tau_mem, L.tau_syn, L.dt, "exact")
-    return 4.0 * span / b * (1.0 / (1.0 - alpha) if alpha < 1 else 1.0)
-
-
 def import_nir(path, *, dt: float | None = None, integration: str = "euler", reset: str | None = None,
-               dtype=None):
+               dtype=None, trainable=()):
     """Read a NIR file into a library model (``LIF`` or ``Stack`` of LIFs).
 
     ``dt`` (seconds) is required unless the file was written by this library
     (metadata ``evrtrl.dt``). ``integration="euler"`` matches Norse's
     ``from_nir``. ``reset`` defaults to the file's ``evrtrl.reset`` metadata or
-    ``"zero"`` (NIR's reset-to-v_reset). The returned model carries
-    ``nir_provenance`` (used by :func:`export_nir`) and
-    ``nir_bias_channel`` (True when the input needs :func:`append_bias_channel`).
+    ``"zero"`` (NIR's reset-to-v_reset). ``trainable``: neuron parameters every
+    layer learns (e.g. ``("v_th", "bias")``; ``tau_syn`` only applies to CubaLIF
+    layers). The returned model carries ``nir_provenance`` (used by :func:`export_nir`).
     """
     import torch
 
     graph = read_graph(path)
     net, prov = network_from_nir_graph(graph, dt=dt, integration=integration, reset=reset)
+    trainable = (trainable,) if isinstance(trainable, str) else tuple(trainable)
+    for L in net.layers:
+        L.trainable = tuple(t for t in trainable if t in L.neuron_fields)
     model = model_from_network(net, dtype=dtype or torch.float64)
     model.nir_provenance = prov
-    model.nir_bias_channel = prov["bias_channel"]
     return model
 
 
@@ -365,31 +302,25 @@ def nir_graph_from_network(net: Network, prov: dict | None = None, *, nested: bo
     src = in_name
     for li, L in enumerate(net.layers):
         P = prov["layers"][li] if prov else None
+        want = "CubaLIF" if L.synapse else "LIF"
+        if P is not None and (P["neuron_type"] != want or P["n"] != L.n):
+            P = None  # the layer changed kind or size since import
         W = np.where(L.mask("W"), L.W, 0.0).astype(np.float64)
         U = None if L.U is None else np.where(L.mask("U"), L.U, 0.0).astype(np.float64)
-        bias = np.zeros(L.n)
-        if P is not None:
-            # undo relay / bias channel bookkeeping
-            if P["relay"] is not None:
-                W = np.delete(W, P["relay"], axis=0)
-                if U is not None:
-                    U = np.delete(np.delete(U, P["relay"], axis=0), P["relay"], axis=1)
-            if li == 0 and prov["bias_channel"]:
-                bias, W = W[:, -1].copy(), W[:, :-1]
-            elif li > 0 and prov["layers"][li - 1]["relay"] is not None:
-                rc = prov["layers"][li - 1]["relay"]
-                bias, W = W[:, rc].copy(), np.delete(W, rc, axis=1)
+        bias = L.values_of("bias")
         n = W.shape[0]
         ff, neu = (P["ff"], P["neuron"]) if P else (f"fc{li + 1}", f"lif{li + 1}" + (".lif" if U is not None else ""))
-        rec = (P["rec"] if P else f"lif{li + 1}.w_rec") if U is not None else None
-        ntype = P["neuron_type"] if P else "CubaLIF"
+        rec = ((P["rec"] if P and P["rec"] else f"lif{li + 1}.w_rec")) if U is not None else None
         pdt = np.dtype(P["param_dtype"]) if P else np.float64
-        full = lambda v: np.full(n, v, dtype=pdt)  # noqa: E731
-        if ntype == "CubaLIF" and nir_convention != "evrtrl":
+        val = lambda k: L.values_of(k).astype(pdt)  # noqa: E731
+        if not L.synapse and nir_convention != "evrtrl":
+            raise UnsupportedError(f"layer {li} is a current-free LIF: the {nir_convention} convention "
+                                   "is defined for CubaLIF layers; export it with nir_convention='evrtrl'")
+        if L.synapse and nir_convention != "evrtrl":
             # g = r w_in dt / tau_syn = tau_mem / dt in both: W_nir = (dt / tau_mem) W_lib, the weights of a
             # current-to-membrane gain of 1 per step (Rockpool's LIFTorch, snnTorch's Synaptic)
             sc = _SNNTORCH_DT / L.dt if nir_convention == "snntorch" else 1.0
-            tm, tsy = np.full(n, L.tau_mem, np.float64), np.full(n, L.tau_syn, np.float64)
+            tm, tsy = L.values_of("tau_mem"), L.values_of("tau_syn")
             r = tm / L.dt - (1.0 if nir_convention == "rockpool" else 0.0)  # Rockpool reads dt = tau_mem / (1 + r)
             if np.any(r <= 0):
                 raise UnsupportedError(f"layer {li}: tau_mem <= dt cannot be written in the {nir_convention} convention")
@@ -398,35 +329,35 @@ def nir_graph_from_network(net: Network, prov: dict | None = None, *, nested: bo
             if np.any(np.asarray(L.v_reset) != 0):
                 raise UnsupportedError(f"layer {li}: v_reset != 0; the {nir_convention} convention writes no v_reset "
                                        "(nir <= 1.0.4 has none)")
-            neuron = nir.CubaLIF(tau_syn=tsy * sc, tau_mem=tm * sc, r=r, v_leak=full(L.v_leak),
-                                 v_threshold=full(L.v_th), w_in=w_in)
-        elif ntype == "CubaLIF":
+            neuron = nir.CubaLIF(tau_syn=tsy * sc, tau_mem=tm * sc, r=r, v_leak=val("v_leak"),
+                                 v_threshold=val("v_th"), w_in=w_in)
+        elif L.synapse:
+            tau_syn = L.values_of("tau_syn")
             r = P["r"].astype(np.float64) if P else np.ones(n)
-            w_in = P["w_in"].astype(np.float64) if P else np.full(n, L.tau_syn / L.dt)
-            g = r * w_in * L.dt / L.tau_syn
-            neuron = nir.CubaLIF(tau_syn=full(L.tau_syn), tau_mem=full(L.tau_mem),
-                                 r=(P["r"] if P else np.ones(n, pdt)), v_leak=full(L.v_leak),
-                                 v_threshold=full(L.v_th), v_reset=full(L.v_reset),
+            w_in = P["w_in"].astype(np.float64) if P else tau_syn / L.dt
+            g = r * w_in * L.dt / tau_syn
+            neuron = nir.CubaLIF(tau_syn=val("tau_syn"), tau_mem=val("tau_mem"),
+                                 r=(P["r"] if P else np.ones(n, pdt)), v_leak=val("v_leak"),
+                                 v_threshold=val("v_th"), v_reset=val("v_reset"),
                                  w_in=(P["w_in"] if P else w_in.astype(pdt)))
         else:
-            r = P["r"].astype(np.float64)
-            g = r
-            neuron = nir.LIF(tau=full(L.tau_mem), r=P["r"], v_leak=full(L.v_leak), v_threshold=full(L.v_th),
-                             v_reset=full(L.v_reset))
+            g = P["r"].astype(np.float64) if P else np.ones(n)
+            neuron = nir.LIF(tau=val("tau_mem"), r=(P["r"] if P else np.ones(n, pdt)), v_leak=val("v_leak"),
+                             v_threshold=val("v_th"), v_reset=val("v_reset"))
         if np.any(g == 0):
             raise UnsupportedError(f"layer {li}: r * w_in is 0 for some neuron; weights cannot be unfolded")
         wdt = np.dtype(P["ff_dtype"]) if P else np.dtype(np.float32 if L.W.dtype == np.float32 else np.float64)
         Wn = (W / g[:, None]).astype(wdt)
         bias_n = bias / g
         rec_bias = None
-        if P is not None and P["rec_bias"] is not None:
+        if P is not None and P["rec_bias"] is not None and U is not None:
             rec_bias = P["rec_bias"]
             bias_n = bias_n - rec_bias.astype(np.float64)
         ff_type = P["ff_type"] if P else ("Affine" if np.any(bias_n != 0) else "Linear")
         if ff_type == "Linear" and np.any(np.abs(bias_n) > 1e-12 * max(1.0, np.abs(Wn).max(initial=0))):
             ff_type = "Affine"
-        nodes[ff] = (nir.Affine(weight=Wn, bias=bias_n.astype(np.dtype(P["ff_bias_dtype"]) if P and P["ff_bias_dtype"] else wdt))
-                     if ff_type == "Affine" else nir.Linear(weight=Wn))
+        bdt = np.dtype(P["ff_bias_dtype"]) if P and P["ff_bias_dtype"] else wdt
+        nodes[ff] = nir.Affine(weight=Wn, bias=bias_n.astype(bdt)) if ff_type == "Affine" else nir.Linear(weight=Wn)
         nodes[neu] = neuron
         edges += [(src, ff), (ff, neu)]
         if U is not None:
@@ -452,7 +383,8 @@ def nir_graph_from_network(net: Network, prov: dict | None = None, *, nested: bo
     sc = _SNNTORCH_DT / L0.dt if nir_convention == "snntorch" else 1.0
     meta.update({"evrtrl.dt": float(L0.dt) * sc, "evrtrl.integration": L0.integration, "evrtrl.reset": L0.reset,
                  "evrtrl.nir_convention": nir_convention,
-                 "evrtrl.convention": "box input, W_lib = r*w_in*dt/tau_syn * W_nir (see docs/neuromorphic.md)"})
+                 "evrtrl.convention": "box input, W_lib = r*w_in*dt/tau_syn * W_nir (CubaLIF), r * W_nir (LIF); "
+                 "see docs/neuromorphic.md"})
     if readout is not None:
         meta["evrtrl.readout"] = "Affine node 'readout': y_t = W z_t + b of the last neuron layer's spikes z_t"
     if nested:

@@ -65,6 +65,8 @@ SPARSE_DEFAULTS: dict[str, dict[str, float]] = {
     "egru": {"pd_width": 0.1, "activity": 2.0, "activity_target": 0.03},
     "lif": {"pd_width": 0.5, "activity": 0.0, "activity_target": 0.0},
 }
+#: a registered cell without measured defaults: the 0.1.0 configuration, no regulariser
+GENERIC_DEFAULTS: dict[str, float] = {"pd_width": 0.5, "activity": 0.0, "activity_target": 0.0}
 
 
 @dataclass
@@ -114,7 +116,7 @@ class TrainConfig:
         keys = [c.lower() for c in registered_cells()]
         if self.model not in keys:
             raise UnknownMethodError(f"--model {self.model!r}: expected one of {keys}")
-        for name, value in SPARSE_DEFAULTS.get(self.model, {}).items():
+        for name, value in SPARSE_DEFAULTS.get(self.model, GENERIC_DEFAULTS).items():
             if getattr(self, name) is None:
                 setattr(self, name, value)
         if self.method not in METHODS:

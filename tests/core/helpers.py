@@ -16,12 +16,32 @@ def egru(d=3, n=6, *, density=None, seed=0, theta=0.1, width=0.5, B=None):
                 generator=g).double()
 
 
+def neuron_values(n, seed=0, *, synapse=True, near_equal=False):
+    """Heterogeneous per-neuron LIF values (seconds for the time constants)."""
+    g = torch.Generator().manual_seed(1000 + seed)
+    u = lambda lo, hi: lo + (hi - lo) * torch.rand(n, generator=g, dtype=torch.float64)  # noqa: E731
+    vals = dict(tau_mem=u(0.01, 0.03), v_th=u(0.8, 1.2), v_leak=u(-0.1, 0.1), v_reset=u(-0.2, 0.1),
+                bias=u(-0.05, 0.05))
+    if synapse:
+        # near_equal: tau_syn = tau_mem (1 + k 1e-11), where the textbook b loses its digits
+        vals["tau_syn"] = (vals["tau_mem"] * (1 + 1e-11 * torch.arange(n, dtype=torch.float64))
+                           if near_equal else u(0.003, 0.008))
+    return vals
+
+
 def lif(d=4, n=7, *, integration="exact", reset="zero", recurrent=True, density=None, seed=0,
-        scale=8.0):
+        scale=8.0, synapse=True, per_neuron=False, near_equal=False, trainable=None):
+    """A float64 LIF layer; ``per_neuron``: heterogeneous values, every one trained."""
     masks = random_masks(LIF.weight_shapes(d, n, recurrent), density, seed=seed) if density else None
     g = torch.Generator().manual_seed(seed)
-    return LIF(d, n, tau_mem=0.02, tau_syn=0.005, dt=0.001, integration=integration, reset=reset,
-               recurrent=recurrent, masks=masks, weight_scale=scale, generator=g).double()
+    if per_neuron:
+        vals = neuron_values(n, seed, synapse=synapse, near_equal=near_equal)
+        trainable = tuple(vals) if trainable is None else trainable
+    else:
+        vals = dict(tau_mem=0.02, **({"tau_syn": 0.005} if synapse else {}))
+    return LIF(d, n, dt=0.001, integration=integration, reset=reset, synapse=synapse,
+               trainable=trainable or (), recurrent=recurrent, masks=masks, weight_scale=scale,
+               generator=g, **vals).double()
 
 
 def spikes_in(T, B, d, p=0.3, seed=0):

@@ -44,6 +44,47 @@ def test_lif(integration, reset, recurrent, density):
     assert_engines_agree(model, x, per_step_loss)
 
 
+@pytest.mark.parametrize("synapse", [True, False], ids=["cuba", "current-free"])
+@pytest.mark.parametrize("integration,reset,recurrent", LIF_CASES)
+def test_lif_per_neuron_trainable(integration, reset, recurrent, synapse):
+    """Heterogeneous values, every neuron parameter trained: one exact RTRL column per unit."""
+    model = lif(integration=integration, reset=reset, recurrent=recurrent, synapse=synapse,
+                per_neuron=True, scale=8.0 if synapse else 40.0)
+    x = spikes_in(40, 2, 4)
+    out = evrtrl.simulate(model, x)
+    assert 0 < float(out.spikes.mean()) < 0.9, "test case must spike"
+    g = assert_engines_agree(model, x, per_step_loss)
+    for k in model.unit_parameters:
+        assert float(g["bptt"][k].norm()) > 0, f"{k}: gradient must be non-zero"
+
+
+@pytest.mark.parametrize("integration", ["exact", "euler"])
+@pytest.mark.parametrize("reset", ["zero", "subtract"])
+def test_lif_current_free_frozen(integration, reset):
+    """The current-free LIF (nir.LIF), scalar frozen parameters, masked weights."""
+    model = lif(integration=integration, reset=reset, synapse=False, density=0.6, scale=40.0)
+    x = spikes_in(40, 2, 4)
+    assert 0 < float(evrtrl.simulate(model, x).spikes.mean()) < 0.9
+    assert_engines_agree(model, x, per_step_loss)
+
+
+def test_lif_near_equal_time_constants_train():
+    """tau_syn = tau_mem (1 + k 1e-11): the stable coefficient and its derivatives."""
+    model = lif(per_neuron=True, near_equal=True, trainable=("tau_mem", "tau_syn", "v_th"))
+    assert_engines_agree(model, spikes_in(40, 2, 4), per_step_loss)
+
+
+def test_stack_of_current_free_and_cuba_per_neuron():
+    from .helpers import neuron_values
+    l0 = LIF(3, 6, dt=0.001, synapse=False, trainable=("tau_mem", "v_th", "bias"), weight_scale=40.0,
+             generator=torch.Generator().manual_seed(4), **neuron_values(6, 4, synapse=False))
+    l1 = LIF(6, 4, dt=0.001, trainable=("tau_syn", "v_leak", "v_reset"), weight_scale=10.0,
+             generator=torch.Generator().manual_seed(5), **neuron_values(4, 5))
+    model = Stack(l0, l1).double()
+    g = assert_engines_agree(model, spikes_in(30, 2, 3, p=0.4), per_step_loss)
+    assert float(g["bptt"]["0.tau_mem"].norm()) > 0
+
+
 @pytest.mark.parametrize("B", [1, 2])
 def test_lif_last_step_loss(B):
     model = lif()
@@ -158,3 +199,14 @@ def test_float32_runs_and_is_close():
     for k in gb:
         assert ge[k].dtype == torch.float32
         assert float((ge[k] - gb[k]).norm()) <= 1e-4 * float(gb[k].norm()) + 1e-6
+
+
+def test_event_engine_state_is_grad_free_with_trained_v_leak():
+    """The initial LIF state depends on v_leak; the engine must not record autograd for it."""
+    from evrtrl.event_engine import EventRTRL
+    eng = EventRTRL(lif(per_neuron=True), 2)
+    x = spikes_in(5, 2, 4)
+    for t in range(5):
+        y = eng.step(x[t])
+    assert not y.requires_grad
+    assert not any(v.requires_grad for v in eng.states[0] if v is not None)

@@ -10,11 +10,20 @@ from evrtrl.models import LIF
 
 def _make_lif(d, n, *, seed, integration="exact", reset="zero", recurrent=True, scale=3.0,
              tau_mem=20e-3, tau_syn=10e-3, dt=1e-3, v_reset=0.0, v_leak=0.0,
-             dtype=torch.float64):
+             dtype=torch.float64, per_neuron=False, synapse=True, **kw):
+    """Seeded LIF; ``per_neuron``: heterogeneous tau_mem, tau_syn, v_th, v_leak, v_reset, bias."""
     g = torch.Generator().manual_seed(seed)
-    return LIF(d, n, tau_mem=tau_mem, tau_syn=tau_syn, dt=dt, reset=reset, recurrent=recurrent,
-               integration=integration, weight_scale=scale, v_reset=v_reset, v_leak=v_leak,
-               dtype=dtype, generator=g)
+    if per_neuron:
+        h = torch.Generator().manual_seed(500 + seed)
+        u = lambda lo, hi: lo + (hi - lo) * torch.rand(n, generator=h, dtype=torch.float64)  # noqa: E731
+        kw = {**dict(tau_mem=u(8e-3, 30e-3), tau_syn=u(3e-3, 6e-3), v_th=u(0.7, 1.3), v_leak=u(-0.1, 0.2),
+                     v_reset=u(-0.3, 0.1), bias=u(-0.05, 0.1)), **kw}
+    else:
+        kw = dict(tau_mem=tau_mem, tau_syn=tau_syn, v_reset=v_reset, v_leak=v_leak, **kw)
+    if not synapse:
+        kw.pop("tau_syn")
+    return LIF(d, n, dt=dt, reset=reset, recurrent=recurrent, synapse=synapse,
+               integration=integration, weight_scale=scale, dtype=dtype, generator=g, **kw)
 
 
 def _spikes(T, B, d, rate, seed, dtype=torch.float64):
@@ -41,7 +50,8 @@ def _same_dynamics(model, x, res, atol):
         assert a.spikes.sum() > 0, "test network is silent; the check would be vacuous"
         mism = (a.spikes != b.spikes).nonzero()
         assert mism.numel() == 0, f"layer {l}: first mismatch (t, b, k) = {mism[0].tolist()}"
-        for key in ("v", "i"):
+        assert set(a.states) == set(b.states), f"layer {l}: states {set(a.states)} vs {set(b.states)}"
+        for key in a.states:
             err = (a.states[key] - b.states[key]).abs().max().item()
             assert err <= atol, f"layer {l} state {key}: max |diff| {err:.3e}"
     return sim

@@ -56,6 +56,35 @@ def test_stack_matches_brian2(same_dynamics, make_lif, make_spikes):
     same_dynamics(m, x, run_brian2(m, x), BRIAN2_ATOL)
 
 
+@pytest.mark.parametrize("reset", ["zero", "subtract"])
+@pytest.mark.parametrize("recurrent", [False, True], ids=["ff", "rec"])
+def test_per_neuron_parameters_and_bias_match_brian2(same_dynamics, make_lif, make_spikes, reset,
+                                                     recurrent):
+    """Heterogeneous tau_mem, tau_syn, v_th, v_leak, v_reset and bias: per-neuron variables."""
+    m = make_lif(4, 9, seed=21, reset=reset, recurrent=recurrent, per_neuron=True, scale=4.0)
+    assert bool((m.v_th != m.v_th[0]).any()) and bool((m.bias != 0).all())
+    x = make_spikes(150, 2, 4, 0.2, 21)
+    same_dynamics(m, x, run_brian2(m, x), BRIAN2_ATOL)
+
+
+@pytest.mark.parametrize("reset", ["zero", "subtract"])
+@pytest.mark.parametrize("per_neuron", [False, True], ids=["scalar", "per-neuron"])
+def test_current_free_matches_brian2(same_dynamics, make_lif, make_spikes, reset, per_neuron):
+    """synapse=False (nir.LIF): the input current held over the step, integrated exactly."""
+    m = make_lif(4, 8, seed=22, reset=reset, synapse=False, per_neuron=per_neuron, scale=40.0)
+    x = make_spikes(150, 2, 4, 0.2, 22)
+    res = run_brian2(m, x)
+    assert set(res.states) == {"v"}
+    same_dynamics(m, x, res, BRIAN2_ATOL)
+
+
+def test_stack_of_current_free_and_cuba_matches_brian2(same_dynamics, make_lif, make_spikes):
+    m = Stack(make_lif(4, 8, seed=23, synapse=False, per_neuron=True, scale=40.0),
+              make_lif(8, 5, seed=24, per_neuron=True, reset="subtract", scale=4.0))
+    x = make_spikes(150, 2, 4, 0.2, 23)
+    same_dynamics(m, x, run_brian2(m, x), BRIAN2_ATOL)
+
+
 def test_batch_index(make_lif, make_spikes):
     m = make_lif(4, 6, seed=5)
     x = make_spikes(120, 3, 4, 0.2, 5)

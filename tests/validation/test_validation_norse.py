@@ -85,6 +85,30 @@ def test_float32_model(make_lif, make_spikes):
     assert (sim.states["v"] - res.states["v"]).abs().max() < 1e-4
 
 
+@slow
+@pytest.mark.parametrize("recurrent", [False, True], ids=["LIFCell", "recurrent"])
+def test_per_neuron_parameters_and_bias_match_norse(same_dynamics, make_lif, make_spikes, recurrent):
+    """Per-neuron tensors in Norse's LIFParameters; feed-forward stays bit for bit."""
+    m = make_lif(4, 9, seed=31, integration="euler", recurrent=recurrent, per_neuron=True, scale=4.0)
+    x = make_spikes(200, 2, 4, 0.2, 31)
+    same_dynamics(m, x, run_norse(m, x), 0.0 if not recurrent else NORSE_ATOL)
+
+
+@slow
+@pytest.mark.parametrize("reset", ["zero", "subtract"])
+@pytest.mark.parametrize("recurrent", [False, True], ids=["ff", "rec"])
+def test_current_free_matches_norse_lifbox(same_dynamics, make_lif, make_spikes, reset, recurrent):
+    """synapse=False is Norse's LIFBoxCell (what its from_nir builds for nir.LIF), bit for bit."""
+    m = make_lif(4, 8, seed=32, integration="euler", reset=reset, recurrent=recurrent,
+                 synapse=False, scale=40.0, per_neuron=True)
+    if reset == "subtract":  # Norse's reset_subtract is the library's with v_reset = 0
+        m.set_neuron_parameters(v_reset=0.0)
+    x = make_spikes(200, 2, 4, 0.2, 32)
+    res = run_norse(m, x)
+    assert isinstance(norse_cell(m), __import__("norse.torch").torch.LIFBoxCell)
+    same_dynamics(m, x, res, 0.0)
+
+
 def test_unsupported(make_lif, make_spikes):
     x = make_spikes(10, 1, 3, 0.5, 0)
     with pytest.raises(UnsupportedError, match="subtract"):
@@ -93,3 +117,6 @@ def test_unsupported(make_lif, make_spikes):
         run_norse(make_lif(3, 4, seed=0), x)
     with pytest.raises(UnsupportedError, match="EGRU"):
         run_norse(EGRU(3, 4, dtype=torch.float64), x)
+    with pytest.raises(UnsupportedError, match="v_th - v_reset"):
+        run_norse(make_lif(3, 4, seed=0, integration="euler", reset="subtract", synapse=False,
+                           v_reset=-0.1), x)

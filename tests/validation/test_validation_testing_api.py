@@ -25,7 +25,7 @@ class ShiftedThresholdLIF(LIF):
     """Steps with v_th + 0.05 while reporting v_th: simulators built from it must disagree."""
 
     def step(self, weights, state, x):
-        return lif_step(weights, state, x, self.p._replace(v_th=self.p.v_th + 0.05))
+        return lif_step(weights._replace(v_th=weights.v_th + 0.05), state, x, self.p)
 
 
 def _loss(T, B, n):
