@@ -19,7 +19,8 @@ import torch
 from evrtrl.api import METHODS, make_engine
 from evrtrl.engine import Engine, run_engine
 from evrtrl.errors import ConfigError, UnknownMethodError
-from evrtrl.network import check_parameters, check_sequence, layers_of
+from evrtrl.events import InputSequence, check_input
+from evrtrl.network import check_parameters, layers_of
 
 __all__ = ["OnlineLearner"]
 
@@ -76,9 +77,12 @@ class OnlineLearner:
         self.engine.zero_grad()
         self.engine.refresh()
 
-    def run(self, x: torch.Tensor) -> list[float]:
-        """Learn online on ``x`` ``(T, B, d)``; returns the loss of each step (nan if none)."""
-        check_sequence(self.model, x)
+    def run(self, x: InputSequence) -> list[float]:
+        """Learn online on ``x`` ``(T, B, d)``; returns the loss of each step (nan if none).
+
+        ``x``: a dense tensor or a :class:`~evrtrl.events.SparseSequence` (read sparse by the
+        event engine, densified one step at a time for the other methods)."""
+        check_input(self.model, x)
         check_parameters(self.model)
         self.optimizer.zero_grad(set_to_none=True)
         self.engine = make_engine(self.model, x.shape[1], self.method, **self.engine_options)
