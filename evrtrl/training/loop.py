@@ -44,7 +44,7 @@ from evrtrl.online import OnlineLearner
 from evrtrl.training import distributed as ddp
 from evrtrl.training import sharded
 from evrtrl.training.checkpoint import load_checkpoint, save_checkpoint
-from evrtrl.training.data import SequenceData, open_data, parse_data_spec
+from evrtrl.training.data import SequenceData, learner_batch, open_data, parse_data_spec
 from evrtrl.training.metrics import MetricsLog, dense_rtrl_macs
 
 __all__ = ["TrainConfig", "TrainResult", "train", "build_model", "make_loss", "predict_logits"]
@@ -322,7 +322,7 @@ def train(
             b = counters["batch"]
             global_idx = order[b * cfg.batch:(b + 1) * cfg.batch]
             idx = grid.data_shard(global_idx)
-            x, labels = data.batch(idx, dtype)
+            x, labels = learner_batch(data, idx, dtype, cfg.method)  # sparse for the event engine
             T = x.shape[0]
             loss_fn = make_loss(readout, labels, T, cfg.loss, len(global_idx))
             learner = OnlineLearner(model, optimizer, loss_fn, k=cfg.k or T, method=cfg.method,
