@@ -75,7 +75,7 @@ class SparseSequence:
                              f"values {tuple(values.shape)}")
         self.indptr, self.index, self.values = indptr, index, values
         self.T, self.B, self.d = T, B, d
-        self._channels = (index % d).cpu().numpy()
+        self._active: tuple[np.ndarray, np.ndarray] | None = None  # per-step channels, CSR
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -85,9 +85,13 @@ class SparseSequence:
         return self.T
 
     def __getitem__(self, t: int) -> SparseStep:
+        if self._active is None:  # the channels active per step, found once for all steps
+            step = np.repeat(np.arange(self.T), np.diff(self.indptr))
+            key = np.unique(step * self.d + self.index.cpu().numpy() % self.d)
+            self._active = (np.searchsorted(key, np.arange(self.T + 1) * self.d), key % self.d)
+        ptr, ch = self._active
         a, b = int(self.indptr[t]), int(self.indptr[t + 1])
-        return SparseStep(self.index[a:b], self.values[a:b], np.unique(self._channels[a:b]),
-                          self.B, self.d)
+        return SparseStep(self.index[a:b], self.values[a:b], ch[ptr[t]:ptr[t + 1]], self.B, self.d)
 
     def dense_step(self, t: int) -> torch.Tensor:
         """The ``(B, d)`` tensor of step ``t`` (a fresh tensor: engines may keep it)."""
@@ -155,8 +159,9 @@ class SparseSequence:
         """Batch per-sample CSR records (attributes ``indptr``, ``channels``, ``counts``,
         ``n_channels``; e.g. :class:`evrtrl.datasets.SparseSteps`) without densifying.
 
-        Shorter samples end early (no events), longer ones are cut at ``T`` (default: the
-        longest sample).
+        Each sample is step-major with ascending channels within a step (as
+        :class:`~evrtrl.datasets.SparseSteps` are). Shorter samples end early (no events),
+        longer ones are cut at ``T`` (default: the longest sample).
         """
         if not samples:
             raise ShapeError("SparseSequence.from_samples needs at least one sample")
@@ -166,18 +171,18 @@ class SparseSequence:
                 raise ShapeError(f"sample {i} has n_channels={s.n_channels}; expected {d} like sample 0")
         T = max(len(s.indptr) - 1 for s in samples) if T is None else int(T)
         B = len(samples)
-        steps, flat, vals = [], [], []
-        for b, s in enumerate(samples):
-            k = np.repeat(np.arange(len(s.indptr) - 1), np.diff(s.indptr))
-            keep = k < T
-            steps.append(k[keep])
-            flat.append(b * d + np.asarray(s.channels)[keep])
-            vals.append(np.asarray(s.counts)[keep])
-        step, flat_, val = (np.concatenate(a) for a in (steps, flat, vals))
-        order = np.lexsort((flat_, step))
+        # each sample is step-major with ascending channels, so a stable sort by step
+        # alone orders the entries by (step, b, channel), i.e. by flat position per step
+        ends = [int(s.indptr[min(T, len(s.indptr) - 1)]) for s in samples]
+        step = np.concatenate([np.repeat(np.arange(min(T, len(s.indptr) - 1)),
+                                         np.diff(s.indptr[:T + 1])) for s in samples])
+        flat = np.concatenate([b * d + np.asarray(s.channels[:e]) for b, (s, e) in
+                               enumerate(zip(samples, ends))])
+        val = np.concatenate([np.asarray(s.counts[:e]) for s, e in zip(samples, ends)])
+        order = np.argsort(step, kind="stable")
         indptr = np.zeros(T + 1, dtype=np.int64)
-        np.cumsum(np.bincount(step, minlength=T)[:T], out=indptr[1:])
-        return cls(indptr, torch.as_tensor(flat_[order], dtype=torch.long, device=device),
+        np.cumsum(np.bincount(step, minlength=T), out=indptr[1:])
+        return cls(indptr, torch.as_tensor(flat[order], dtype=torch.long, device=device),
                    torch.as_tensor(val[order], dtype=dtype, device=device), T, B, d)
 
 
