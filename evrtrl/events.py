@@ -24,7 +24,7 @@ above at ``t``; the engine reads them from the state.
 """
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Sequence, Union
+from typing import Any, Literal, NamedTuple, Sequence, Union, overload
 
 import numpy as np
 import torch
@@ -199,6 +199,14 @@ def check_input(model: Any, x: InputSequence) -> None:
         x.check(layer.input_size, layer.dtype)
     else:
         check_sequence(model, x)
+
+
+@overload
+def step_input(x: InputSequence, t: int, sparse: Literal[False]) -> torch.Tensor: ...
+
+
+@overload
+def step_input(x: InputSequence, t: int, sparse: bool) -> torch.Tensor | SparseStep: ...
 
 
 def step_input(x: InputSequence, t: int, sparse: bool) -> torch.Tensor | SparseStep:
