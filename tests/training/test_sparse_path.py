@@ -66,3 +66,11 @@ def test_sparse_and_dense_paths_train_identically(nmnist, tmp_path, method):
     assert a.batches[-1]["updates"] > 0 and len({r["loss"] for r in a.batches}) == 3
     for k in pb:
         assert torch.equal(pa[k], pb[k]), k
+
+
+def test_sparse_path_benchmark_runs(nmnist, tmp_path):
+    from evrtrl.benchmarks.sparse_path import main
+    res = main(["--data", str(nmnist), "--repeat", "1", "--hidden", "4", "--duration-ms", "50",
+                "--out", str(tmp_path / "bench.json")])
+    assert res["same_loss"] and res["samples"] == 10 and res["T"] == 5
+    assert (tmp_path / "bench.json").is_file()
