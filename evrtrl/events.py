@@ -102,6 +102,7 @@ class SparseSequence:
 
     @property
     def dtype(self) -> torch.dtype:
+        """The dtype of the values (must match the model's parameters)."""
         return self.values.dtype
 
     def check(self, d: int, dtype: torch.dtype) -> None:
