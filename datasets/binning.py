@@ -1,9 +1,15 @@
 """Binning events into per-step sparse buckets, and small event transforms.
 
-:class:`SparseSteps` is the CSR-like record the engine consumes: for step
+:class:`SparseSteps` is the CSR-like record of one sample: for step
 ``k`` (covering ``[t0_us + k*dt_us, t0_us + (k+1)*dt_us)``) the active channels
 are ``channels[indptr[k]:indptr[k+1]]`` (sorted ascending, unique) with
-``counts`` events each. Dense frames exist only on request (:meth:`SparseSteps.to_dense`).
+``counts`` events each. Dense frames exist only on request (:meth:`SparseSteps.to_dense`,
+:func:`collate`). The event engine consumes a batch of them without densifying:
+:meth:`evrtrl.events.SparseSequence.from_samples` merges ``B`` samples into ``T`` steps
+of flat positions ``b * d + channel`` and counts, and every sequence entry point
+(:func:`evrtrl.gradients`, :class:`evrtrl.OnlineLearner`, ...) hands the event engine
+one :class:`evrtrl.events.SparseStep` per step (the training loop does so for
+``shd``/``nmnist`` data with ``--method event``).
 
 Channel index of camera events
     ``channel = (p * height + y) * width + x``, i.e. the flattening of a
@@ -50,6 +56,10 @@ overflow field) would otherwise size the output from a time 10**18 us away."""
 @dataclass(frozen=True)
 class SparseSteps:
     """Events of one sample binned at ``dt_us``, stored CSR-like by step.
+
+    Batch samples for the event engine with
+    :meth:`evrtrl.events.SparseSequence.from_samples` (sparse, step by step) or for the
+    engines that need dense input with :func:`collate` (a ``(T, B, d)`` tensor).
 
     Attributes
     ----------
@@ -213,7 +223,8 @@ def bin_events(
 
 
 def collate(samples: Sequence[SparseSteps], T: int | None = None, dtype: "torch.dtype | None" = None) -> "torch.Tensor":
-    """Stack samples into a dense ``(T, B, d)`` tensor for the engine.
+    """Stack samples into a dense ``(T, B, d)`` tensor (dense RTRL, BPTT; the event engine
+    reads :meth:`evrtrl.events.SparseSequence.from_samples` instead).
 
     Shorter samples are padded with zeros at the end; longer ones are cut at ``T``
     (default: the longest sample). All samples must share ``n_channels`` and ``dt_us``.

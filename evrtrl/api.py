@@ -12,7 +12,8 @@ from evrtrl.dense_engine import DenseRTRL
 from evrtrl.engine import Engine, LayerLossFn, LossFn, run_engine
 from evrtrl.errors import UnknownMethodError
 from evrtrl.event_engine import EventRTRL
-from evrtrl.network import Unroll, check_parameters, check_sequence
+from evrtrl.events import InputSequence, check_input, step_input
+from evrtrl.network import Unroll, check_parameters
 from evrtrl.shards import ColumnShard
 from evrtrl.stats import EngineStats
 
@@ -69,14 +70,17 @@ class Gradients(dict):
 
 
 @torch.no_grad()
-def simulate(model: Any, x: torch.Tensor) -> SimulationResult:
-    """Run ``model`` on ``x`` of shape ``(T, B, d)``; no gradients are tracked."""
-    check_sequence(model, x)
+def simulate(model: Any, x: InputSequence) -> SimulationResult:
+    """Run ``model`` on ``x`` of shape ``(T, B, d)``; no gradients are tracked.
+
+    ``x``: a dense tensor or a :class:`~evrtrl.events.SparseSequence` (densified one step
+    at a time)."""
+    check_input(model, x)
     check_parameters(model)
     run = Unroll(model, x.shape[1])
     rec: list[dict[str, list[torch.Tensor]]] = [{"spikes": [], "outputs": []} for _ in run.refs]
     for t in range(x.shape[0]):
-        run.step(x[t])
+        run.step(step_input(x, t, sparse=False))
         for r, ref, w, s in zip(rec, run.refs, run.weights, run.states):
             r["spikes"].append(s.e)
             r["outputs"].append(s.y)
@@ -113,22 +117,24 @@ def make_engine(model: Any, batch: int, method: str = "event", *,
     raise UnknownMethodError(f"unknown method {method!r}; expected one of {METHODS}")
 
 
-def gradients(model: Any, x: torch.Tensor, loss_fn: LossFn, method: str = "event", *,
+def gradients(model: Any, x: InputSequence, loss_fn: LossFn, method: str = "event", *,
               layer_loss: LayerLossFn | None = None,
               shard: ColumnShard | None = None, allow_memory: bool = False) -> Gradients:
     """Exact gradient of :math:`\\sum_t` ``loss_fn(y_t, t)`` with respect to every parameter.
 
-    ``x``: ``(T, B, d)``; ``y_t``: the last layer's output ``(B, n)``; ``method``: one of
-    :data:`METHODS`. ``layer_loss(l, y^l_t, t)`` (optional, e.g.
-    :class:`evrtrl.regularizers.ActivityRegularizer`) adds a term on the output of every
-    layer ``l`` at every step; the gradient includes it exactly. Returns :class:`Gradients`
-    (a dict name -> tensor shaped like the parameter, exactly 0 at masked entries) with the
-    engine's statistics in ``.stats``. ``shard`` (RTRL methods): only that column shard's entries, exactly 0 elsewhere; the
+    ``x``: ``(T, B, d)``, a dense tensor or a :class:`~evrtrl.events.SparseSequence`
+    (read sparse by the event engine, densified one step at a time for dense RTRL and
+    BPTT); ``y_t``: the last layer's output ``(B, n)``; ``method``: one of :data:`METHODS`.
+    ``layer_loss(l, y^l_t, t)`` (optional, e.g. :class:`evrtrl.regularizers.ActivityRegularizer`)
+    adds a term on the output of every layer ``l`` at every step; the gradient includes it
+    exactly. Returns :class:`Gradients` (a dict name -> tensor shaped like the parameter,
+    exactly 0 at masked entries) with the engine's statistics in ``.stats``.
+    ``shard`` (RTRL methods): only that column shard's entries, exactly 0 elsewhere; the
     gradients of all shards of one partition sum to the unsharded gradient.
     """
     if method not in METHODS:
         raise UnknownMethodError(f"unknown method {method!r}; expected one of {METHODS}")
-    check_sequence(model, x)
+    check_input(model, x)
     check_parameters(model)
     engine = make_engine(model, x.shape[1], method, shard=shard, allow_memory=allow_memory)
     run_engine(engine, x, loss_fn, layer_loss=layer_loss)

@@ -14,6 +14,11 @@ satisfy :class:`Engine`. :func:`run_engine` is the loop that :func:`evrtrl.gradi
 with an update hook every ``k`` steps (the online learner hands ``engine.gradients()``
 to its optimizer there, then calls ``zero_grad`` and ``refresh``).
 
+``x`` is a dense ``(T, B, d)`` tensor or an :class:`evrtrl.events.SparseSequence`. An
+engine named in :data:`evrtrl.events.SPARSE_INPUT_METHODS` (the event engine) is handed
+each :class:`~evrtrl.events.SparseStep` as it is; the others (dense RTRL, BPTT) get one
+dense ``(B, d)`` step at a time, never the whole ``(T, B, d)`` tensor.
+
 >>> import torch, evrtrl
 >>> from evrtrl.models import EGRU
 >>> engine = evrtrl.make_engine(EGRU(2, 4).double(), batch=3, method="event")
@@ -32,6 +37,7 @@ from typing import Any, Callable, Iterable, Protocol, runtime_checkable
 import torch
 
 from evrtrl.errors import ShapeError
+from evrtrl.events import SPARSE_INPUT_METHODS, InputSequence, step_input
 from evrtrl.stats import EngineStats
 
 __all__ = ["Engine", "LossFn", "LayerLossFn", "run_engine", "loss_gradient", "nonzero_fraction"]
@@ -52,7 +58,10 @@ class Engine(Protocol):
     stats: EngineStats
 
     def step(self, x: torch.Tensor) -> torch.Tensor:
-        """Advance every layer by one step on ``x`` ``(B, d)``; returns the last output ``(B, n)``."""
+        """Advance every layer by one step on ``x`` ``(B, d)``; returns the last output ``(B, n)``.
+
+        Engines named in :data:`evrtrl.events.SPARSE_INPUT_METHODS` also take a
+        :class:`evrtrl.events.SparseStep`."""
         ...
 
     def accumulate(self, dL_dy: torch.Tensor, layer: int = -1) -> None:
@@ -115,7 +124,7 @@ def loss_gradient(loss_fn: LossFn, y: torch.Tensor, t: int,
 
 def run_engine(
     engine: Engine,
-    x: torch.Tensor,
+    x: InputSequence,
     loss_fn: LossFn,
     *,
     extra_parameters: Iterable[torch.nn.Parameter] = (),
@@ -126,6 +135,9 @@ def run_engine(
     on_step: Callable[[int, Any], None] | None = None,
 ) -> list[float]:
     """Feed ``x`` ``(T, B, d)`` to ``engine`` step by step; returns each step's loss (nan if none).
+
+    ``x``: a dense tensor or a :class:`~evrtrl.events.SparseSequence` (read sparse by the
+    event engine, densified one step at a time for the others).
 
     Each step accumulates ``dL_t/dy_t`` into the engine and adds ``dL_t/dp`` to ``p.grad``
     for every parameter in ``extra_parameters`` (a readout inside ``loss_fn``: its gradient
@@ -140,9 +152,11 @@ def run_engine(
     extra = list(extra_parameters)
     losses: list[Any] = []
     pending = 0
+    sparse = engine.name in SPARSE_INPUT_METHODS
     for i in range(x.shape[0]):
         t = t0 + i
-        y = engine.step(x[i])
+        # a SparseStep only reaches engines in SPARSE_INPUT_METHODS, whose step takes it
+        y = engine.step(step_input(x, i, sparse))  # type: ignore[arg-type]
         loss, g, g_extra = loss_gradient(loss_fn, y, t, extra)
         if g is not None:
             engine.accumulate(g)

@@ -19,7 +19,8 @@ import torch
 from evrtrl.api import METHODS, make_engine
 from evrtrl.engine import Engine, LayerLossFn, run_engine
 from evrtrl.errors import ConfigError, UnknownMethodError
-from evrtrl.network import check_parameters, check_sequence, layers_of
+from evrtrl.events import InputSequence, check_input
+from evrtrl.network import check_parameters, layers_of
 
 __all__ = ["OnlineLearner"]
 
@@ -87,13 +88,15 @@ class OnlineLearner:
         self.engine.zero_grad()
         self.engine.refresh()
 
-    def run(self, x: torch.Tensor, *, carry: bool = False) -> list[float]:
+    def run(self, x: InputSequence, *, carry: bool = False) -> list[float]:
         """Learn online on ``x`` ``(T, B, d)``; returns the loss of each step (nan if none).
 
-        ``carry=True`` continues the streams of the previous call (state, influence matrix
-        and step counter ``t``) instead of starting from a fresh state.
+        ``x``: a dense tensor or a :class:`~evrtrl.events.SparseSequence` (read sparse by the
+        event engine, densified one step at a time for the other methods). ``carry=True``
+        continues the streams of the previous call (state, influence matrix and step counter
+        ``t``) instead of starting from a fresh state.
         """
-        check_sequence(self.model, x)
+        check_input(self.model, x)
         check_parameters(self.model)
         self.optimizer.zero_grad(set_to_none=True)
         fresh = not carry or self.engine is None

@@ -8,6 +8,18 @@ data set (samples are padded with silence or cut), so that every batch, on every
 process of a distributed run, has the same number of steps and hence the same number
 of optimizer updates.
 
+Sparse batches
+--------------
+The binned kinds (``shd``, ``nmnist``) also offer ``data.sparse_batch(indices, dtype)``:
+the same batch as an :class:`evrtrl.events.SparseSequence` built straight from the
+per-sample :class:`evrtrl.datasets.SparseSteps` (no dense ``(T, B, d)`` tensor).
+:func:`learner_batch` is what the training loop calls: for a method whose engine reads
+sparse input (``event``, :data:`evrtrl.events.SPARSE_INPUT_METHODS`) it hands the learner
+the sparse batch, so the events are never densified and searched for again; for
+``dense``/``dense-live``/``bptt`` and the synthetic kinds it hands the dense batch
+(densified once per batch by ``collate``). The option ``sparse=0`` on a binned kind
+keeps the dense batch for every method (the old path; same numbers, slower).
+
 Kinds
 -----
 ``synthetic:rotation[,n=256,seed=0,T=17,noise=0.0]``
@@ -19,12 +31,12 @@ Kinds
     Random spike-pattern classification: each class has a fixed random template of
     firing probabilities (``rate`` on average, a few channels per step much higher);
     a sample is a Bernoulli draw from its class template. Sparse 0/1 input.
-``shd:PATH[,dt_us=10000,duration_ms=1000,channels=700,factor=1]``
+``shd:PATH[,dt_us=10000,duration_ms=1000,channels=700,factor=1,sparse=1]``
     Spiking Heidelberg Digits layout (``spikes/times`` in seconds, ``spikes/units``,
     ``labels``, optional ``extra/keys``). ``PATH`` is a ``.h5`` file (used for every
     split) or a directory holding ``*train*.h5`` and ``*test*.h5``. ``factor`` merges
     neighbouring channels (``unit // factor``; SHD 700 -> 140 with ``factor=5``).
-``nmnist:PATH[,dt_us=10000,duration_ms=300,size=34x34,pool=1]``
+``nmnist:PATH[,dt_us=10000,duration_ms=300,size=34x34,pool=1,sparse=1]``
     N-MNIST ``.bin`` tree: ``PATH/Train/<class>/*.bin`` and ``PATH/Test/<class>/*.bin``
     (or ``PATH/<class>/*.bin`` for every split); classes are the sorted folder names.
     Channel ``(p * height + y) * width + x``, ``n_inputs = 2 * width * height``;
@@ -38,8 +50,9 @@ Expectations of the ``datasets`` package (imported lazily, only for ``shd``/``nm
 * ``evrtrl.datasets.read_nmnist(path) -> structured array`` with fields ``t`` (us), ``x``,
   ``y``, ``p``.
 * ``evrtrl.datasets.bin_events(events, dt_us, n_channels=..., sensor_size=(w, h, 2), T=...)
-  -> SparseSteps`` and ``evrtrl.datasets.collate(list_of_SparseSteps, T) -> torch (T, B, d)``
-  (event counts per step and channel as values).
+  -> SparseSteps``; ``evrtrl.datasets.collate(list_of_SparseSteps, T) -> torch (T, B, d)``
+  (event counts per step and channel as values) for the dense batch and
+  ``evrtrl.events.SparseSequence.from_samples(list_of_SparseSteps, T)`` for the sparse one.
 The step length comes from ``dt_us`` in the spec or ``--dt-us`` on the command line.
 """
 from __future__ import annotations
@@ -54,8 +67,9 @@ import torch
 
 from evrtrl import datasets as ds
 from evrtrl.errors import ConfigError, UnknownMethodError
+from evrtrl.events import SPARSE_INPUT_METHODS, InputSequence, SparseSequence
 
-__all__ = ["DataSpec", "parse_data_spec", "open_data", "SequenceData", "KINDS"]
+__all__ = ["DataSpec", "parse_data_spec", "open_data", "SequenceData", "KINDS", "learner_batch"]
 
 KINDS = ("synthetic", "shd", "nmnist")
 _OPT = re.compile(r",([A-Za-z_]+)=([^,]*)$")
@@ -120,9 +134,25 @@ class SequenceData:
               ) -> tuple[torch.Tensor, torch.Tensor]:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    #: whether :meth:`sparse_batch` is offered (binned event data with ``sparse=1``)
+    sparse: bool = False
+
+    def sparse_batch(self, indices: Sequence[int], dtype: torch.dtype = torch.float32
+                     ) -> tuple[SparseSequence, torch.Tensor]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
     def describe(self) -> dict[str, Any]:
         return {"samples": len(self), "T": self.T, "n_inputs": self.n_inputs,
                 "n_classes": self.n_classes, "dt_us": self.dt_us}
+
+
+def learner_batch(data: SequenceData, indices: Sequence[int], dtype: torch.dtype,
+                  method: str) -> tuple[InputSequence, torch.Tensor]:
+    """The batch the training loop hands the learner: ``data.sparse_batch`` where the data
+    offer it and ``method``'s engine reads sparse input, else the dense ``data.batch``."""
+    if data.sparse and method in SPARSE_INPUT_METHODS:
+        return data.sparse_batch(indices, dtype)
+    return data.batch(indices, dtype)
 
 
 class TensorData(SequenceData):
@@ -174,8 +204,8 @@ class _BinnedData(SequenceData):
     """Events read and binned per sample by the ``datasets`` package."""
 
     def __init__(self, ds_mod, n: int, labels: list[int], n_classes: int, T: int, d: int,
-                 dt_us: int, read, bin_kw: dict[str, Any], transform=None) -> None:
-        self.ds, self._n, self.labels = ds_mod, n, labels
+                 dt_us: int, read, bin_kw: dict[str, Any], transform=None, sparse: bool = True) -> None:
+        self.ds, self._n, self.labels, self.sparse = ds_mod, n, labels, sparse
         self.n_classes, self.T, self.n_inputs, self.dt_us = n_classes, T, d, dt_us
         self._read, self._bin_kw = read, bin_kw
         self._transform = transform or (lambda ev: ev)
@@ -183,15 +213,37 @@ class _BinnedData(SequenceData):
     def __len__(self) -> int:
         return self._n
 
+    def _steps(self, indices) -> list[Any]:
+        return [self.ds.bin_events(self._transform(self._read(int(i))), self.dt_us, T=self.T,
+                                   **self._bin_kw)
+                for i in indices]
+
+    def _labels(self, indices) -> torch.Tensor:
+        return torch.tensor([self.labels[int(i)] for i in indices], dtype=torch.long)
+
+    def sparse_batch(self, indices, dtype=torch.float32):
+        """The batch as a :class:`~evrtrl.events.SparseSequence` ``(T, B, n_inputs)``."""
+        steps = self._steps(indices)
+        x = SparseSequence.from_samples(steps, self.T, dtype=dtype)
+        if x.shape != (self.T, len(steps), self.n_inputs):
+            raise ConfigError(f"binned samples give a sparse batch of shape {x.shape}, expected "
+                              f"{(self.T, len(steps), self.n_inputs)}")
+        return x, self._labels(indices)
+
     def batch(self, indices, dtype=torch.float32):
-        steps = [self.ds.bin_events(self._transform(self._read(int(i))), self.dt_us, T=self.T,
-                                    **self._bin_kw)
-                 for i in indices]
+        steps = self._steps(indices)
         x = self.ds.collate(steps, self.T)
         if x.shape != (self.T, len(steps), self.n_inputs):
             raise ConfigError(f"evrtrl.datasets.collate returned shape {tuple(x.shape)}, expected "
                               f"{(self.T, len(steps), self.n_inputs)}")
-        return x.to(dtype), torch.tensor([self.labels[int(i)] for i in indices], dtype=torch.long)
+        return x.to(dtype), self._labels(indices)
+
+
+def _sparse_opt(spec: DataSpec) -> bool:
+    v = _opt(spec, "sparse", 1)
+    if v not in (0, 1):
+        raise ConfigError(f"--data {spec}: option sparse={v} must be 0 or 1")
+    return bool(v)
 
 
 def _split_file(path: Path, split: str, pattern: str) -> Path:
@@ -215,7 +267,7 @@ def _open_shd(spec: DataSpec, split: str, dt_us: int) -> SequenceData:
     labels = [int(h5.label(i)) for i in range(n)]
     n_classes = len(h5.keys) or (max(labels) + 1 if labels else 0)
     return _BinnedData(ds, n, labels, n_classes, T, d, dt_us, h5.events, {"n_channels": d},
-                       ds.DownsampleChannels(factor) if factor > 1 else None)
+                       ds.DownsampleChannels(factor) if factor > 1 else None, _sparse_opt(spec))
 
 
 def _open_nmnist(spec: DataSpec, split: str, dt_us: int) -> SequenceData:
@@ -240,7 +292,7 @@ def _open_nmnist(spec: DataSpec, split: str, dt_us: int) -> SequenceData:
     T = math.ceil(_opt(spec, "duration_ms", 300, float) * 1000 / dt_us)
     return _BinnedData(ds, len(files), labels, len(classes), T, 2 * w * h, dt_us,
                        lambda i: ds.read_nmnist(files[i]), {"sensor_size": (w, h, 2)},
-                       pool if pool.kx > 1 else None)
+                       pool if pool.kx > 1 else None, _sparse_opt(spec))
 
 
 def open_data(spec: str | DataSpec, split: str = "train", *, dt_us: int | None = None) -> SequenceData:

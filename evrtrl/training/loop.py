@@ -46,7 +46,7 @@ from evrtrl.regularizers import ActivityRegularizer
 from evrtrl.training import distributed as ddp
 from evrtrl.training import sharded
 from evrtrl.training.checkpoint import load_checkpoint, save_checkpoint
-from evrtrl.training.data import SequenceData, open_data, parse_data_spec
+from evrtrl.training.data import SequenceData, learner_batch, open_data, parse_data_spec
 from evrtrl.training.metrics import (
     MetricsLog, data_lengths, dense_rtrl_macs, measure_beta, sequence_beta,
 )
@@ -361,7 +361,7 @@ def train(
             b = counters["batch"]
             global_idx = order[b * cfg.batch:(b + 1) * cfg.batch]
             idx = grid.data_shard(global_idx)
-            x, labels = data.batch(idx, dtype)
+            x, labels = learner_batch(data, idx, dtype, cfg.method)  # sparse for the event engine
             T = x.shape[0]
             loss_fn = make_loss(readout, labels, T, cfg.loss, len(global_idx))
             reg = (ActivityRegularizer(cfg.activity, cfg.activity_target,

@@ -26,18 +26,27 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+import numpy as np
 import torch
 
 from evrtrl.atomic import atomic_write
+from evrtrl.events import InputSequence, SparseSequence
 from evrtrl.network import layers_of
 
 __all__ = ["dense_rtrl_macs", "MetricsLog", "read_records", "data_lengths", "sequence_beta",
            "measure_beta", "active_counts"]
 
 
-def data_lengths(x: torch.Tensor) -> torch.Tensor:
-    """Steps that carry data per sequence of ``x`` ``(T, B, d)``: 1 + the last step with a
-    non-zero input (padding with silence at the end is not counted); 0 for an empty one."""
+def data_lengths(x: InputSequence) -> torch.Tensor:
+    """Steps that carry data per sequence of ``x`` ``(T, B, d)`` (dense or a
+    :class:`~evrtrl.events.SparseSequence`): 1 + the last step with a non-zero input
+    (padding with silence at the end is not counted); 0 for an empty one."""
+    if isinstance(x, SparseSequence):
+        steps = torch.repeat_interleave(torch.arange(1, x.T + 1),
+                                        torch.from_numpy(np.diff(x.indptr)))
+        nz = (x.values != 0).cpu()
+        out = torch.zeros(x.B, dtype=torch.long)
+        return out.scatter_reduce(0, (x.index.cpu() // x.d)[nz], steps[nz], "amax")
     T = x.shape[0]
     has = (x != 0).flatten(2).any(-1)  # (T, B)
     steps = torch.arange(1, T + 1, device=x.device)[:, None].expand_as(has)
