@@ -78,6 +78,7 @@ from evrtrl.engine import nonzero_fraction
 from evrtrl.errors import NonFiniteError, ShapeError
 from evrtrl.events import SparseStep
 from evrtrl.influence import ColumnBlock, choose_layout
+from evrtrl.kernels import select as select_kernel
 from evrtrl.layer import Layer, LocalJacobian
 from evrtrl.network import check_parameters, layers_of
 from evrtrl.stats import EngineStats
@@ -232,11 +233,14 @@ class EventRTRL:
     ``x_t`` is a dense ``(B, d)`` tensor or a :class:`evrtrl.events.SparseStep`.
     ``layout``: storage of the influence matrix, ``"auto"`` (by size,
     :func:`evrtrl.influence.choose_layout`), ``"rows"`` or ``"cols"``.
+    ``kernel``: ``"auto"``, ``"torch"`` or ``"compiled"`` (default: ``$EVRTRL_KERNEL``, else
+    auto): whether the step runs through the compiled CPU kernels (:mod:`evrtrl.kernels`);
+    :attr:`kernel` says which path runs.
     """
 
     name = "event"
 
-    def __init__(self, model: Any, batch: int, layout: str = "auto") -> None:
+    def __init__(self, model: Any, batch: int, layout: str = "auto", kernel: str | None = None) -> None:
         self.refs = layers_of(model)
         check_parameters(model)
         for ref in self.refs:
@@ -285,7 +289,11 @@ class EventRTRL:
             p_total=sum(b.p_total for b in self.blocks),
             influence_bytes=sum(m.numel() * m.element_size() for row in self.M for m in row),
         )
+        self.compiled = None
         self.refresh()
+        self.compiled = select_kernel(self, kernel)  # None: the pure-torch path
+        if self.compiled is not None:
+            self.compiled.refresh(self)
 
     def refresh(self) -> None:
         """Re-read the (masked) weights, e.g. after an optimizer step."""
@@ -298,6 +306,13 @@ class EventRTRL:
                          for w, run in zip(self.w, self.runs)]
             self.Win = [torch.stack([getattr(w, g) for g in run.inp]) if run.inp else None
                         for w, run in zip(self.w, self.runs)]
+            if self.compiled is not None:
+                self.compiled.refresh(self)
+
+    @property
+    def kernel(self) -> str:
+        """The path the step runs: ``"compiled"`` or ``"torch"``."""
+        return "torch" if self.compiled is None else "compiled"
 
     @property
     def layouts(self) -> list[str]:
@@ -325,6 +340,8 @@ class EventRTRL:
         if isinstance(x, SparseStep):
             channels = x.channels
             x = self._densify(x)
+        if self.compiled is not None:  # the compiled path (evrtrl.kernels.step)
+            return self.compiled.step(self, x, channels)
         lower = None
         alphas, betas = [], []
         for l, ref in enumerate(self.refs):
@@ -499,6 +516,8 @@ class EventRTRL:
     # ---------------------------------------------------------------- gradients
     def accumulate(self, dL_dy: torch.Tensor) -> None:
         """Add :math:`(dL_t/dy_t)^T N_t` of the last layer (rows K only) to the gradient."""
+        if self.compiled is not None:
+            return self.compiled.accumulate(self, dL_dy)
         Kp, k, Ns, Ps, _ = self.N[-1]
         if not k:
             return
