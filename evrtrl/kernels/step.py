@@ -131,7 +131,8 @@ class CompiledStep:
     def _local(self, engine: Any, l: int, prev: Any, x: torch.Tensor) -> tuple:
         cell = self.cells[l]
         if cell is not None:
-            return (*cell.step(prev, x, engine.first), cell.direct)
+            new, diag, phis, gain, gd = cell.step(prev, x, engine.first)
+            return new, diag, phis, gain, (self.no_direct[l] if gd is None else gd), cell.direct
         run, layer, w = engine.runs[l], engine.refs[l].layer, engine.w[l]
         new, aux = layer.step(w, prev, x)
         lj = layer.local_jacobian(w, prev, x, new, aux, engine.first)
