@@ -78,7 +78,7 @@ from evrtrl.engine import nonzero_fraction
 from evrtrl.errors import NonFiniteError, ShapeError
 from evrtrl.events import SparseStep
 from evrtrl.influence import ColumnBlock, choose_layout
-from evrtrl.kernels import select as select_kernel
+from evrtrl.kernels import COMPILED_LAYOUT, CompiledStep, kernel_module
 from evrtrl.layer import Layer, LocalJacobian
 from evrtrl.network import check_parameters, layers_of
 from evrtrl.stats import EngineStats
@@ -234,8 +234,8 @@ class EventRTRL:
     ``layout``: storage of the influence matrix, ``"auto"`` (by size,
     :func:`evrtrl.influence.choose_layout`), ``"rows"`` or ``"cols"``.
     ``kernel``: ``"auto"``, ``"torch"`` or ``"compiled"`` (default: ``$EVRTRL_KERNEL``, else
-    auto): whether the step runs through the compiled CPU kernels (:mod:`evrtrl.kernels`);
-    :attr:`kernel` says which path runs.
+    auto): whether the step runs through the compiled CPU kernels (:mod:`evrtrl.kernels`;
+    their ``layout="auto"`` is ``"rows"``); :attr:`kernel` says which path runs.
     """
 
     name = "event"
@@ -258,6 +258,9 @@ class EventRTRL:
         layer0 = self.refs[0].layer
         self.dtype, self.device = layer0.dtype, layer0.device
         self.blocks = [ColumnBlock(r.layer, r.prefix) for r in self.refs]
+        kmod = kernel_module(self.device, self.dtype, kernel)  # None: the pure-torch path
+        if kmod is not None and layout == "auto":
+            layout = COMPILED_LAYOUT
         self.runs = [
             _LayerRun(r.layer, b, B, choose_layout(r.layer.hidden_size * r.layer.state_size, layout))
             for r, b in zip(self.refs, self.blocks)
@@ -291,8 +294,8 @@ class EventRTRL:
         )
         self.compiled = None
         self.refresh()
-        self.compiled = select_kernel(self, kernel)  # None: the pure-torch path
-        if self.compiled is not None:
+        if kmod is not None:
+            self.compiled = CompiledStep(kmod, self)
             self.compiled.refresh(self)
 
     def refresh(self) -> None:

@@ -7,9 +7,10 @@ beside their pure steps in ``models/`` (``egru_kernel.cpp``, ``lif_kernel.cpp``)
 """
 from evrtrl.kernels.build import KERNEL_ENV, KERNEL_MODES, KernelBuildWarning, cache_dir, compiler, kernel_mode
 from evrtrl.kernels.step import (
-    CellKernel, CompiledStep, engine_module, register_cell_kernel, registered_cell_kernels, select,
+    COMPILED_LAYOUT, CellKernel, CompiledStep, engine_module, kernel_module, register_cell_kernel,
+    registered_cell_kernels,
 )
 
 __all__ = ["KERNEL_ENV", "KERNEL_MODES", "KernelBuildWarning", "cache_dir", "compiler", "kernel_mode",
            "CellKernel", "CompiledStep", "engine_module", "register_cell_kernel",
-           "registered_cell_kernels", "select"]
+           "registered_cell_kernels", "kernel_module", "COMPILED_LAYOUT"]

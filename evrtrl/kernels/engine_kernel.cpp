@@ -17,16 +17,22 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <vector>
 
 namespace {
 
 constexpr double T_LO = 0x1p-40, T_HI = 0x1p40, T_OFF = 0x1p8;
 constexpr double R_LO = 0x1p-20, R_HI = 0x1p20, R_OFF = 0x1p4;
-// below this many multiply-adds a rank-k update runs as plain loops, above through the BLAS
+// cols layout: below this many multiply-adds the rank-k update runs as plain loops, above
+// through the BLAS (the rows layout always runs its sparse loops)
 constexpr int64_t BLAS_FROM = 1 << 15;
 
 using torch::Tensor;
+
+// a 256-bit vector of S (GCC/Clang vector extension): the rank-k micro-kernel's registers
+template <typename S>
+using Vec __attribute__((vector_size(32))) = S;
 
 struct Source {  // output influence of a layer (one step): Kp (B, k), N_j (B, k, P_j)
   Tensor Kp;
@@ -93,25 +99,60 @@ void coupling_matrix(const S* phis, int64_t GM, int64_t g0, const S* W, int64_t 
   }
 }
 
-// Mt[b][:, :P] += A[b] (R x k) N[b] (k x P), rows layout (row stride C)
+// Mt[b][:, :P] += A[b] (R x k) N[b] (k x P), rows layout (row stride C). A is sparse (the
+// projections are masked, phi has zeros): per row only its non-zero entries are used, and the
+// product runs in register-sized column chunks (N's chunk stays in L1 across the rows).
 template <typename S>
 void rank_update_rows(S* M, int64_t C, const S* A, const S* N, int64_t B, int64_t R, int64_t k,
                       int64_t P) {
-  constexpr int64_t CH = 256;
+  constexpr int LANES = 32 / sizeof(S), NV = 8;  // eight 256-bit registers of accumulators
+  constexpr int64_t CH = LANES * NV;
+  std::vector<int64_t> ptr(R + 1), idx(R * k);
+  std::vector<S> val(R * k);
   for (int64_t b = 0; b < B; ++b) {
     const S* Ab = A + b * R * k;
     const S* Nb = N + b * k * P;
     S* Mb = M + b * R * C;
-    for (int64_t p0 = 0; p0 < P; p0 += CH) {
-      const int64_t pe = std::min(P, p0 + CH);
+    int64_t nz = 0;
+    for (int64_t r = 0; r < R; ++r) {
+      ptr[r] = nz;
+      for (int64_t kk = 0; kk < k; ++kk) {
+        const S f = Ab[r * k + kk];
+        if (f != S(0)) {
+          idx[nz] = kk * P;
+          val[nz++] = f;
+        }
+      }
+    }
+    ptr[R] = nz;
+    if (!nz) continue;
+    // panels of N (k x PC, about 256 KB) stay in L2 while every row streams its panel of M
+    const int64_t PC = std::max<int64_t>(CH, (int64_t(1) << 18) / (sizeof(S) * std::max<int64_t>(k, 1)) / CH * CH);
+    for (int64_t c0 = 0; c0 < P; c0 += PC) {
+      const int64_t c1 = std::min(P, c0 + PC);
+      const int64_t full = c0 + (c1 - c0) / CH * CH;
       for (int64_t r = 0; r < R; ++r) {
+        const int64_t e0 = ptr[r], e1 = ptr[r + 1];
+        if (e0 == e1) continue;
         S* mrow = Mb + r * C;
-        const S* a = Ab + r * k;
-        for (int64_t kk = 0; kk < k; ++kk) {
-          const S f = a[kk];
-          if (f == S(0)) continue;
-          const S* nrow = Nb + kk * P;
-          for (int64_t p = p0; p < pe; ++p) mrow[p] += f * nrow[p];
+        for (int64_t p0 = c0; p0 < full; p0 += CH) {
+          Vec<S> acc[NV];
+          for (int v = 0; v < NV; ++v) std::memcpy(&acc[v], mrow + p0 + v * LANES, sizeof(Vec<S>));
+          for (int64_t e = e0; e < e1; ++e) {
+            const S f = val[e];
+            const S* nrow = Nb + idx[e] + p0;
+            for (int v = 0; v < NV; ++v) {
+              Vec<S> nv;
+              std::memcpy(&nv, nrow + v * LANES, sizeof(Vec<S>));
+              acc[v] += f * nv;
+            }
+          }
+          for (int v = 0; v < NV; ++v) std::memcpy(mrow + p0 + v * LANES, &acc[v], sizeof(Vec<S>));
+        }
+        for (int64_t e = e0; e < e1; ++e) {
+          const S f = val[e];
+          const S* nrow = Nb + idx[e];
+          for (int64_t p = full; p < c1; ++p) mrow[p] += f * nrow[p];
         }
       }
     }
@@ -156,15 +197,12 @@ void couple(std::vector<Tensor>& M, bool cols, const Tensor& phis, int64_t g0, c
     if (!P) continue;
     Tensor& Mj = M[j];
     const int64_t C = cols ? Mj.size(1) : Mj.size(2);
-    if (B * R * k * P >= BLAS_FROM) {
-      if (cols)
-        Mj.narrow(1, 0, P).baddbmm_(Nj.transpose(1, 2), A.transpose(1, 2));
-      else
-        Mj.narrow(2, 0, P).baddbmm_(A, Nj);
-    } else if (cols) {
-      rank_update_cols<S>(Mj.data_ptr<S>(), C, A.data_ptr<S>(), Nj.data_ptr<S>(), B, R, k, P, AT);
-    } else {
+    if (!cols) {
       rank_update_rows<S>(Mj.data_ptr<S>(), C, A.data_ptr<S>(), Nj.data_ptr<S>(), B, R, k, P);
+    } else if (B * R * k * P >= BLAS_FROM) {
+      Mj.narrow(1, 0, P).baddbmm_(Nj.transpose(1, 2), A.transpose(1, 2));
+    } else {
+      rank_update_cols<S>(Mj.data_ptr<S>(), C, A.data_ptr<S>(), Nj.data_ptr<S>(), B, R, k, P, AT);
     }
     macs[2] += B * R * k * P;
   }

@@ -27,7 +27,8 @@ import torch
 from evrtrl.errors import UnsupportedError
 from evrtrl.kernels.build import kernel_mode, load, require
 
-__all__ = ["CompiledStep", "CellKernel", "register_cell_kernel", "cell_kernel_for", "select",
+__all__ = ["CompiledStep", "CellKernel", "register_cell_kernel", "cell_kernel_for", "kernel_module",
+           "COMPILED_LAYOUT",
            "engine_module", "ENGINE_SOURCE", "registered_cell_kernels"]
 
 ENGINE_SOURCE = Path(__file__).with_name("engine_kernel.cpp")
@@ -84,31 +85,40 @@ def engine_module(required: bool = False) -> ModuleType | None:
     return load(ENGINE_MODULE, [ENGINE_SOURCE])
 
 
-def select(engine: Any, mode: str | None = None) -> "CompiledStep | None":
-    """The compiled step for ``engine``, or None for the pure-torch path (module docstring)."""
+#: the influence layout of the compiled path under ``layout="auto"``: its rank-k update skips
+#: the zeros of A row by row, which beat the BLAS on the transposed layout at every size
+#: measured (docs/benchmarks.md, "compiled path")
+COMPILED_LAYOUT = "rows"
+
+
+def kernel_module(device: torch.device, dtype: torch.dtype, mode: str | None = None) -> ModuleType | None:
+    """The compiled engine kernel for a run on ``device`` in ``dtype``; None for pure torch.
+
+    ``mode`` (default ``$EVRTRL_KERNEL``): ``"torch"`` gives None; ``"auto"`` gives None
+    where the kernels do not apply (not CPU, not float32/float64) or cannot be built;
+    ``"compiled"`` raises :class:`UnsupportedError` there instead.
+    """
     mode = kernel_mode(mode)
     if mode == "torch":
         return None
     why = None
-    if engine.device.type != "cpu":
-        why = f"the compiled kernels run on CPU; the model is on {engine.device}"
-    elif engine.dtype not in DTYPES:
-        why = f"the compiled kernels are built for float32 and float64, not {engine.dtype}"
+    if torch.device(device).type != "cpu":
+        why = f"the compiled kernels run on CPU; the model is on {device}"
+    elif dtype not in DTYPES:
+        why = f"the compiled kernels are built for float32 and float64, not {dtype}"
     if why is not None:
         if mode == "compiled":
             raise UnsupportedError(why)
         return None
-    mod = engine_module(required=(mode == "compiled"))
-    if mod is None:
-        return None
-    return CompiledStep(mod, [cell_kernel_for(r.layer) for r in engine.refs], engine)
+    return engine_module(required=(mode == "compiled"))
 
 
 class CompiledStep:
     """The event engine's step and gradient accumulation through the compiled kernels."""
 
-    def __init__(self, mod: ModuleType, cells: list[CellKernel | None], engine: Any) -> None:
-        self.mod, self.cells = mod, cells
+    def __init__(self, mod: ModuleType, engine: Any) -> None:
+        self.mod = mod
+        self.cells = [cell_kernel_for(r.layer) for r in engine.refs]
         B, dt, dev = engine.B, engine.dtype, engine.device
         self.empty = torch.empty(0, 0, 0, dtype=dt, device=dev)
         self.no_idx = torch.empty(B, 0, dtype=torch.long, device=dev)
