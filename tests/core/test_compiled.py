@@ -181,3 +181,15 @@ def test_failed_build_warns_and_falls_back(tmp_path, monkeypatch):
     with pytest.warns(KernelBuildWarning, match="no C.. compiler"):
         assert build.load("evrtrl_test_nocc", [src]) is None
     assert str(tmp_path) in str(build.cache_dir())
+
+
+def test_doctor_reports_the_active_path(capsys, monkeypatch):
+    from evrtrl.cli import main
+    monkeypatch.setenv(build.KERNEL_ENV, "auto")
+    assert main(["doctor"]) == 0
+    out = capsys.readouterr().out
+    assert "active path (CPU, float32/float64): compiled" in out
+    assert str(build.cache_dir()) in out and "cell step EGRU" in out and "cell step LIF" in out
+    monkeypatch.setenv(build.KERNEL_ENV, "torch")
+    assert main(["doctor"]) == 0
+    assert "active path (CPU, float32/float64): torch" in capsys.readouterr().out
