@@ -70,7 +70,7 @@ def test_floor_ms_is_the_larger_of_arithmetic_and_memory():
 def test_kernel_option_records_the_path_that_ran(monkeypatch):
     """``--kernel`` reaches the child configuration; the record says which path ran."""
     monkeypatch.setenv("EVRTRL_KERNEL", "auto")  # run_config sets it; restored afterwards
-    theta, width = bench.calibrate("egru", 16, 0.5, 0.3, steps=40)
+    theta, width = bench.calibrate("egru", 16, 0.5, 0.3, steps=60)
     recs = {}
     for k in ("torch", "compiled"):
         cfg = dict(cell="egru", n=16, rho=0.5, T=10, steps=10, warm=0, engine="event", theta=theta,
