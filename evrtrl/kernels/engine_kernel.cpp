@@ -431,7 +431,8 @@ py::tuple layer_update_impl(std::vector<Tensor> M, bool cols, std::vector<int64_
       for (int64_t b = 0; b < B; ++b)
         for (int64_t kk = 0; kk < k; ++kk) {
           const int64_t i = K[b * k + kk];
-          Nl[(b * k + kk) * P + uc[u * n + i]] += gd[(u * B + b) * n + i];
+          const int64_t col = uc[u * n + i];  // < 0: a column another shard tracks
+          if (col >= 0 && col < P) Nl[(b * k + kk) * P + col] += gd[(u * B + b) * n + i];
         }
       macs[3] += B * k;
     }
