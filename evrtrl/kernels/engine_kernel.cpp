@@ -30,9 +30,15 @@ constexpr int64_t BLAS_FROM = 1 << 15;
 
 using torch::Tensor;
 
-// a 256-bit vector of S (GCC/Clang vector extension): the rank-k micro-kernel's registers
+// a SIMD register of S (GCC/Clang vector extension): the rank-k micro-kernel's registers,
+// 512 bits where the CPU has AVX-512, else 256 bits
+#if defined(__AVX512F__)
+constexpr int VBYTES = 64;
+#else
+constexpr int VBYTES = 32;
+#endif
 template <typename S>
-using Vec __attribute__((vector_size(32))) = S;
+using Vec __attribute__((vector_size(VBYTES))) = S;
 
 struct Source {  // output influence of a layer (one step): Kp (B, k), N_j (B, k, P_j)
   Tensor Kp;
@@ -105,7 +111,7 @@ void coupling_matrix(const S* phis, int64_t GM, int64_t g0, const S* W, int64_t 
 template <typename S>
 void rank_update_rows(S* M, int64_t C, const S* A, const S* N, int64_t B, int64_t R, int64_t k,
                       int64_t P) {
-  constexpr int LANES = 32 / sizeof(S), NV = 8;  // eight 256-bit registers of accumulators
+  constexpr int LANES = VBYTES / sizeof(S), NV = 8;  // eight registers of accumulators
   constexpr int64_t CH = LANES * NV;
   std::vector<int64_t> ptr(R + 1), idx(R * k);
   std::vector<S> val(R * k);
