@@ -51,8 +51,8 @@ import torch
 
 D_IN = 32
 SEED = 0
-#: which implementation of the event step ran ("torch": the pure-torch engine)
-KERNEL = "torch"
+#: the event engine's path when --kernel is not given ($EVRTRL_KERNEL, else auto)
+KERNEL_CHOICES = ("auto", "torch", "compiled")
 #: steps counted with a TorchFunctionMode after the timed ones (torch_calls_per_step)
 COUNTED_STEPS = 100
 
@@ -222,6 +222,8 @@ def run_config(cfg: dict[str, Any]) -> dict[str, Any]:
     """Run one configuration in this process; returns its record."""
     import evrtrl
     torch.set_num_threads(int(cfg.get("threads", torch.get_num_threads())))
+    if cfg.get("kernel"):
+        os.environ["EVRTRL_KERNEL"] = cfg["kernel"]
     cell, n, rho, T = cfg["cell"], cfg["n"], cfg["rho"], int(cfg["T"])
     engine = cfg["engine"]
     steps = int(cfg.get("steps", T))
@@ -235,7 +237,7 @@ def run_config(cfg: dict[str, Any]) -> dict[str, Any]:
                T=T, steps_run=steps, extrapolated=steps < T, theta=cfg.get("theta"),
                width=cfg["width"], p_live=model.live_parameter_count, rho_A=rho_A(model),
                state_size=model.state_size, threads=torch.get_num_threads(),
-               kernel=KERNEL)
+               kernel="torch")
     if engine == "bptt":
         lossf = lambda y, t: (y * r[t]).sum()  # noqa: E731
         evrtrl.gradients(model, x[: min(steps, 20)], lossf, method="bptt")  # warm-up
@@ -261,6 +263,8 @@ def run_config(cfg: dict[str, Any]) -> dict[str, Any]:
         eng = FuncRTRL(model, 1, chunk=int(cfg.get("chunk", 128)))
     else:
         eng = evrtrl.make_engine(model, 1, engine)
+    # which implementation of the step ran: "compiled" (evrtrl.kernels) or "torch"
+    rec["kernel"] = getattr(eng, "kernel", "torch")
     times, totals = [], [0]
     for t in range(steps):
         t0 = time.perf_counter()
@@ -527,8 +531,10 @@ def targets(recs: list[dict], mm_gmacs: float) -> list[tuple[str, str, str]]:
 
 
 def markdown(recs: list[dict], mm: float, bw: float = float("nan")) -> str:
+    kernels = sorted({r["kernel"] for r in recs if r["engine"] == "event"}) or ["-"]
     lines = [f"Dense float32 matmul throughput in this run: {mm:.1f} GMAC/s, stream copy "
-             f"{bw:.1f} GB/s ({torch.get_num_threads()} thread(s), kernel {KERNEL!r}).", "",
+             f"{bw:.1f} GB/s ({torch.get_num_threads()} thread(s), event kernel "
+             f"{'/'.join(kernels)}).", "",
              "| sweep | cell | n | rho | beta (measured) | T | engine | ms/step | floor ms | "
              "torch calls/step | MMAC/step | influence MB | peak MB | steps run |",
              "|" + "---|" * 14]
@@ -616,14 +622,22 @@ def run(args: argparse.Namespace) -> int:
     cal: dict[tuple, tuple[float, float]] = {}
     recs = []
     torch.set_num_threads(args.threads)
-    mm = matmul_gmacs()
-    print(f"dense matmul: {mm:.1f} GMAC/s", flush=True)
+    kernel = getattr(args, "kernel", None)
+    if kernel != "torch":  # build (or load) the compiled kernels once, before any timing
+        import evrtrl
+        with torch.no_grad():
+            for cell in ("egru", "lif"):
+                evrtrl.EventRTRL(build_model(cell, 8, 1.0, 0.5), 1, kernel=kernel)
+    mm, bw = matmul_gmacs(), stream_gbs()
+    print(f"dense matmul: {mm:.1f} GMAC/s; stream copy: {bw:.1f} GB/s", flush=True)
     for c in cfgs:
         key = (c["cell"], c["n"], c["rho"], c["beta_target"])
         if key not in cal:
             cal[key] = calibrate(*key)
         c["theta"], c["width"] = cal[key]
         c["threads"] = args.threads
+        if kernel:
+            c["kernel"] = kernel
         rec = measure(c)
         if rec is None:
             continue
@@ -644,7 +658,8 @@ def run(args: argparse.Namespace) -> int:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         with open(args.json, "w") as f:
             json.dump({"matmul_gmacs": mm, "stream_gbs": bw, "threads": args.threads,
-                       "kernel": KERNEL, "records": recs}, f, indent=1)
+                       "kernel": sorted({r["kernel"] for r in recs if r["engine"] == "event"}),
+                       "records": recs}, f, indent=1)
     if args.plot:
         for p in plot(recs, args.plot):
             print("wrote", p)
@@ -666,6 +681,9 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads for every engine and the matmul reference (default 1: "
                         "on a shared 2-core machine 2 threads oversubscribe, see docs)")
+    p.add_argument("--kernel", choices=KERNEL_CHOICES, default=None,
+                   help="the event engine's path: compiled CPU kernels, pure torch, or auto "
+                        "(default: $EVRTRL_KERNEL, else auto); each record's 'kernel' says which ran")
     p.add_argument("--fuzz", action="store_true",
                    help="instead: run the seeded mutation fuzzer over every file reader (evrtrl.benchmarks.fuzz)")
     from evrtrl.benchmarks.fuzz import add_arguments

@@ -1,5 +1,8 @@
 """The ``evrtrl`` command line.
 
+``doctor`` (here): which path the event engine runs (compiled CPU kernels or pure torch),
+the compiler, the kernel cache and what the compiled path covers.
+
 The commands come from the packages that own them and are imported only when the command
 line is built: ``validate`` (evrtrl.validation.validate), ``bench`` (evrtrl.benchmarks),
 ``demo``/``train``/``evaluate``/``plot`` (evrtrl.training), ``data build`` (evrtrl.datasets),
@@ -12,7 +15,9 @@ import importlib
 import sys
 from typing import Sequence
 
+import evrtrl.models  # noqa: F401  (registers the cells' compiled steps, for doctor)
 from evrtrl import __version__
+from evrtrl import kernels
 
 #: (module, attribute) of each ``register(subparsers)`` that adds commands
 REGISTRARS = (
@@ -31,6 +36,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"evrtrl {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    doc = sub.add_parser("doctor", help="which event-engine path is active (compiled or torch) and why",
+                         description=doctor.__doc__)
+    doc.add_argument("--no-build", action="store_true",
+                     help="do not build the kernels (report the cache only)")
+    doc.set_defaults(func=doctor)
     for module, attr in REGISTRARS:
         try:
             mod = importlib.import_module(module)
@@ -40,6 +50,39 @@ def build_parser() -> argparse.ArgumentParser:
             raise
         getattr(mod, attr)(sub)
     return parser
+
+
+def doctor(args: argparse.Namespace) -> int:
+    """Print the active event-engine path, the compiler, the build cache and the coverage.
+
+    Builds the compiled kernels if they are not cached yet (a minute or more the first
+    time), unless --no-build or EVRTRL_KERNEL=torch.
+    """
+    import torch
+
+    mode = kernels.kernel_mode()
+    cc = kernels.compiler()
+    print(f"evrtrl {__version__}, torch {torch.__version__}")
+    print(f"requested path: {mode} (${kernels.KERNEL_ENV})")
+    print(f"C++ compiler: {cc or 'not found'}")
+    print(f"kernel cache: {kernels.cache_dir()}")
+    active = "torch"
+    if mode != "torch" and not args.no_build:
+        import warnings
+
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            mod = kernels.engine_module()
+        for w in caught:
+            print(f"build: {w.message}")
+        if mod is not None:
+            active = "compiled"
+    print(f"active path (CPU, float32/float64): {active}")
+    print("compiled coverage: the engine step of every cell on CPU in float32/float64; "
+          "other devices and dtypes run pure torch")
+    for cell, covers in kernels.registered_cell_kernels().items():
+        print(f"  cell step {cell}: {covers} (else its pure step)")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -80,6 +80,7 @@ from evrtrl.engine import nonzero_fraction
 from evrtrl.errors import NonFiniteError, ShapeError
 from evrtrl.events import SparseStep
 from evrtrl.influence import ColumnBlock, choose_layout
+from evrtrl.kernels import COMPILED_LAYOUT, CompiledStep, kernel_module
 from evrtrl.layer import Layer, LocalJacobian
 from evrtrl.memory import check_memory, plan_memory
 from evrtrl.network import check_parameters, layers_of
@@ -260,12 +261,16 @@ class EventRTRL:
     ``shard``: track only that column shard (:mod:`evrtrl.shards`; the forward pass is
     unchanged, the gradient is exactly zero outside the shard). ``allow_memory``: skip the
     refusal of an influence matrix larger than the memory available (:mod:`evrtrl.memory`).
+    ``kernel``: ``"auto"``, ``"torch"`` or ``"compiled"`` (default: ``$EVRTRL_KERNEL``, else
+    auto): whether the step runs through the compiled CPU kernels (:mod:`evrtrl.kernels`;
+    their ``layout="auto"`` is ``"rows"``); :attr:`kernel` says which path runs.
     """
 
     name = "event"
 
     def __init__(self, model: Any, batch: int, layout: str = "auto", *,
-                 shard: ColumnShard | None = None, allow_memory: bool = False) -> None:
+                 shard: ColumnShard | None = None, allow_memory: bool = False,
+                 kernel: str | None = None) -> None:
         self.refs = layers_of(model)
         check_parameters(model)
         check_memory(plan_memory(model, int(batch), "event", shard=shard), allow=allow_memory,
@@ -285,6 +290,9 @@ class EventRTRL:
         layer0 = self.refs[0].layer
         self.dtype, self.device = layer0.dtype, layer0.device
         self.blocks = [ColumnBlock(r.layer, r.prefix, shard) for r in self.refs]
+        kmod = kernel_module(self.device, self.dtype, kernel)  # None: the pure-torch path
+        if kmod is not None and layout == "auto":
+            layout = COMPILED_LAYOUT
         self.runs = [
             _LayerRun(r.layer, b, B, choose_layout(
                 r.layer.hidden_size * r.layer.state_size,
@@ -321,7 +329,11 @@ class EventRTRL:
             p_total=sum(b.p_total for b in self.blocks),
             influence_bytes=sum(m.numel() * m.element_size() for row in self.M for m in row),
         )
+        self.compiled = None
         self.refresh()
+        if kmod is not None:
+            self.compiled = CompiledStep(kmod, self)
+            self.compiled.refresh(self)
 
     def refresh(self) -> None:
         """Re-read the (masked) weights, e.g. after an optimizer step."""
@@ -334,6 +346,13 @@ class EventRTRL:
                          for w, run in zip(self.w, self.runs)]
             self.Win = [torch.stack([getattr(w, g) for g in run.inp]) if run.inp else None
                         for w, run in zip(self.w, self.runs)]
+            if self.compiled is not None:
+                self.compiled.refresh(self)
+
+    @property
+    def kernel(self) -> str:
+        """The path the step runs: ``"compiled"`` or ``"torch"``."""
+        return "torch" if self.compiled is None else "compiled"
 
     @property
     def layouts(self) -> list[str]:
@@ -361,6 +380,8 @@ class EventRTRL:
         if isinstance(x, SparseStep):
             channels = x.channels
             x = self._densify(x)
+        if self.compiled is not None:  # the compiled path (evrtrl.kernels.step)
+            return self.compiled.step(self, x, channels)
         lower = None
         alphas, betas = [], []
         for l, ref in enumerate(self.refs):
@@ -568,6 +589,8 @@ class EventRTRL:
         """Add :math:`(dL_t/dy^l_t)^T N^l_t` (rows K only) to the gradient; ``layer`` is the
         layer ``l`` whose output the loss term reads (default: the last). A per-layer term
         (:mod:`evrtrl.regularizers`) reaches the parameter blocks ``j <= l``."""
+        if self.compiled is not None:
+            return self.compiled.accumulate(self, dL_dy, layer)
         Kp, k, Ns, Ps, _, cols = self.N[layer]
         if not k:
             return

@@ -9,6 +9,7 @@ from evrtrl.models.masks import random_masks
 from evrtrl.models.readout import Readout
 from evrtrl.models.stack import Stack
 from evrtrl.models.surrogate import FastSigmoid, PseudoDerivative, Triangle, heaviside
+from evrtrl.models import kernels  # noqa: E402,F401  (registers the cells' compiled steps)
 from evrtrl.models.modelfile import LoadedModel, load_model, save_model  # noqa: E402  (needs the cells above)
 
 __all__ = [

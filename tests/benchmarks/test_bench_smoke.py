@@ -65,3 +65,18 @@ def test_floor_ms_is_the_larger_of_arithmetic_and_memory():
     # 0.5 * 100 * 10 * 1000 = 5e5 MACs at 1 GMAC/s = 0.5 ms; 2 * 4e5 bytes at 1 GB/s = 0.8 ms
     assert bench.floor_ms(rec, 1.0, 1.0) == pytest.approx(0.8)
     assert bench.floor_ms(rec, 1.0, 100.0) == pytest.approx(0.5)
+
+
+def test_kernel_option_records_the_path_that_ran(monkeypatch):
+    """``--kernel`` reaches the child configuration; the record says which path ran."""
+    monkeypatch.setenv("EVRTRL_KERNEL", "auto")  # run_config sets it; restored afterwards
+    theta, width = bench.calibrate("egru", 16, 0.5, 0.3, steps=60)
+    recs = {}
+    for k in ("torch", "compiled"):
+        cfg = dict(cell="egru", n=16, rho=0.5, T=10, steps=10, warm=0, engine="event", theta=theta,
+                   width=width, beta_target=0.3, threads=1, kernel=k, counted=2)
+        recs[k] = bench.run_config(cfg)
+        assert recs[k]["kernel"] == k
+    assert recs["compiled"]["macs_per_step"] == recs["torch"]["macs_per_step"]
+    args = bench.register(argparse.ArgumentParser().add_subparsers()).parse_args(["--kernel", "torch"])
+    assert args.kernel == "torch"

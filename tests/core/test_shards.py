@@ -90,7 +90,10 @@ def test_shard_is_not_a_pruning_mask():
     ref = evrtrl.simulate(model, x).outputs
     eng = evrtrl.make_engine(model, x.shape[1], "event", shard=ColumnShard(1, 3))
     out = torch.stack([eng.step(x[t]) for t in range(x.shape[0])])
-    assert torch.equal(out, ref)
+    if eng.kernel == "torch":  # the same pure step: bit for bit
+        assert torch.equal(out, ref)
+    else:  # the compiled cell step agrees with the pure step to 1e-12, not bitwise
+        torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-14)
 
 
 @pytest.mark.parametrize("partition", ["contiguous", "strided"])

@@ -1,0 +1,501 @@
+// The event engine's influence update of one layer and one step, compiled (evrtrl/kernels).
+//
+// The same arithmetic as EventRTRL._propagate + _emission in evrtrl/event_engine.py, on the
+// data layout of that module's docstring ("Data layout (the contract of a compiled kernel)"):
+//
+//   1. lazy diagonal pass T <- D T, materialisation of the units outside the hysteresis band
+//      when some T_i left the trigger band;
+//   2. the local factors of all groups scaled by T^{-1}: phis (B, n, G m);
+//   3. recurrent coupling through the previous step's active units K_b (per sequence),
+//      input coupling through the layer below's;
+//   4. the immediate table: M.view(B, -1)[dest] += phis[phi_idx] * src[src_idx];
+//   5. the output influence rows N_j[K_b] = (G T)[K_b] Mt[K_b] (+ the direct gains).
+//
+// plus the gradient accumulation e^T N. Python keeps the column bookkeeping (births).
+#include <torch/extension.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+namespace {
+
+constexpr double T_LO = 0x1p-40, T_HI = 0x1p40, T_OFF = 0x1p8;
+constexpr double R_LO = 0x1p-20, R_HI = 0x1p20, R_OFF = 0x1p4;
+// cols layout: below this many multiply-adds the rank-k update runs as plain loops, above
+// through the BLAS (the rows layout always runs its sparse loops)
+constexpr int64_t BLAS_FROM = 1 << 15;
+
+using torch::Tensor;
+
+// a SIMD register of S (GCC/Clang vector extension): the rank-k micro-kernel's registers,
+// 512 bits where the CPU has AVX-512, else 256 bits
+#if defined(__AVX512F__)
+constexpr int VBYTES = 64;
+#else
+constexpr int VBYTES = 32;
+#endif
+template <typename S>
+using Vec __attribute__((vector_size(VBYTES))) = S;
+
+struct Source {  // output influence of a layer (one step): Kp (B, k), N_j (B, k, P_j)
+  Tensor Kp;
+  int64_t k;
+  std::vector<Tensor> Ns;
+};
+
+template <typename S>
+bool ill(const S* T, int64_t BN, int64_t m) {
+  if (m == 1) {
+    for (int64_t i = 0; i < BN; ++i) {
+      const double v = T[i];
+      if (!(T_LO <= v && v <= T_HI)) return true;
+    }
+    return false;
+  }
+  for (int64_t i = 0; i < BN; ++i) {
+    const S* t = T + i * m * m;
+    for (int64_t c = 0; c < m; ++c) {
+      const double d = std::abs(static_cast<double>(t[c * m + c]));
+      if (!(T_LO <= d && d <= T_HI)) return true;
+      for (int64_t r = 0; r < c; ++r)  // entry (r, c) over the diagonal of its column c
+        if (!(std::abs(static_cast<double>(t[r * m + c])) / d <= T_OFF)) return true;
+    }
+  }
+  return false;
+}
+
+template <typename S>
+bool outside_band(const S* t, int64_t m) {
+  if (m == 1) {
+    const double v = t[0];
+    return !(v >= R_LO && v <= R_HI);
+  }
+  for (int64_t c = 0; c < m; ++c) {
+    const double d = std::abs(static_cast<double>(t[c * m + c]));
+    if (!(d >= R_LO && d <= R_HI)) return true;
+    for (int64_t r = 0; r < c; ++r)
+      if (!(std::abs(static_cast<double>(t[r * m + c])) <= R_OFF * d)) return true;
+  }
+  return false;
+}
+
+// A (B, R, k): A[b, i m + c, kk] = sum_g phis[b, i, (g0 + g) m + c] * W[g, i, K[b, kk]]
+template <typename S>
+void coupling_matrix(const S* phis, int64_t GM, int64_t g0, const S* W, int64_t G, int64_t nsrc,
+                     const int64_t* Kp, int64_t k, int64_t B, int64_t n, int64_t m, S* A) {
+  const int64_t R = n * m;
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t* K = Kp + b * k;
+    for (int64_t i = 0; i < n; ++i) {
+      const S* ph = phis + (b * n + i) * GM + g0 * m;
+      for (int64_t c = 0; c < m; ++c) {
+        S* a = A + (b * R + i * m + c) * k;
+        for (int64_t kk = 0; kk < k; ++kk) a[kk] = 0;
+        for (int64_t g = 0; g < G; ++g) {
+          const S f = ph[g * m + c];
+          if (f == S(0)) continue;
+          const S* w = W + (g * n + i) * nsrc;
+          for (int64_t kk = 0; kk < k; ++kk) a[kk] += f * w[K[kk]];
+        }
+      }
+    }
+  }
+}
+
+// Mt[b][:, :P] += A[b] (R x k) N[b] (k x P), rows layout (row stride C). A is sparse (the
+// projections are masked, phi has zeros): per row only its non-zero entries are used, and the
+// product runs in register-sized column chunks (N's chunk stays in L1 across the rows).
+template <typename S>
+void rank_update_rows(S* M, int64_t C, const S* A, const S* N, int64_t B, int64_t R, int64_t k,
+                      int64_t P) {
+  constexpr int LANES = VBYTES / sizeof(S), NV = 8;  // eight registers of accumulators
+  constexpr int64_t CH = LANES * NV;
+  std::vector<int64_t> ptr(R + 1), idx(R * k);
+  std::vector<S> val(R * k);
+  for (int64_t b = 0; b < B; ++b) {
+    const S* Ab = A + b * R * k;
+    const S* Nb = N + b * k * P;
+    S* Mb = M + b * R * C;
+    int64_t nz = 0;
+    for (int64_t r = 0; r < R; ++r) {
+      ptr[r] = nz;
+      for (int64_t kk = 0; kk < k; ++kk) {
+        const S f = Ab[r * k + kk];
+        if (f != S(0)) {
+          idx[nz] = kk * P;
+          val[nz++] = f;
+        }
+      }
+    }
+    ptr[R] = nz;
+    if (!nz) continue;
+    // panels of N (k x PC, about 256 KB) stay in L2 while every row streams its panel of M
+    const int64_t PC = std::max<int64_t>(CH, (int64_t(1) << 18) / (sizeof(S) * std::max<int64_t>(k, 1)) / CH * CH);
+    for (int64_t c0 = 0; c0 < P; c0 += PC) {
+      const int64_t c1 = std::min(P, c0 + PC);
+      const int64_t full = c0 + (c1 - c0) / CH * CH;
+      for (int64_t r = 0; r < R; ++r) {
+        const int64_t e0 = ptr[r], e1 = ptr[r + 1];
+        if (e0 == e1) continue;
+        S* mrow = Mb + r * C;
+        for (int64_t p0 = c0; p0 < full; p0 += CH) {
+          Vec<S> acc[NV];
+          for (int v = 0; v < NV; ++v) std::memcpy(&acc[v], mrow + p0 + v * LANES, sizeof(Vec<S>));
+          for (int64_t e = e0; e < e1; ++e) {
+            const S f = val[e];
+            const S* nrow = Nb + idx[e] + p0;
+            for (int v = 0; v < NV; ++v) {
+              Vec<S> nv;
+              std::memcpy(&nv, nrow + v * LANES, sizeof(Vec<S>));
+              acc[v] += f * nv;
+            }
+          }
+          for (int v = 0; v < NV; ++v) std::memcpy(mrow + p0 + v * LANES, &acc[v], sizeof(Vec<S>));
+        }
+        for (int64_t e = e0; e < e1; ++e) {
+          const S f = val[e];
+          const S* nrow = Nb + idx[e];
+          for (int64_t p = full; p < c1; ++p) mrow[p] += f * nrow[p];
+        }
+      }
+    }
+  }
+}
+
+// Mt[b][:P, :] += N[b]^T (P x k) A[b]^T (k x R), cols layout (row stride R)
+template <typename S>
+void rank_update_cols(S* M, int64_t C, const S* A, const S* N, int64_t B, int64_t R, int64_t k,
+                      int64_t P, std::vector<S>& AT) {
+  AT.resize(static_cast<size_t>(k * R));
+  for (int64_t b = 0; b < B; ++b) {
+    const S* Ab = A + b * R * k;
+    for (int64_t r = 0; r < R; ++r)
+      for (int64_t kk = 0; kk < k; ++kk) AT[kk * R + r] = Ab[r * k + kk];
+    const S* Nb = N + b * k * P;
+    S* Mb = M + b * C * R;
+    for (int64_t p = 0; p < P; ++p) {
+      S* mrow = Mb + p * R;
+      for (int64_t kk = 0; kk < k; ++kk) {
+        const S f = Nb[kk * P + p];
+        if (f == S(0)) continue;
+        const S* at = AT.data() + kk * R;
+        for (int64_t r = 0; r < R; ++r) mrow[r] += f * at[r];
+      }
+    }
+  }
+}
+
+template <typename S>
+void couple(std::vector<Tensor>& M, bool cols, const Tensor& phis, int64_t g0, const Tensor& W,
+            const Source& src, int64_t B, int64_t n, int64_t m, std::vector<int64_t>& macs) {
+  const int64_t G = W.size(0), nsrc = W.size(2), k = src.k, R = n * m;
+  Tensor A = torch::empty({B, R, k}, phis.options());
+  coupling_matrix<S>(phis.data_ptr<S>(), phis.size(2), g0, W.data_ptr<S>(), G, nsrc,
+                     src.Kp.data_ptr<int64_t>(), k, B, n, m, A.data_ptr<S>());
+  macs[2] += B * R * k * G;
+  std::vector<S> AT;
+  for (size_t j = 0; j < src.Ns.size(); ++j) {
+    const Tensor& Nj = src.Ns[j];
+    const int64_t P = Nj.size(2);
+    if (!P) continue;
+    Tensor& Mj = M[j];
+    const int64_t C = cols ? Mj.size(1) : Mj.size(2);
+    if (!cols) {
+      rank_update_rows<S>(Mj.data_ptr<S>(), C, A.data_ptr<S>(), Nj.data_ptr<S>(), B, R, k, P);
+    } else if (B * R * k * P >= BLAS_FROM) {
+      Mj.narrow(1, 0, P).baddbmm_(Nj.transpose(1, 2), A.transpose(1, 2));
+    } else {
+      rank_update_cols<S>(Mj.data_ptr<S>(), C, A.data_ptr<S>(), Nj.data_ptr<S>(), B, R, k, P, AT);
+    }
+    macs[2] += B * R * k * P;
+  }
+}
+
+Source source_of(const Tensor& Kp, int64_t k, const std::vector<Tensor>& Ns) {
+  return Source{Kp, k, Ns};
+}
+
+template <typename S>
+py::tuple layer_update_impl(std::vector<Tensor> M, bool cols, std::vector<int64_t> P_mat,
+                            std::vector<int64_t> P_born, Tensor T, Tensor diag,
+                            std::vector<int64_t> structure, bool first, Tensor phis_in,
+                            int64_t n_rec, Tensor Wrec, Tensor Krec, int64_t krec,
+                            std::vector<Tensor> Nrec, int64_t n_in, Tensor Win, Tensor Klow,
+                            int64_t klow, std::vector<Tensor> Nlow, Tensor phi_idx,
+                            Tensor src_idx, Tensor dest, Tensor x, Tensor y_prev, Tensor gain,
+                            Tensor gdirect, Tensor ucol, int64_t c0, Tensor y_new) {
+  const int64_t B = T.size(0), n = T.size(1), m = gain.size(2), R = n * m;
+  const int64_t nd = diag.size(2), GM = phis_in.size(2), G = GM / m;
+  const int64_t l = static_cast<int64_t>(M.size()) - 1;
+  std::vector<int64_t> macs(4, 0);  // diag, immediate, coupling, emission
+  S* t = T.data_ptr<S>();
+  const int64_t mm = m * m;
+  // 1. lazy diagonal pass
+  if (!first) {
+    const S* dg = diag.data_ptr<S>();
+    if (m == 1) {
+      for (int64_t i = 0; i < B * n; ++i) t[i] *= dg[i];
+    } else {
+      std::vector<S> D(mm), out(mm);
+      for (int64_t i = 0; i < B * n; ++i) {
+        std::fill(D.begin(), D.end(), S(0));
+        for (int64_t s = 0; s < nd; ++s) D[structure[s]] = dg[i * nd + s];
+        S* ti = t + i * mm;
+        for (int64_t r = 0; r < m; ++r)
+          for (int64_t c = 0; c < m; ++c) {
+            S acc = 0;
+            for (int64_t q = 0; q < m; ++q) acc += D[r * m + q] * ti[q * m + c];
+            out[r * m + c] = acc;
+          }
+        std::copy(out.begin(), out.end(), ti);
+      }
+    }
+    macs[0] += B * n * nd;
+    if (ill<S>(t, B * n, m)) {
+      std::vector<int64_t> rows;
+      for (int64_t i = 0; i < n; ++i)
+        for (int64_t b = 0; b < B; ++b)
+          if (outside_band<S>(t + (b * n + i) * mm, m)) {
+            rows.push_back(i);
+            break;
+          }
+      for (size_t j = 0; j < M.size(); ++j) {
+        const int64_t P = P_mat[j];
+        if (!P) continue;
+        S* Mj = M[j].data_ptr<S>();
+        const int64_t C = cols ? M[j].size(1) : M[j].size(2);
+        std::vector<S> old(m);
+        for (int64_t b = 0; b < B; ++b)
+          for (int64_t i : rows) {
+            const S* ti = t + (b * n + i) * mm;
+            if (!cols) {
+              S* base = Mj + (b * R + i * m) * C;
+              for (int64_t p = 0; p < P; ++p) {
+                for (int64_t c = 0; c < m; ++c) old[c] = base[c * C + p];
+                for (int64_t c = 0; c < m; ++c) {
+                  S acc = 0;
+                  for (int64_t q = c; q < m; ++q) acc += ti[c * m + q] * old[q];
+                  base[c * C + p] = acc;
+                }
+              }
+            } else {
+              S* base = Mj + b * C * R + i * m;
+              for (int64_t p = 0; p < P; ++p) {
+                S* e = base + p * R;
+                for (int64_t c = 0; c < m; ++c) old[c] = e[c];
+                for (int64_t c = 0; c < m; ++c) {
+                  S acc = 0;
+                  for (int64_t q = c; q < m; ++q) acc += ti[c * m + q] * old[q];
+                  e[c] = acc;
+                }
+              }
+            }
+          }
+        macs[0] += B * static_cast<int64_t>(rows.size()) * nd * P;
+      }
+      for (int64_t b = 0; b < B; ++b)
+        for (int64_t i : rows) {
+          S* ti = t + (b * n + i) * mm;
+          for (int64_t r = 0; r < m; ++r)
+            for (int64_t c = 0; c < m; ++c) ti[r * m + c] = (r == c) ? S(1) : S(0);
+        }
+    }
+  }
+  // 2. phis <- T^{-1} phis (upper triangular back substitution per unit and group)
+  Tensor phis = torch::empty({B, n, GM}, phis_in.options());
+  {
+    auto pin = phis_in.accessor<S, 3>();
+    S* po = phis.data_ptr<S>();
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t i = 0; i < n; ++i) {
+        const S* ti = t + (b * n + i) * mm;
+        S* out = po + (b * n + i) * GM;
+        for (int64_t g = 0; g < G; ++g)
+          for (int64_t c = m - 1; c >= 0; --c) {
+            S v = pin[b][i][g * m + c];
+            for (int64_t q = c + 1; q < m; ++q) v -= ti[c * m + q] * out[g * m + q];
+            out[g * m + c] = v / ti[c * m + c];
+          }
+      }
+  }
+  macs[1] += B * n * G * nd;
+  // 3. coupling: recurrent (previous step of this layer), input (this step of the layer below)
+  if (krec > 0 && n_rec > 0)
+    couple<S>(M, cols, phis, 0, Wrec, source_of(Krec, krec, Nrec), B, n, m, macs);
+  if (klow > 0 && n_in > 0)
+    couple<S>(M, cols, phis, n_rec, Win, source_of(Klow, klow, Nlow), B, n, m, macs);
+  // 4. immediate table
+  {
+    const int64_t E = dest.size(0), d = x.size(1);
+    const int64_t* pi = phi_idx.data_ptr<int64_t>();
+    const int64_t* si = src_idx.data_ptr<int64_t>();
+    const int64_t* de = dest.data_ptr<int64_t>();
+    const S* ph = phis.data_ptr<S>();
+    S* Ml = M[l].data_ptr<S>();
+    const int64_t per = M[l].numel() / B;
+    auto xa = x.accessor<S, 2>();
+    auto ya = y_prev.accessor<S, 2>();
+    for (int64_t b = 0; b < B; ++b) {
+      const S* phb = ph + b * n * GM;
+      S* Mb = Ml + b * per;
+      for (int64_t e = 0; e < E; ++e) {
+        const int64_t s = si[e];
+        const S v = s < d ? xa[b][s] : (s < d + n ? ya[b][s - d] : S(1));
+        if (v == S(0)) continue;  // adds an exact zero
+        Mb[de[e]] += phb[pi[e]] * v;
+      }
+    }
+    macs[1] += B * E;
+  }
+  // 5. emission: active units per sequence, rows K of N
+  const int64_t U = gdirect.size(0);
+  auto ga = gain.accessor<S, 3>();
+  const S* gd = gdirect.data_ptr<S>();
+  std::vector<std::vector<int64_t>> act(B), rest(B);
+  int64_t k = 0, count = 0;
+  for (int64_t b = 0; b < B; ++b) {
+    for (int64_t i = 0; i < n; ++i) {
+      bool a = false;
+      for (int64_t c = 0; c < m && !a; ++c) a = ga[b][i][c] != S(0);
+      for (int64_t u = 0; u < U && !a; ++u) a = gd[(u * B + b) * n + i] != S(0);
+      (a ? act[b] : rest[b]).push_back(i);
+    }
+    count += static_cast<int64_t>(act[b].size());
+    k = std::max<int64_t>(k, static_cast<int64_t>(act[b].size()));
+  }
+  int64_t alpha = 0;
+  {
+    const S* yn = y_new.data_ptr<S>();
+    for (int64_t i = 0; i < y_new.numel(); ++i) alpha += yn[i] != S(0);
+  }
+  Tensor Kp = torch::empty({B, k}, torch::dtype(torch::kLong));
+  std::vector<Tensor> Ns;
+  if (!k) return py::make_tuple(Kp, 0, Ns, count, alpha, macs);
+  int64_t* K = Kp.data_ptr<int64_t>();
+  for (int64_t b = 0; b < B; ++b) {  // pad with inactive units (their rows of N are zero)
+    int64_t q = 0;
+    for (int64_t i : act[b]) K[b * k + q++] = i;
+    for (size_t r = 0; q < k; ++r) K[b * k + q++] = rest[b][r];
+  }
+  // gT = gain T (row vector times the transform), (B, k, m) on the rows K
+  std::vector<S> gT(static_cast<size_t>(B * k * m));
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t kk = 0; kk < k; ++kk) {
+      const int64_t i = K[b * k + kk];
+      const S* ti = t + (b * n + i) * mm;
+      for (int64_t c = 0; c < m; ++c) {
+        S acc = 0;
+        for (int64_t q = 0; q < m; ++q) acc += ga[b][i][q] * ti[q * m + c];
+        gT[(b * k + kk) * m + c] = acc;
+      }
+    }
+  for (size_t j = 0; j < M.size(); ++j) {
+    const int64_t P = P_born[j];
+    Tensor Nj = torch::empty({B, k, P}, phis.options());
+    S* No = Nj.data_ptr<S>();
+    const S* Mj = M[j].data_ptr<S>();
+    const int64_t C = cols ? M[j].size(1) : M[j].size(2);
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t kk = 0; kk < k; ++kk) {
+        const int64_t i = K[b * k + kk];
+        const S* g = gT.data() + (b * k + kk) * m;
+        S* out = No + (b * k + kk) * P;
+        if (!cols) {
+          const S* base = Mj + (b * R + i * m) * C;
+          {
+            const S f = g[c0];
+            const S* row = base + c0 * C;
+            for (int64_t p = 0; p < P; ++p) out[p] = row[p] * f;
+          }
+          for (int64_t c = c0 + 1; c < m; ++c) {
+            const S f = g[c];
+            const S* row = base + c * C;
+            for (int64_t p = 0; p < P; ++p) out[p] += f * row[p];
+          }
+        } else {
+          const S* base = Mj + b * C * R + i * m;
+          for (int64_t p = 0; p < P; ++p) {
+            const S* e = base + p * R;
+            S acc = e[c0] * g[c0];
+            for (int64_t c = c0 + 1; c < m; ++c) acc += g[c] * e[c];
+            out[p] = acc;
+          }
+        }
+      }
+    Ns.push_back(Nj);
+    macs[3] += B * k * (m - c0) * P;
+  }
+  macs[3] += B * n * m * m;
+  if (U) {
+    S* Nl = Ns[l].data_ptr<S>();
+    const int64_t P = P_born[l];
+    const int64_t* uc = ucol.data_ptr<int64_t>();
+    for (int64_t u = 0; u < U; ++u) {
+      for (int64_t b = 0; b < B; ++b)
+        for (int64_t kk = 0; kk < k; ++kk) {
+          const int64_t i = K[b * k + kk];
+          const int64_t col = uc[u * n + i];  // < 0: a column another shard tracks
+          if (col >= 0 && col < P) Nl[(b * k + kk) * P + col] += gd[(u * B + b) * n + i];
+        }
+      macs[3] += B * k;
+    }
+  }
+  return py::make_tuple(Kp, k, Ns, count, alpha, macs);
+}
+
+py::tuple layer_update(std::vector<Tensor> M, bool cols, std::vector<int64_t> P_mat,
+                       std::vector<int64_t> P_born, Tensor T, Tensor diag,
+                       std::vector<int64_t> structure, bool first, Tensor phis, int64_t n_rec,
+                       Tensor Wrec, Tensor Krec, int64_t krec, std::vector<Tensor> Nrec,
+                       int64_t n_in, Tensor Win, Tensor Klow, int64_t klow,
+                       std::vector<Tensor> Nlow, Tensor phi_idx, Tensor src_idx, Tensor dest,
+                       Tensor x, Tensor y_prev, Tensor gain, Tensor gdirect, Tensor ucol,
+                       int64_t c0, Tensor y_new) {
+  TORCH_CHECK(T.is_contiguous() && diag.is_contiguous() && gdirect.is_contiguous() &&
+                  y_new.is_contiguous(),
+              "evrtrl layer_update: T, diag, gain_direct and y must be contiguous");
+  for (const Tensor& Mj : M) TORCH_CHECK(Mj.is_contiguous(), "evrtrl: M blocks must be contiguous");
+  py::tuple out;
+  AT_DISPATCH_FLOATING_TYPES(T.scalar_type(), "evrtrl_layer_update", [&] {
+    out = layer_update_impl<scalar_t>(M, cols, P_mat, P_born, T, diag, structure, first, phis,
+                                      n_rec, Wrec, Krec, krec, Nrec, n_in, Win, Klow, klow, Nlow,
+                                      phi_idx, src_idx, dest, x, y_prev, gain, gdirect, ucol, c0,
+                                      y_new);
+  });
+  return out;
+}
+
+// grad[j][:P] += sum_{b, kk} e[b, K[b, kk]] N_j[b, kk, :]
+void accumulate(std::vector<Tensor> grad, Tensor e, Tensor Kp, int64_t k, std::vector<Tensor> Ns) {
+  const int64_t B = Kp.size(0);
+  AT_DISPATCH_FLOATING_TYPES(grad[0].scalar_type(), "evrtrl_accumulate", [&] {
+    using S = scalar_t;
+    Tensor ee = e.to(grad[0].scalar_type()).contiguous();
+    const S* ep = ee.data_ptr<S>();
+    const int64_t nE = ee.size(1);
+    const int64_t* K = Kp.data_ptr<int64_t>();
+    for (size_t j = 0; j < Ns.size(); ++j) {
+      const int64_t P = Ns[j].size(2);
+      if (!P) continue;
+      S* g = grad[j].data_ptr<S>();
+      const S* N = Ns[j].data_ptr<S>();
+      for (int64_t b = 0; b < B; ++b)
+        for (int64_t kk = 0; kk < k; ++kk) {
+          const S f = ep[b * nE + K[b * k + kk]];
+          if (f == S(0)) continue;
+          const S* row = N + (b * k + kk) * P;
+          for (int64_t p = 0; p < P; ++p) g[p] += f * row[p];
+        }
+    }
+  });
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("layer_update", &layer_update, "one layer's event-RTRL influence update (one step)");
+  m.def("accumulate", &accumulate, "gradient accumulation e^T N over the active rows");
+}

@@ -1,0 +1,213 @@
+r"""The compiled path of :class:`evrtrl.EventRTRL`: one C++ call per layer and step.
+
+:class:`CompiledStep` runs the same step as the engine's pure-torch methods
+(``_propagate`` + ``_emission``; the arithmetic is in ``engine_kernel.cpp`` beside this
+file) on the engine's own data (the layout of :mod:`evrtrl.event_engine`'s docstring), so
+the two paths can be swapped at any step. Per layer and step:
+
+1. the cell step and its local Jacobian pieces: the cell's compiled kernel when one is
+   registered for the layer (:func:`register_cell_kernel`; EGRU and LIF in
+   :mod:`evrtrl.models.kernels`, next to their pure steps) and covers its configuration,
+   else the layer's pure Python ``step`` + ``local_jacobian``;
+2. births of new sources (Python: the column bookkeeping of :mod:`evrtrl.influence`);
+3. one call of ``layer_update``: lazy transforms, coupling through the active units of
+   each sequence, the immediate table, the output-influence rows.
+
+Coverage: every cell on CPU in float32 or float64 (the engine kernel only sees the
+:class:`~evrtrl.layer.LocalJacobian` data). Other devices and dtypes run the pure-torch path.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Callable
+
+import torch
+
+from evrtrl.errors import UnsupportedError
+from evrtrl.kernels.build import kernel_mode, load, require
+
+__all__ = ["CompiledStep", "CellKernel", "register_cell_kernel", "cell_kernel_for", "kernel_module",
+           "COMPILED_LAYOUT",
+           "engine_module", "ENGINE_SOURCE", "registered_cell_kernels"]
+
+ENGINE_SOURCE = Path(__file__).with_name("engine_kernel.cpp")
+ENGINE_MODULE = "evrtrl_engine_kernel"
+#: dtypes the compiled kernels are built for
+DTYPES = (torch.float32, torch.float64)
+
+
+class CellKernel:
+    """A cell's compiled step (interface; implementations live beside the cells in models/).
+
+    ``refresh(weights)`` re-packs the weights; ``step(prev, x, first)`` returns
+    ``(new_state, diag, phis, gain, gain_direct)`` with ``phis`` ``(B, n, G m)`` in the
+    engine's group order and ``gain_direct`` ``(U, B, n)`` for the per-unit parameters
+    named in :attr:`direct`.
+    """
+
+    #: the per-unit parameters with a direct output gain, in the order of ``gain_direct``
+    direct: tuple[str, ...] = ()
+
+    def refresh(self, weights: Any) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def step(self, prev: Any, x: torch.Tensor, first: bool) -> tuple:  # pragma: no cover
+        raise NotImplementedError
+
+
+#: layer class -> factory(layer) returning a CellKernel, or None when the configuration is
+#: not covered (then the layer's pure step runs and the engine kernel does the rest)
+_CELL_KERNELS: dict[type, tuple[Callable[[Any], CellKernel | None], str]] = {}
+
+
+def register_cell_kernel(cls: type, factory: Callable[[Any], CellKernel | None],
+                         covers: str = "") -> None:
+    """Register the compiled step of cell class ``cls`` (``covers``: what it covers, for doctor)."""
+    _CELL_KERNELS[cls] = (factory, covers)
+
+
+def registered_cell_kernels() -> dict[str, str]:
+    """Cell class name -> what its compiled step covers."""
+    return {c.__name__: covers for c, (_, covers) in _CELL_KERNELS.items()}
+
+
+def cell_kernel_for(layer: Any) -> CellKernel | None:
+    """The compiled step of ``layer``, None when none covers it."""
+    entry = _CELL_KERNELS.get(type(layer))
+    return entry[0](layer) if entry is not None else None
+
+
+def engine_module(required: bool = False) -> ModuleType | None:
+    """The compiled engine kernel (built on first use)."""
+    if required:
+        return require(ENGINE_MODULE, [ENGINE_SOURCE])
+    return load(ENGINE_MODULE, [ENGINE_SOURCE])
+
+
+#: the influence layout of the compiled path under ``layout="auto"``: its rank-k update skips
+#: the zeros of A row by row, which beat the BLAS on the transposed layout at every size
+#: measured (docs/benchmarks.md, "compiled path")
+COMPILED_LAYOUT = "rows"
+
+
+def kernel_module(device: torch.device, dtype: torch.dtype, mode: str | None = None) -> ModuleType | None:
+    """The compiled engine kernel for a run on ``device`` in ``dtype``; None for pure torch.
+
+    ``mode`` (default ``$EVRTRL_KERNEL``): ``"torch"`` gives None; ``"auto"`` gives None
+    where the kernels do not apply (not CPU, not float32/float64) or cannot be built;
+    ``"compiled"`` raises :class:`UnsupportedError` there instead.
+    """
+    mode = kernel_mode(mode)
+    if mode == "torch":
+        return None
+    why = None
+    if torch.device(device).type != "cpu":
+        why = f"the compiled kernels run on CPU; the model is on {device}"
+    elif dtype not in DTYPES:
+        why = f"the compiled kernels are built for float32 and float64, not {dtype}"
+    if why is not None:
+        if mode == "compiled":
+            raise UnsupportedError(why)
+        return None
+    return engine_module(required=(mode == "compiled"))
+
+
+class CompiledStep:
+    """The event engine's step and gradient accumulation through the compiled kernels."""
+
+    def __init__(self, mod: ModuleType, engine: Any) -> None:
+        self.mod = mod
+        self.cells = [cell_kernel_for(r.layer) for r in engine.refs]
+        B, dt, dev = engine.B, engine.dtype, engine.device
+        self.empty = torch.empty(0, 0, 0, dtype=dt, device=dev)
+        self.no_idx = torch.empty(B, 0, dtype=torch.long, device=dev)
+        self.struct = [[co * run.m + ci for co, ci in r.layer.diag_structure]
+                       for r, run in zip(engine.refs, engine.runs)]
+        self.runs = engine.runs
+        self._ucols: dict[tuple, torch.Tensor] = {}
+        self.no_direct = [torch.empty(0, B, run.n, dtype=dt, device=dev) for run in engine.runs]
+
+    @property
+    def covered(self) -> list[bool]:
+        """Per layer: True when its cell step is compiled too (else its pure step runs)."""
+        return [c is not None for c in self.cells]
+
+    def refresh(self, engine: Any) -> None:
+        for cell, w in zip(self.cells, engine.w):
+            if cell is not None:
+                cell.refresh(w)
+
+    def _local(self, engine: Any, l: int, prev: Any, x: torch.Tensor) -> tuple:
+        cell = self.cells[l]
+        if cell is not None:
+            new, diag, phis, gain, gd = cell.step(prev, x, engine.first)
+            return new, diag, phis, gain, (self.no_direct[l] if gd is None else gd), cell.direct
+        run, layer, w = engine.runs[l], engine.refs[l].layer, engine.w[l]
+        new, aux = layer.step(w, prev, x)
+        lj = layer.local_jacobian(w, prev, x, new, aux, engine.first)
+        parts = [lj.phi[g] for g in run.rec] + [lj.phi[g] for g in run.inp] + \
+            [lj.unit_phi[u] for u in run.units]
+        phis = torch.cat(parts, -1)
+        names = tuple(lj.gain_direct)
+        gd = torch.stack([lj.gain_direct[u] for u in names]) if names else self.no_direct[l]
+        return new, lj.diag, phis, lj.gain, gd, names
+
+    def _ucol(self, l: int, names: tuple) -> torch.Tensor:
+        """Columns ``(U, n)`` of the per-unit parameters ``names`` in block ``l``."""
+        key = (l, names)
+        cols = self._ucols.get(key)
+        if cols is None:
+            run = self.runs[l]
+            cols = torch.stack([run.block.unit_cols[u] for u in names]) if names else \
+                torch.empty(0, run.n, dtype=torch.long, device=self.no_idx.device)
+            self._ucols[key] = cols
+        return cols
+
+    def step(self, engine: Any, x: torch.Tensor, channels: Any) -> torch.Tensor:
+        """One step of every layer (``x`` dense); same effects as the pure-torch step."""
+        stats = engine.stats
+        lower = None
+        alpha = beta = 0
+        add = stats.add_macs
+        for l, run in enumerate(engine.runs):
+            prev = engine.states[l]
+            new, diag, phis, gain, gd, direct = self._local(engine, l, prev, x)
+            blocks = engine.blocks[: l + 1]
+            P_mat = [b.p_born for b in blocks]
+            engine._births(run, x, prev.y, channels if l == 0 else None)
+            P_born = [b.p_born for b in blocks]
+            rec = engine.N[l]
+            Krec, krec, Nrec = (rec[0], rec[1], rec[2]) if rec is not None else (self.no_idx, 0, [])
+            Klow, klow, Nlow = (lower[0], lower[1], lower[2]) if lower is not None else (self.no_idx, 0, [])
+            Wrec = engine.Wrec[l] if engine.Wrec[l] is not None else self.empty
+            Win = engine.Win[l] if engine.Win[l] is not None else self.empty
+            Kp, k, Ns, count, a, macs = self.mod.layer_update(
+                engine.M[l], run.layout == "cols", P_mat, P_born, engine.T[l], diag,
+                self.struct[l], engine.first, phis, len(run.rec), Wrec, Krec, krec, Nrec,
+                len(run.inp), Win, Klow, klow, Nlow, run.phi_idx, run.src_idx, run.dest,
+                x, prev.y, gain, gd, self._ucol(l, direct), run.c0, new.y)
+            for kind, v in zip(("diag", "immediate", "coupling", "emission"), macs):
+                if v:
+                    add(kind, v)
+            lower = engine.N[l] = (Kp, k, Ns, P_born if k else [], count, False)
+            act = gain.any(-1)  # the active set per sequence (seq_active), as active_units()
+            engine._act[l] = act | (gd != 0).any(0) if gd.numel() else act
+            engine.states[l] = new
+            x = new.y
+            alpha += a
+            beta += count
+        engine.first = False
+        born = sum(b.p_born for b in engine.blocks)
+        stats.end_step(alpha, beta, born / max(1, stats.p_live), divisor=engine.B * engine.n_units)
+        return x
+
+    def accumulate(self, engine: Any, dL_dy: torch.Tensor, layer: int = -1) -> None:
+        """Add :math:`(dL_t/dy^l_t)^T N^l_t` of layer ``layer`` (default: the last) to the gradient."""
+        Kp, k, Ns, Ps, _, _ = engine.N[layer]
+        if not k:
+            return
+        self.mod.accumulate(engine.grad, dL_dy.detach(), Kp, k, Ns)
+        for P in Ps:
+            if P:
+                engine.stats.add_macs("gradient", engine.B * k * P)
