@@ -99,7 +99,11 @@ def _arr(node_name: str, field: str, value, n: int) -> np.ndarray:
 
 def _finite(node_name: str, field: str, a: np.ndarray) -> np.ndarray:
     """``a`` unchanged if every entry is finite, else FormatError naming node, field and the first bad index."""
-    bad = ~np.isfinite(np.asarray(a, dtype=np.float64))
+    try:
+        bad = ~np.isfinite(np.asarray(a, dtype=np.float64))
+    except (TypeError, ValueError) as e:
+        raise FormatError(f"NIR node {node_name!r}: field {field!r} is not numeric ({np.asarray(a).dtype}); "
+                          "expected finite numbers") from e
     if bad.any():
         idx = tuple(int(i) for i in np.argwhere(bad)[0])
         raise FormatError(f"NIR node {node_name!r}: field {field!r} holds NaN or infinity (first at index {idx}); "
@@ -113,6 +117,8 @@ def _io_shape(name: str, node, field: str) -> tuple[int, ...]:
     if len(types) != 1:
         raise FormatError(f"NIR node {name!r}: field {field!r} holds {sorted(types)}; expected one entry")
     shape = np.asarray(next(iter(types.values())))
+    if shape.dtype.kind not in "iu":
+        raise FormatError(f"NIR node {name!r}: field {field!r} holds {shape!r}; expected whole-number sizes")
     return tuple(int(x) for x in shape.ravel())
 
 
@@ -212,8 +218,9 @@ def network_from_nir_graph(graph, *, dt: float | None = None, integration: str =
         raise UnsupportedError(f"Output must be fed by the last neuron node {layers[-1][1]!r}, "
                                f"is fed by {preds[outs[0]]}")
     unused = set(nodes) - seen - {ins[0], outs[0]}
-    for cyc in _weight_cycles(unused, succs, nodes):
-        raise FormatError(f"NIR field 'edges': nodes {cyc} form a cycle with no neuron node in it "
+    cycles = _weight_cycles(unused, succs, nodes)
+    if cycles:
+        raise FormatError(f"NIR field 'edges': nodes {cycles[0]} form a cycle with no neuron node in it "
                           "(an algebraic loop); expected every cycle to pass through a LIF/CubaLIF node")
     if unused:
         raise FormatError(f"NIR nodes {sorted(unused)} are not on the Input -> weight -> neuron ... -> Output "
