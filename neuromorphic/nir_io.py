@@ -93,9 +93,51 @@ def _arr(node_name: str, field: str, value, n: int) -> np.ndarray:
     a = np.asarray(value)
     if a.shape not in ((n,), (), (1,)):
         raise FormatError(f"NIR node {node_name!r}: field {field!r} has shape {a.shape}, expected ({n},)")
-    if not np.all(np.isfinite(a.astype(np.float64))):
-        raise FormatError(f"NIR node {node_name!r}: field {field!r} holds NaN or infinity")
+    _finite(node_name, field, a)
     return np.broadcast_to(a, (n,)).astype(a.dtype if a.ndim else np.float64)
+
+
+def _finite(node_name: str, field: str, a: np.ndarray) -> np.ndarray:
+    """``a`` unchanged if every entry is finite, else FormatError naming node, field and the first bad index."""
+    try:
+        bad = ~np.isfinite(np.asarray(a, dtype=np.float64))
+    except (TypeError, ValueError) as e:
+        raise FormatError(f"NIR node {node_name!r}: field {field!r} is not numeric ({np.asarray(a).dtype}); "
+                          "expected finite numbers") from e
+    if bad.any():
+        idx = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise FormatError(f"NIR node {node_name!r}: field {field!r} holds NaN or infinity (first at index {idx}); "
+                          "expected finite numbers")
+    return a
+
+
+def _io_shape(name: str, node, field: str) -> tuple[int, ...]:
+    """The shape an Input (``input_type``) or Output (``output_type``) node declares, as a tuple."""
+    types = dict(getattr(node, field, None) or {})
+    if len(types) != 1:
+        raise FormatError(f"NIR node {name!r}: field {field!r} holds {sorted(types)}; expected one entry")
+    shape = np.asarray(next(iter(types.values())))
+    if shape.dtype.kind not in "iu":
+        raise FormatError(f"NIR node {name!r}: field {field!r} holds {shape!r}; expected whole-number sizes")
+    return tuple(int(x) for x in shape.ravel())
+
+
+def _weight_cycles(names: set, succs: dict, nodes: dict) -> list[list[str]]:
+    """Cycles (as node lists) among ``names`` made only of weight nodes (Affine/Linear)."""
+    w = {k for k in names if type(nodes[k]).__name__ in _WEIGHT_TYPES}
+    cycles, done = [], set()
+    for start in sorted(w):
+        path, k = [], start
+        while k in w and k not in done and k not in path:
+            path.append(k)
+            nxt = [s for s in succs[k] if s in w]
+            if not nxt:
+                break
+            k = nxt[0]
+        if k in path:
+            cycles.append(path[path.index(k):])
+        done.update(path)
+    return cycles
 
 
 # --------------------------------------------------------------------------- import
@@ -133,8 +175,10 @@ def network_from_nir_graph(graph, *, dt: float | None = None, integration: str =
     preds: dict = {k: [] for k in nodes}
     succs: dict = {k: [] for k in nodes}
     for a, b in edges:
-        if a not in nodes or b not in nodes:
-            raise FormatError(f"NIR edge ({a!r}, {b!r}) names a node that does not exist")
+        for end in (a, b):
+            if end not in nodes:
+                raise FormatError(f"NIR field 'edges': edge ({a!r}, {b!r}) names node {end!r}, which does not "
+                                  f"exist; expected one of {sorted(nodes)}")
         preds[b].append(a)
         succs[a].append(b)
     for k, v in nodes.items():
@@ -173,6 +217,14 @@ def network_from_nir_graph(graph, *, dt: float | None = None, integration: str =
     if preds[outs[0]] != [layers[-1][1]]:
         raise UnsupportedError(f"Output must be fed by the last neuron node {layers[-1][1]!r}, "
                                f"is fed by {preds[outs[0]]}")
+    unused = set(nodes) - seen - {ins[0], outs[0]}
+    cycles = _weight_cycles(unused, succs, nodes)
+    if cycles:
+        raise FormatError(f"NIR field 'edges': nodes {cycles[0]} form a cycle with no neuron node in it "
+                          "(an algebraic loop); expected every cycle to pass through a LIF/CubaLIF node")
+    if unused:
+        raise FormatError(f"NIR nodes {sorted(unused)} are not on the Input -> weight -> neuron ... -> Output "
+                          "chain; expected every node to be used (field 'edges')")
 
     net_layers = []
     for li, (ff, neu, rec) in enumerate(layers):
@@ -180,6 +232,11 @@ def network_from_nir_graph(graph, *, dt: float | None = None, integration: str =
         Wf = np.asarray(nodes[ff].weight)
         if Wf.ndim != 2:
             raise UnsupportedError(f"NIR node {ff!r}: field 'weight' has shape {Wf.shape}; only 2-D weights run")
+        _finite(ff, "weight", Wf)
+        if li == 0 and _io_shape(ins[0], nodes[ins[0]], "input_type") != (Wf.shape[1],):
+            raise FormatError(f"NIR node {ins[0]!r}: field 'input_type' declares shape "
+                              f"{_io_shape(ins[0], nodes[ins[0]], 'input_type')}; the first weight {ff!r} takes "
+                              f"{Wf.shape[1]} inputs, expected ({Wf.shape[1]},)")
         n = Wf.shape[0]
         typ = type(N).__name__
         f64 = lambda field, value: _arr(neu, field, value, n).astype(np.float64)  # noqa: E731
@@ -189,14 +246,22 @@ def network_from_nir_graph(graph, *, dt: float | None = None, integration: str =
                       v_reset=np.zeros(n) if vrst is None else f64("v_reset", vrst))
         if typ == "CubaLIF":
             tau_mem, tau_syn = f64("tau_mem", N.tau_mem), f64("tau_syn", N.tau_syn)
-            w_in = _arr(neu, "w_in", N.w_in, n)
-            g = r.astype(np.float64) * w_in.astype(np.float64) * dt / tau_syn
         else:
-            tau_mem, tau_syn, w_in = f64("tau", N.tau), None, None
-            g = r.astype(np.float64)
+            tau_mem, tau_syn = f64("tau", N.tau), None
         for field, t in (("tau_mem" if typ == "CubaLIF" else "tau", tau_mem), ("tau_syn", tau_syn)):
             if t is not None and not np.all(t > 0):
                 raise FormatError(f"NIR node {neu!r}: field {field!r} must be positive seconds, min {t.min():g}")
+        if typ == "CubaLIF":
+            w_in = _arr(neu, "w_in", N.w_in, n)
+            g = r.astype(np.float64) * w_in.astype(np.float64) * dt / tau_syn
+        else:
+            w_in, g = None, r.astype(np.float64)
+        low = np.flatnonzero(params["v_th"] <= params["v_reset"])
+        if low.size:
+            i = int(low[0])
+            raise FormatError(f"NIR node {neu!r}: field 'v_threshold' must exceed field 'v_reset' for every neuron; "
+                              f"neuron {i} has v_threshold {params['v_th'][i]:g} <= v_reset "
+                              f"{params['v_reset'][i]:g} ({low.size} of {n} neurons)")
         if Wf.shape[1] != (net_layers[-1].n if net_layers else Wf.shape[1]):
             raise FormatError(f"NIR node {ff!r}: field 'weight' takes {Wf.shape[1]} inputs, the layer before has "
                               f"{net_layers[-1].n}")
@@ -209,6 +274,7 @@ def network_from_nir_graph(graph, *, dt: float | None = None, integration: str =
             Ur = np.asarray(nodes[rec].weight)
             if Ur.shape != (n, n):
                 raise FormatError(f"NIR node {rec!r}: field 'weight' has shape {Ur.shape}, expected {(n, n)}")
+            _finite(rec, "weight", Ur)
             U = g[:, None] * Ur.astype(np.float64)
             if type(nodes[rec]).__name__ == "Affine":
                 b = b + _arr(rec, "bias", nodes[rec].bias, n).astype(np.float64)
@@ -223,6 +289,11 @@ def network_from_nir_graph(graph, *, dt: float | None = None, integration: str =
             ff_bias_dtype=str(np.asarray(nodes[ff].bias).dtype) if type(nodes[ff]).__name__ == "Affine" else None,
             rec_bias=None if rec is None or type(nodes[rec]).__name__ != "Affine" else np.asarray(nodes[rec].bias).copy(),
         ))
+    n_out = (net_layers[-1].n,)
+    if _io_shape(outs[0], nodes[outs[0]], "output_type") != n_out:
+        raise FormatError(f"NIR node {outs[0]!r}: field 'output_type' declares shape "
+                          f"{_io_shape(outs[0], nodes[outs[0]], 'output_type')}; the last layer {layers[-1][1]!r} "
+                          f"has {n_out[0]} neurons, expected {n_out}")
     prov = dict(input=ins[0], output=outs[0], nested=nested, layers=prov_layers,
                 input_size=int(np.asarray(nodes[layers[0][0]].weight).shape[1]),
                 metadata={k: v for k, v in meta.items() if not str(k).startswith("evrtrl.")})
@@ -243,7 +314,10 @@ def import_nir(path, *, dt: float | None = None, integration: str = "euler", res
     import torch
 
     graph = read_graph(path)
-    net, prov = network_from_nir_graph(graph, dt=dt, integration=integration, reset=reset)
+    try:
+        net, prov = network_from_nir_graph(graph, dt=dt, integration=integration, reset=reset)
+    except FormatError as e:
+        raise FormatError(f"NIR file {str(path)!r}: {e}") from e
     trainable = (trainable,) if isinstance(trainable, str) else tuple(trainable)
     for L in net.layers:
         L.trainable = tuple(t for t in trainable if t in L.neuron_fields)
