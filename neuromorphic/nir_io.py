@@ -510,7 +510,10 @@ def export_nir(model, path, *, nested: bool | None = None, nir_convention: str =
     * ``"snntorch"``: snnTorch's ``import_from_nir`` fixes ``dt = 1e-4`` s and needs
       ``r = tau_mem/dt``: time constants are rescaled by ``1e-4/dt`` (the metadata
       ``evrtrl.dt`` says 1e-4), ``w_in = tau_syn/dt``, ``W_nir = (dt/tau_mem) W_lib``,
-      no ``v_reset``.
+      no ``v_reset``. snnTorch 1.0.0 runs zero-reset feed-forward files spike for spike;
+      it builds every neuron with zero reset (a ``"subtract"`` network runs differently
+      there) and its ``RSynaptic`` applies the reset one step late (docs/neuromorphic.md,
+      ``scripts/check_snntorch.sh``).
 
     ``readout`` (a ``models.Readout``) is written as an Affine node ``readout`` between the
     last neuron layer and the output. EGRU layers raise :class:`UnsupportedError` (NIR has no
