@@ -49,6 +49,8 @@ from typing import Any
 
 import torch
 
+from evrtrl.extras import require
+
 D_IN = 32
 SEED = 0
 
@@ -485,9 +487,8 @@ def markdown(recs: list[dict], mm: float) -> str:
 
 
 def plot(recs: list[dict], outdir: str) -> list[str]:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    require("matplotlib", "evrtrl bench --plot").use("Agg")
+    plt = require("matplotlib.pyplot", "evrtrl bench --plot")
     os.makedirs(outdir, exist_ok=True)
     files = []
     style = {"event": "o-", "dense": "s--", "dense-live": "^--", "func": "d:", "bptt": "x-."}

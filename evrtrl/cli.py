@@ -13,6 +13,7 @@ import sys
 from typing import Sequence
 
 from evrtrl import __version__
+from evrtrl.errors import MissingExtraError
 
 #: (module, attribute) of each ``register(subparsers)`` that adds commands
 REGISTRARS = (
@@ -48,7 +49,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except MissingExtraError as exc:  # one line naming what to install, no traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

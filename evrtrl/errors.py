@@ -38,3 +38,7 @@ class FormatError(EvrtrlError, ValueError):
 
 class UnsupportedError(EvrtrlError, NotImplementedError):
     """The request is valid but cannot be expressed (e.g. a node type on export)."""
+
+
+class MissingExtraError(EvrtrlError, ImportError):
+    """An optional package is not installed; the message names the extra that installs it."""

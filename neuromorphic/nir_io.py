@@ -48,6 +48,7 @@ import numpy as np
 
 from evrtrl.errors import ConfigError, FormatError, UnsupportedError
 from evrtrl.atomic import atomic_write
+from evrtrl.extras import require
 from evrtrl.models.lif import lif_coefficients
 
 from .netspec import LIFLayer, Network, model_from_network, network_from_model
@@ -61,11 +62,7 @@ _LIF_SYN_EPS = 1e-9
 
 
 def _nir():
-    try:
-        import nir
-    except ImportError as e:  # pragma: no cover
-        raise UnsupportedError("NIR export/import needs the 'nir' package (pip install evrtrl[sim])") from e
-    return nir
+    return require("nir", "NIR export/import")
 
 
 def append_bias_channel(x):

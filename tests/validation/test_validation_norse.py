@@ -8,7 +8,7 @@ import evrtrl
 from evrtrl.errors import UnsupportedError
 from evrtrl.models import EGRU, Stack
 
-pytest.importorskip("norse.torch")
+pytest.importorskip("norse.torch", reason="needs Norse: pip install --no-deps norse==1.1.0 (scripts/setup.sh)")
 
 from evrtrl.validation.norse_bridge import norse_cell, run_norse  # noqa: E402
 
