@@ -1,4 +1,4 @@
-"""DESIGN.md section 1: one installed namespace, imports pointing one way."""
+"""One installed namespace (evrtrl.*), imports pointing one way (README, Layout)."""
 from __future__ import annotations
 
 import ast
@@ -113,7 +113,7 @@ def _imports(path: Path, module: str):
 
 
 def test_import_floors():
-    """DESIGN.md section 1: engine core < models, datasets < neuromorphic < the wings (training,
+    """The floors: engine core < models, datasets < neuromorphic < the wings (training,
     validation, benchmarks, CLI), checked on every import statement, function-local ones too."""
     known = {_module_name(p) for f in FOLDERS for p in (ROOT / f).rglob("*.py")}
     bad = []

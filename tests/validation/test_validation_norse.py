@@ -12,7 +12,7 @@ pytest.importorskip("norse.torch", reason="needs Norse: pip install --no-deps no
 
 from evrtrl.validation.norse_bridge import norse_cell, run_norse  # noqa: E402
 
-slow = pytest.mark.slow  # cross-simulator checks (DESIGN.md section 1); CI runs them
+slow = pytest.mark.slow  # cross-simulator checks; CI runs them
 
 CONFIGS = [
     (0, 4, 6, 150, 2, 0.10, 3.0),
