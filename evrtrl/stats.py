@@ -9,6 +9,7 @@ sequence of the batch, which is what the batched engine computes with).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 __all__ = ["EngineStats"]
 
@@ -56,7 +57,7 @@ class EngineStats:
     def total_macs(self) -> int:
         return sum(self.macs.values())
 
-    def summary(self) -> dict[str, float]:
+    def summary(self) -> dict[str, Any]:
         """Means over steps and totals, as plain numbers."""
         mean = lambda v: sum(v) / len(v) if v else 0.0  # noqa: E731
         return {
