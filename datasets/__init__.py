@@ -13,7 +13,7 @@ if __name__ != "evrtrl.datasets":  # the folder is installed as evrtrl.datasets;
 
 from .aedat import (AedatHeader, GestureSegment, cut_segments, read_aedat2, read_aedat2_header, read_aedat31,
                     read_gesture_labels)
-from .binning import (CropTime, DownsampleChannels, MergePolarity, SparseSteps, SpatialPool, ToSparseSteps,
+from .binning import (MAX_STEPS, CropTime, DownsampleChannels, MergePolarity, SparseSteps, SpatialPool, ToSparseSteps,
                       bin_events, camera_channels, collate)
 from .catalog import NMNIST, SHD, SSC, DVSGesture, NCaltech101, read_gesture_npy
 from .download import ChecksumError, DownloadError, Resource, download, extract
@@ -23,7 +23,7 @@ from .hdf5 import SpikeH5, read_shd, write_shd
 from .nmnist import read_nmnist, write_nmnist
 
 __all__ = [
-    "AUDIO_DTYPE", "CAMERA_DTYPE", "AedatHeader", "ChecksumError", "CropTime", "DVSGesture", "DownloadError",
+    "AUDIO_DTYPE", "CAMERA_DTYPE", "MAX_STEPS", "AedatHeader", "ChecksumError", "CropTime", "DVSGesture", "DownloadError",
     "DownsampleChannels", "GestureSegment", "MergePolarity", "NCaltech101", "NMNIST", "Resource", "SHD", "SSC",
     "SparseSteps", "SpatialPool", "SpikeH5", "ToSparseSteps", "as_events", "audio_events", "bin_events",
     "camera_channels", "camera_events", "collate", "cut_segments", "download", "extract", "from_tonic",

@@ -2,8 +2,10 @@
 
 AEDAT 2.0 (jAER; iniVation "AEDAT file formats" documentation)
     An ASCII header of lines starting with ``#`` (the first is ``#!AER-DAT2.0``),
-    then records of a big-endian int32 *address* and a big-endian int32
-    *timestamp* (1 us ticks). For the DAVIS cameras (DAVIS240/346) the address
+    then records of a big-endian int32 *address* and a big-endian 32-bit
+    *timestamp* (1 us ticks), read as **unsigned** (after 2**31 us = 35.8 min it
+    does not turn negative); a drop of more than 2**31 us between consecutive
+    records is a 32-bit wrap (every 71.6 min) and adds 2**32 us to every later record. For the DAVIS cameras (DAVIS240/346) the address
     bits are::
 
         bit 31      1 = APS (frame) sample, 0 = DVS event
@@ -32,6 +34,7 @@ AEDAT 3.1 (cAER / libcaer ``include/libcaer/events/common.h`` and ``polarity.h``
 from __future__ import annotations
 
 import csv
+import io
 import os
 import re
 from dataclasses import dataclass, field
@@ -60,7 +63,8 @@ _PACKET_HEADER = np.dtype([
     ("eventType", "<i2"), ("eventSource", "<i2"), ("eventSize", "<i4"), ("eventTSOffset", "<i4"),
     ("eventTSOverflow", "<i4"), ("eventCapacity", "<i4"), ("eventNumber", "<i4"), ("eventValid", "<i4"),
 ])
-_AEDAT2_RECORD = np.dtype([("address", ">u4"), ("timestamp", ">i4")])
+_AEDAT2_RECORD = np.dtype([("address", ">u4"), ("timestamp", ">u4")])
+TS_WRAP = 2**32
 _POLARITY_RECORD = np.dtype([("data", "<u4"), ("timestamp", "<i4")])
 
 
@@ -177,14 +181,21 @@ def read_aedat2(path: str | os.PathLike, flip_x: bool = False, width: int = 346)
                           f"byte offset {last} is truncated (expected int32 address + int32 timestamp)")
     rec = np.frombuffer(data, dtype=_AEDAT2_RECORD, offset=header.data_start)
     addr = rec["address"].astype(np.int64)
+    ts = rec["timestamp"].astype(np.int64)  # unsigned 32-bit microseconds: never negative
+    if ts.size > 1:  # a drop of more than half the range is a 32-bit wrap (every 71.6 min): unfold it
+        wraps = np.cumsum(np.diff(ts) < -(TS_WRAP // 2))
+        ts[1:] += TS_WRAP * wraps
     dvs = ((addr >> 31) & 1 == 0) & ((addr >> 10) & 1 == 0)
     addr = addr[dvs]
     x = (addr >> 12) & 0x3FF
     y = (addr >> 22) & 0x1FF
     p = (addr >> 11) & 1
     if flip_x:
+        if x.size and x.max() >= width:
+            raise FormatError(f"{path}: field 'x' reaches {x.max()} but flip_x uses width={width}; "
+                              f"expected x < {width}")
         x = width - 1 - x
-    return header, camera_events(rec["timestamp"][dvs].astype(np.int64), x, y, p)
+    return header, camera_events(ts[dvs], x, y, p)
 
 
 def write_aedat2(path: str | os.PathLike, events: np.ndarray, header_lines: list[str] | None = None,
@@ -201,7 +212,10 @@ def write_aedat2(path: str | os.PathLike, events: np.ndarray, header_lines: list
     rec = np.empty(events.size, dtype=_AEDAT2_RECORD)
     rec["address"] = ((events["y"].astype(np.uint32) & 0x1FF) << 22) | ((events["x"].astype(np.uint32) & 0x3FF) << 12) \
         | ((events["p"].astype(np.uint32) & 1) << 11)
-    rec["timestamp"] = events["t"]
+    t = events["t"].astype(np.int64)
+    if t.size and t.min() < 0:
+        raise FormatError(f"{path}: event times start at {t.min()} us; AEDAT 2.0 stores t >= 0")
+    rec["timestamp"] = t & (TS_WRAP - 1)  # 32-bit field; the reader unfolds the wrap
     Path(path).write_bytes(header_bytes + rec.tobytes())
 
 
@@ -248,6 +262,11 @@ def read_aedat31(path: str | os.PathLike) -> tuple[AedatHeader, np.ndarray]:
             ev = np.frombuffer(data, dtype=_POLARITY_RECORD, count=n, offset=start)
             valid = (ev["data"] & 1) == 1
             ev = ev[valid]
+            overflow = int(ph["eventTSOverflow"])
+            if overflow < 0 or (ev.size and int(ev["timestamp"].min()) < 0):
+                raise FormatError(f"{path}: polarity packet at byte offset {pos} has eventTSOverflow={overflow} and "
+                                  f"timestamps from {int(ev['timestamp'].min()) if ev.size else 0}; expected both >= 0 "
+                                  "(fields 'eventTSOverflow', 'timestamp')")
             ts_parts.append((np.int64(ph["eventTSOverflow"]) << 31) | ev["timestamp"].astype(np.int64))
             data_parts.append(ev["data"].astype(np.int64))
         pos = end
@@ -291,6 +310,10 @@ class GestureSegment:
     end_us: int
 
 
+_INT = re.compile(r"[+-]?[0-9]+")
+MAX_US = 2**63 - 1
+
+
 def read_gesture_labels(path: str | os.PathLike, n_classes: int = 11) -> list[GestureSegment]:
     """Read a DVS Gesture ``*_labels.csv`` file.
 
@@ -301,30 +324,42 @@ def read_gesture_labels(path: str | os.PathLike, n_classes: int = 11) -> list[Ge
     Raises
     ------
     FormatError
-        On a missing/odd header, a non-integer field, a class out of range or a
-        row with ``start >= end``; the message names the file and the row (1-based
-        line number).
+        On bytes that are not UTF-8 text, a missing/odd header, a field that is
+        not a plain decimal integer, a class out of range, a time outside
+        ``0 <= start < end < 2**63`` us; the message names the file, the row
+        (1-based line number) and the field.
     """
     path = Path(path)
-    out = []
-    with open(path, newline="") as fh:
-        rows = list(csv.reader(fh))
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise FormatError(f"{path}: byte offset {exc.start} is not UTF-8 text; expected a csv file") from exc
+    try:
+        rows = list(csv.reader(io.StringIO(text, newline="")))
+    except csv.Error as exc:
+        raise FormatError(f"{path}: not a readable csv file ({exc})") from exc
     if not rows or [c.strip() for c in rows[0]] != ["class", "startTime_usec", "endTime_usec"]:
         raise FormatError(f"{path}: line 1 is {rows[0] if rows else 'missing'}; expected header "
                           "'class,startTime_usec,endTime_usec'")
+    out = []
+    names = ("class", "startTime_usec", "endTime_usec")
     for lineno, row in enumerate(rows[1:], start=2):
         if not row or all(not c.strip() for c in row):
             continue
         if len(row) != 3:
             raise FormatError(f"{path}: line {lineno} has {len(row)} fields; expected 3 (class,start,end)")
-        try:
-            cls, start, end = (int(c) for c in row)
-        except ValueError:
-            raise FormatError(f"{path}: line {lineno} {row!r}; expected three integers") from None
+        for name, c in zip(names, row):
+            if not _INT.fullmatch(c.strip()):
+                raise FormatError(f"{path}: line {lineno} field {name!r} is {c!r}; expected a decimal integer")
+        cls, start, end = (int(c) for c in row)
         if not 1 <= cls <= n_classes:
             raise FormatError(f"{path}: line {lineno} has class {cls}; expected 1 <= class <= {n_classes}")
         if start >= end:
             raise FormatError(f"{path}: line {lineno} has start {start} >= end {end} us; expected start < end")
+        if start < 0 or end > MAX_US:
+            raise FormatError(f"{path}: line {lineno} has start {start}, end {end} us (fields 'startTime_usec', "
+                              f"'endTime_usec'); expected 0 <= start < end <= 2**63 - 1")
         out.append(GestureSegment(cls - 1, start, end))
     return out
 

@@ -27,6 +27,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
 
 __all__ = [
+    "MAX_STEPS",
     "CropTime",
     "DownsampleChannels",
     "MergePolarity",
@@ -37,6 +38,13 @@ __all__ = [
     "camera_channels",
     "collate",
 ]
+
+
+MAX_STEPS = 2**24
+"""Default bound on the number of steps :func:`bin_events` creates (16,777,216: 128 MiB of ``indptr``).
+
+Raise it per call with ``max_steps=``; a corrupt timestamp (e.g. an AEDAT 3.1
+overflow field) would otherwise size the output from a time 10**18 us away."""
 
 
 @dataclass(frozen=True)
@@ -136,6 +144,7 @@ def bin_events(
     sensor_size: tuple[int, int, int] | None = None,
     t0_us: int = 0,
     T: int | None = None,
+    max_steps: int = MAX_STEPS,
 ) -> SparseSteps:
     """Bin events into steps of ``dt_us`` microseconds.
 
@@ -155,10 +164,18 @@ def bin_events(
     T : int, optional
         Number of steps; events at or after ``t0_us + T*dt_us`` are dropped.
         Default: just enough steps for the last event (0 steps when empty).
+    max_steps : int
+        Upper bound on the number of steps (default :data:`MAX_STEPS` = 2**24).
 
     Returns
     -------
     SparseSteps
+
+    Raises
+    ------
+    ConfigError
+        If ``T`` or the last event's step exceeds ``max_steps`` (the message names
+        the limit and how to raise it).
     """
     if dt_us <= 0:
         raise ConfigError(f"dt_us = {dt_us}; expected a positive number of microseconds")
@@ -181,6 +198,12 @@ def bin_events(
         keep &= step < T
     step, ch = step[keep], ch[keep]
     n_steps = int(T) if T is not None else (int(step.max()) + 1 if step.size else 0)
+    if n_steps > max_steps:
+        cause = f"T = {n_steps}" if T is not None else \
+            f"the last event at t = {int(events['t'].max())} us needs T = {n_steps} steps of {int(dt_us)} us"
+        raise ConfigError(f"bin_events: {cause}, more than max_steps = {max_steps} (evrtrl.datasets.MAX_STEPS); "
+                          "a corrupt timestamp often causes this. Pass max_steps= to raise the limit, or T= / "
+                          "CropTime to cut the recording")
     key = step * max(d, 1) + ch
     uniq, cnt = np.unique(key, return_counts=True)
     st = uniq // max(d, 1)
@@ -297,6 +320,8 @@ class ToSparseSteps:
     n_channels: int | None = None
     sensor_size: tuple[int, int, int] | None = None
     T: int | None = None
+    max_steps: int = MAX_STEPS
 
     def __call__(self, events: np.ndarray) -> SparseSteps:
-        return bin_events(events, self.dt_us, n_channels=self.n_channels, sensor_size=self.sensor_size, T=self.T)
+        return bin_events(events, self.dt_us, n_channels=self.n_channels, sensor_size=self.sensor_size, T=self.T,
+                          max_steps=self.max_steps)

@@ -22,6 +22,7 @@ Transfers are never attempted unless ``download=True``.
 from __future__ import annotations
 
 import os
+import tokenize
 from pathlib import Path
 from typing import Any, Callable
 
@@ -37,6 +38,20 @@ from .nmnist import read_nmnist
 __all__ = ["DVSGesture", "NCaltech101", "NMNIST", "SHD", "SSC"]
 
 Transform = Callable[[np.ndarray], Any]
+
+
+def _inside_root(listing: Path, path: Path, root: Path, entry: str) -> Path:
+    """``path`` if its name stays inside the data ``root`` (no absolute path, no ``..`` escape), else FormatError.
+
+    The check is lexical: symlinks a user made (a data set assembled from links) are followed as
+    they are; archives cannot bring escaping links (:func:`~evrtrl.datasets.extract` refuses them).
+    """
+    lexical = os.path.normpath(path)
+    top = os.path.normpath(root)
+    if Path(entry).is_absolute() or not (lexical == top or lexical.startswith(top.rstrip(os.sep) + os.sep)):
+        raise FormatError(f"{listing}: entry {entry!r} names {lexical}, outside the data root {root}; expected "
+                          "files inside the data root")
+    return path
 
 
 class _Base:
@@ -266,8 +281,13 @@ class DVSGesture(_Base):
             listing = base / ("trials_to_train.txt" if train else "trials_to_test.txt")
             if not listing.exists():
                 raise FileNotFoundError(f"{listing} not found (original IBM DvsGesture layout)")
-            for name in listing.read_text().split():
-                aedat = base / name
+            try:
+                names = listing.read_bytes().decode("utf-8").split()
+            except UnicodeDecodeError as exc:
+                raise FormatError(f"{listing}: byte offset {exc.start} is not UTF-8 text; expected one "
+                                  "recording name per line") from exc
+            for name in names:
+                aedat = _inside_root(listing, base / name, self.root, name)
                 segs = read_gesture_labels(aedat.with_name(aedat.stem + "_labels.csv"), len(self.classes))
                 for i, s in enumerate(segs):
                     self._items.append((aedat, i))
@@ -285,7 +305,7 @@ class DVSGesture(_Base):
     def __getitem__(self, index: int) -> tuple[Any, Any]:
         path, j = self._items[index]
         if self.layout == "npy":
-            return self._apply(read_gesture_npy(path), j)
+            return self._apply(read_gesture_npy(path, self.sensor_size[:2]), j)
         if self._cache is None or self._cache[0] != path:  # consecutive samples share a recording
             _, ev = read_aedat31(path)
             segs = read_gesture_labels(path.with_name(path.stem + "_labels.csv"), len(self.classes))
@@ -294,10 +314,58 @@ class DVSGesture(_Base):
         return self._apply(ev, label)
 
 
-def read_gesture_npy(path: str | os.PathLike) -> np.ndarray:
-    """Read one sample of tonic's preprocessed DVS Gesture: ``(N, 4)`` columns x, y, p, t[ms]."""
-    arr = np.load(path)
-    if arr.ndim != 2 or arr.shape[1] != 4:
-        raise FormatError(f"{path}: array of shape {arr.shape}; expected (N, 4) with columns x, y, p, t[ms]")
-    t = np.rint(arr[:, 3].astype(np.float64) * 1000).astype(np.int64)
-    return camera_events(t, arr[:, 0].astype(np.int16), arr[:, 1].astype(np.int16), arr[:, 2].astype(np.int8))
+def read_gesture_npy(path: str | os.PathLike, sensor_size: tuple[int, int] = (128, 128)) -> np.ndarray:
+    """Read one sample of tonic's preprocessed DVS Gesture: ``(N, 4)`` columns x, y, p, t[ms].
+
+    The ``.npy`` header is parsed with ``numpy.lib.format`` (never unpickled) and
+    checked against the file size before any data is read. Range checks before
+    every conversion: all values finite; x, y, p whole numbers with
+    ``0 <= x < width``, ``0 <= y < height``, ``p in {0, 1}``; ``0 <= t`` and
+    ``t * 1000`` below 2**63 (int64 microseconds).
+
+    Raises
+    ------
+    FormatError
+        Naming the file and the column (``x``, ``y``, ``p``, ``t``) or header field.
+    """
+    path = Path(path)
+    fmt = np.lib.format
+    with open(path, "rb") as fh:
+        try:
+            version = fmt.read_magic(fh)
+            if version == (1, 0):
+                shape, fortran, dtype = fmt.read_array_header_1_0(fh)
+            elif version == (2, 0):
+                shape, fortran, dtype = fmt.read_array_header_2_0(fh)
+            else:
+                raise FormatError(f"{path}: .npy format version {version}; expected 1.0 or 2.0")
+        except (ValueError, TypeError, SyntaxError, tokenize.TokenError, RecursionError) as exc:
+            if isinstance(exc, FormatError):
+                raise
+            raise FormatError(f"{path}: not a readable .npy header ({exc}); expected an (N, 4) numeric array") from exc
+        if dtype.hasobject or dtype.kind not in "iuf" or len(shape) != 2 or shape[1] != 4:
+            raise FormatError(f"{path}: header declares shape {shape} of dtype {dtype} (fields 'shape', 'descr'); "
+                              "expected (N, 4) numbers with columns x, y, p, t[ms]")
+        nbytes = int(shape[0]) * 4 * dtype.itemsize
+        body = fh.read(nbytes + 1)
+    if len(body) != nbytes:
+        raise FormatError(f"{path}: header declares {shape[0]} rows ({nbytes} bytes) but the file holds "
+                          f"{len(body)} data bytes (truncated or padded); expected exactly {nbytes}")
+    arr = np.frombuffer(body, dtype=dtype).reshape(shape, order="F" if fortran else "C")
+    cols = {}
+    width, height = sensor_size
+    for j, (name, hi) in enumerate((("x", width), ("y", height), ("p", 2))):
+        c = arr[:, j]
+        if c.size and (not np.all(np.isfinite(c)) or not np.all(c == np.floor(c)) or c.min() < 0 or c.max() >= hi):
+            raise FormatError(f"{path}: column {name!r} spans [{c.min()!r}, {c.max()!r}]; expected whole numbers "
+                              f"0 <= {name} < {hi}")
+        cols[name] = c.astype(np.int64)
+    t = arr[:, 3].astype(np.float64)
+    if t.size and not (np.all(np.isfinite(t)) and t.min() >= 0 and t.max() * 1000 < 2.0**63):
+        raise FormatError(f"{path}: column 't' spans [{t.min()!r}, {t.max()!r}] ms; expected finite times "
+                          "0 <= t < 2**63 / 1000 ms (int64 microseconds)")
+    if dtype.kind in "iu":  # exact integer path
+        t_us = arr[:, 3].astype(np.int64) * 1000
+    else:
+        t_us = np.rint(t * 1000).astype(np.int64)
+    return camera_events(t_us, cols["x"], cols["y"], cols["p"])

@@ -54,6 +54,25 @@ def _column(name: str, value: Any, n: int) -> np.ndarray:
     return arr
 
 
+def _fits(name: str, arr: np.ndarray, dtype: type) -> np.ndarray:
+    """``arr`` unchanged if every value converts to ``dtype`` exactly (no wrap, no truncation), else FormatError."""
+    if arr.size == 0 or arr.dtype == bool or arr.dtype == dtype:
+        return arr
+    info = np.iinfo(dtype)
+    lo = info.min
+    if arr.dtype.kind in "iu":
+        ok = int(arr.min()) >= lo and int(arr.max()) <= info.max
+    elif arr.dtype.kind == "f":
+        ok = bool(np.all(np.isfinite(arr)) and np.all(arr == np.floor(arr))) and arr.min() >= lo and \
+            arr.max() < float(info.max) + 1
+    else:
+        raise FormatError(f"event field {name!r} has dtype {arr.dtype}; expected integers")
+    if not ok:
+        raise FormatError(f"event field {name!r} spans [{arr.min()!r}, {arr.max()!r}]; expected whole numbers in "
+                          f"[{lo}, {info.max}] ({np.dtype(dtype).name}): the value would wrap or truncate")
+    return arr
+
+
 def camera_events(t: Any, x: Any, y: Any, p: Any) -> np.ndarray:
     """Build a time-sorted camera event array from columns.
 
@@ -70,17 +89,22 @@ def camera_events(t: Any, x: Any, y: Any, p: Any) -> np.ndarray:
     -------
     numpy.ndarray
         Structured array of :data:`CAMERA_DTYPE`, stably sorted by ``t``.
+
+    Raises
+    ------
+    FormatError
+        If a value does not fit its field exactly (e.g. x = 70000 in int16, a NaN
+        or fractional time): nothing wraps or truncates silently.
     """
     t = np.asarray(t)
     if t.ndim != 1:
         raise ShapeError(f"event field 't' has shape {t.shape}; expected a 1-D array")
     n = t.shape[0]
     out = np.empty(n, dtype=CAMERA_DTYPE)
-    out["t"] = t
-    out["x"] = _column("x", x, n)
-    out["y"] = _column("y", y, n)
-    pp = _column("p", p, n)
-    out["p"] = pp.astype(np.int8) if pp.dtype != bool else pp.astype(np.int8)
+    out["t"] = _fits("t", t, np.int64)
+    out["x"] = _fits("x", _column("x", x, n), np.int16)
+    out["y"] = _fits("y", _column("y", y, n), np.int16)
+    out["p"] = _fits("p", _column("p", p, n), np.int8).astype(np.int8)
     return stable_time_sort(out)
 
 
@@ -98,13 +122,18 @@ def audio_events(t: Any, unit: Any) -> np.ndarray:
     -------
     numpy.ndarray
         Structured array of :data:`AUDIO_DTYPE`, stably sorted by ``t``.
+
+    Raises
+    ------
+    FormatError
+        If a value does not fit its field exactly (unit 2**32 + 5 in int32, NaN time).
     """
     t = np.asarray(t)
     if t.ndim != 1:
         raise ShapeError(f"event field 't' has shape {t.shape}; expected a 1-D array")
     out = np.empty(t.shape[0], dtype=AUDIO_DTYPE)
-    out["t"] = t
-    out["unit"] = _column("unit", unit, t.shape[0])
+    out["t"] = _fits("t", t, np.int64)
+    out["unit"] = _fits("unit", _column("unit", unit, t.shape[0]), np.int32)
     return stable_time_sort(out)
 
 
@@ -143,7 +172,7 @@ def as_events(events: np.ndarray) -> np.ndarray:
         raise FormatError(f"structured array has fields {events.dtype.names}; expected a 't' field (microseconds)")
     t = events["t"]
     if np.issubdtype(t.dtype, np.floating):
-        t = np.rint(t).astype(np.int64)
+        t = np.rint(t)  # still float: the constructor refuses NaN / out-of-range values instead of casting them
     if is_camera(events):
         return camera_events(t, events["x"], events["y"], events["p"])
     if is_audio(events):

@@ -24,8 +24,16 @@ import numpy as np
 
 from evrtrl.errors import FormatError
 from .events import audio_events
+from .h5guard import probe_hdf5
 
 __all__ = ["SpikeH5", "read_shd", "write_shd"]
+
+
+#: what h5py raises on a corrupt or unexpected file (h5py turns libhdf5 errors into these)
+H5_ERRORS = (OSError, KeyError, ValueError, TypeError, RuntimeError, IndexError)
+
+#: spike times are converted to int64 microseconds: seconds at or above this would overflow
+MAX_TIME_S = float(2**63) / 1e6
 
 
 class SpikeH5:
@@ -36,43 +44,101 @@ class SpikeH5:
     path : path-like
         The ``.h5`` file.
     n_units : int, optional
-        When given, units outside ``0..n_units-1`` raise :class:`FormatError`.
+        When given, units outside ``0..n_units-1`` raise :class:`FormatError`
+        (otherwise units must fit int32).
+    probe_timeout_s : float, optional
+        Time limit of the child process that reads the whole file once before
+        this process opens it (:func:`evrtrl.datasets.h5guard.probe_hdf5`).
 
     Notes
     -----
     No file handle is opened by the constructor or kept across pickling; the
     handle is (re)opened on first access in whichever process uses the object.
+    The file is probed in a child process once per object and file version
+    (size, mtime, inode); the probe result travels with pickling, so DataLoader
+    workers do not probe again.
+
+    Every problem with the file's content raises :class:`FormatError` naming the
+    file, the field (``spikes/times``, ``spikes/units``, ``labels``,
+    ``extra/keys``) and the sample, with h5py's exception as ``__cause__``.
     """
 
-    def __init__(self, path: str | os.PathLike, n_units: int | None = None) -> None:
+    def __init__(self, path: str | os.PathLike, n_units: int | None = None,
+                 probe_timeout_s: float | None = None) -> None:
         self.path = Path(path)
         self.n_units = n_units
+        self.probe_timeout_s = probe_timeout_s
         self._file = None
         self._pid: int | None = None
         self._n_classes: int | None = None
+        self._probed: tuple | None = None
+        self._n = 0
 
     # -- lazy handle ------------------------------------------------------
+    def _fail(self, field: str, what: str, exc: BaseException | None = None) -> FormatError:
+        msg = f"{self.path}: field {field!r}: {what}"
+        if exc is not None:
+            msg += f" ({type(exc).__name__}: {exc})"
+        return FormatError(msg)
+
     def _h5(self):
         if self._file is None or self._pid != os.getpid():
             import h5py
 
+            st = self.path.stat()  # a missing file raises FileNotFoundError, as for every reader
+            signature = (st.st_size, st.st_mtime_ns, st.st_ino)
+            if self._probed != signature:
+                probe_hdf5(self.path, self.probe_timeout_s)
+                self._probed = signature
             try:
                 f = h5py.File(self.path, "r")
-            except OSError as exc:
-                raise FormatError(f"{self.path}: not a readable HDF5 file ({exc})") from exc
-            for key in ("spikes/times", "spikes/units", "labels"):
-                if key not in f:
-                    f.close()
-                    raise FormatError(f"{self.path}: missing dataset {key!r}; expected the SHD layout "
-                                      "spikes/times, spikes/units, labels")
-            n = (f["spikes/times"].shape[0], f["spikes/units"].shape[0], f["labels"].shape[0])
-            if len(set(n)) != 1:
+            except H5_ERRORS as exc:
+                raise self._fail("/", "not a readable HDF5 file", exc) from exc
+            try:
+                self._n_classes = self._check_layout(f, h5py)
+            except BaseException:
                 f.close()
-                raise FormatError(f"{self.path}: spikes/times, spikes/units and labels have lengths {n}; "
-                                  "expected equal lengths")
-            self._n_classes = len(f["extra/keys"]) if "extra/keys" in f else None
+                raise
             self._file, self._pid = f, os.getpid()
         return self._file
+
+    def _check_layout(self, f, h5py) -> int | None:
+        """Check the SHD layout; set the sample count; return the class count (``extra/keys``) or None."""
+        n = []
+        field = "/"
+        try:
+            for key in ("spikes/times", "spikes/units", "labels"):
+                field = key
+                link = f.get(key, getlink=True)
+                obj = f.get(key)
+                if obj is None or not isinstance(obj, h5py.Dataset):
+                    raise self._fail(key, f"is {'missing' if obj is None else type(obj).__name__}; expected a "
+                                     "dataset (SHD layout: spikes/times, spikes/units, labels)")
+                if not isinstance(link, h5py.HardLink):
+                    raise self._fail(key, f"is a {type(link).__name__}; expected a dataset stored in this file")
+                if obj.ndim != 1:
+                    raise self._fail(key, f"has shape {obj.shape}; expected one entry per sample (N,)")
+                base = h5py.check_vlen_dtype(obj.dtype) or obj.dtype
+                if base.kind not in "iuf" or (key == "labels" and obj.dtype.kind not in "iuf"):
+                    raise self._fail(key, f"has dtype {obj.dtype}; expected "
+                                     f"{'integer' if key == 'labels' else 'ragged numeric'} values")
+                n.append(obj.shape[0])
+            if len(set(n)) != 1:
+                raise FormatError(f"{self.path}: spikes/times, spikes/units and labels have lengths {tuple(n)}; "
+                                  "expected equal lengths")
+            self._n = int(n[0])
+            field = "extra/keys"
+            if "extra/keys" not in f:
+                return None
+            keys = f["extra/keys"]
+            if not isinstance(keys, h5py.Dataset) or keys.ndim != 1:
+                raise self._fail("extra/keys", f"is {type(keys).__name__} of shape {getattr(keys, 'shape', None)}; "
+                                 "expected a 1-D dataset of class names")
+            return int(keys.shape[0])
+        except FormatError:
+            raise
+        except H5_ERRORS as exc:
+            raise self._fail(field, "cannot be read", exc) from exc
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
@@ -87,54 +153,87 @@ class SpikeH5:
 
     # -- access -----------------------------------------------------------
     def __len__(self) -> int:
-        return int(self._h5()["labels"].shape[0])
+        self._h5()
+        return self._n
 
     @property
     def keys(self) -> list[str]:
         """Class names from ``extra/keys`` (empty when absent)."""
         f = self._h5()
-        if "extra/keys" not in f:
+        if self._n_classes is None:
             return []
-        return [k.decode() if isinstance(k, bytes) else str(k) for k in f["extra/keys"][()]]
+        try:
+            raw = f["extra/keys"][()]
+            return [k.decode() if isinstance(k, bytes) else str(k) for k in raw]
+        except (*H5_ERRORS, UnicodeDecodeError) as exc:
+            raise self._fail("extra/keys", "cannot be read as class names", exc) from exc
+
+    def _read(self, field: str, index: int) -> np.ndarray:
+        try:
+            return np.asarray(self._h5()[field][index])
+        except H5_ERRORS as exc:
+            raise self._fail(field, f"sample {index} cannot be read", exc) from exc
 
     def label(self, index: int) -> int:
         """Label of sample ``index`` (validated against ``extra/keys``)."""
-        f = self._h5()
-        label = int(f["labels"][index])
+        self._check_index(index)
+        raw = self._read("labels", index)
+        if raw.dtype.kind == "f" and not (np.isfinite(raw) and raw == np.floor(raw)):
+            raise self._fail("labels", f"labels[{index}] = {raw!r} is not a whole number; expected a class index")
+        label = int(raw)
         if label < 0 or (self._n_classes is not None and label >= self._n_classes):
-            raise FormatError(f"{self.path}: labels[{index}] = {label}; expected 0 <= label < "
-                              f"{self._n_classes if self._n_classes is not None else 'inf'} (len(extra/keys))")
+            raise self._fail("labels", f"labels[{index}] = {label}; expected 0 <= label < "
+                             f"{self._n_classes if self._n_classes is not None else 'inf'} (len(extra/keys))")
         return label
 
-    def events(self, index: int) -> np.ndarray:
-        """Audio events of sample ``index`` (t in microseconds, stably time-sorted)."""
-        f = self._h5()
-        n = f["labels"].shape[0]
+    def _check_index(self, index: int) -> None:
+        self._h5()
+        n = self._n
         if not -n <= index < n:
             raise IndexError(f"sample index {index} out of range for {self.path} with {n} samples")
-        times = np.asarray(f["spikes/times"][index], dtype=np.float64)
-        units = np.asarray(f["spikes/units"][index])
-        if times.shape != units.shape:
-            raise FormatError(f"{self.path}: sample {index} has {times.size} spike times but {units.size} "
-                              "units; expected equal lengths")
-        if not np.all(np.isfinite(times)) or (times.size and times.min() < 0):
-            raise FormatError(f"{self.path}: sample {index} has negative or non-finite spike times; "
-                              "expected seconds >= 0")
-        if units.size and (units.min() < 0 or (self.n_units is not None and units.max() >= self.n_units)):
-            raise FormatError(f"{self.path}: sample {index} has units in [{units.min()}, {units.max()}]; "
-                              f"expected 0 <= unit < {self.n_units}")
+
+    def events(self, index: int) -> np.ndarray:
+        """Audio events of sample ``index`` (t in microseconds, stably time-sorted).
+
+        Range checks, after reading and before every conversion: times finite,
+        ``0 <= t < 2**63 / 1e6`` seconds (int64 microseconds); units whole numbers
+        with ``0 <= unit < n_units`` (or < 2**31 when ``n_units`` is not given).
+        """
+        self._check_index(index)
+        times = self._read("spikes/times", index)
+        units = self._read("spikes/units", index)
+        if times.ndim != 1 or times.shape != units.shape:
+            raise FormatError(f"{self.path}: sample {index} has {times.size} spike times but {units.size} units "
+                              f"(shapes {times.shape}, {units.shape}); expected equal 1-D lengths (fields "
+                              "'spikes/times', 'spikes/units')")
+        if times.dtype.kind not in "iuf" or units.dtype.kind not in "iuf":
+            raise FormatError(f"{self.path}: sample {index} has spike times of dtype {times.dtype} and units of "
+                              f"dtype {units.dtype}; expected numbers")
+        with np.errstate(invalid="ignore", over="ignore"):  # NaN/inf are refused just below
+            times = times.astype(np.float64)
+        if times.size and not (np.all(np.isfinite(times)) and times.min() >= 0 and times.max() < MAX_TIME_S):
+            raise self._fail("spikes/times", f"sample {index} has times in [{times.min()!r}, {times.max()!r}] s; "
+                             f"expected finite seconds in [0, {MAX_TIME_S:.4g}) (int64 microseconds)")
+        limit = self.n_units if self.n_units is not None else 2**31
+        if units.size:
+            if units.dtype.kind == "f" and not np.all(np.isfinite(units) & (units == np.floor(units))):
+                raise self._fail("spikes/units", f"sample {index} has non-integer units; expected channel numbers")
+            lo, hi = units.min(), units.max()
+            if lo < 0 or hi >= limit:
+                raise self._fail("spikes/units", f"sample {index} has units in [{lo}, {hi}]; expected "
+                                 f"0 <= unit < {limit}" + (" (n_units)" if self.n_units is not None else " (int32)"))
         return audio_events(np.rint(times * 1e6).astype(np.int64), units.astype(np.int32))
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
         return self.events(index), self.label(index)
 
 
-def read_shd(path: str | os.PathLike, index: int) -> tuple[np.ndarray, int]:
+def read_shd(path: str | os.PathLike, index: int, n_units: int | None = None) -> tuple[np.ndarray, int]:
     """Read sample ``index`` of an SHD/SSC-layout file as ``(events, label)``.
 
-    Opens and closes the file; use :class:`SpikeH5` to read many samples.
+    Probes, opens and closes the file; use :class:`SpikeH5` to read many samples.
     """
-    r = SpikeH5(path)
+    r = SpikeH5(path, n_units=n_units)
     try:
         return r[index]
     finally:

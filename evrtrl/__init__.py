@@ -14,12 +14,14 @@ from evrtrl.bptt import BPTT
 from evrtrl.dense_engine import DenseRTRL
 from evrtrl.engine import Engine, run_engine
 from evrtrl.errors import (
-    ConfigError, EvrtrlError, FormatError, MaskError, NonFiniteError, ShapeError,
-    UnknownMethodError, UnsupportedError,
+    ConfigError, EvrtrlError, FormatError, MaskError, MemoryBudgetError, NonFiniteError,
+    ShapeError, UnknownMethodError, UnsupportedError,
 )
 from evrtrl.event_engine import DegradesToDenseWarning, EventRTRL
 from evrtrl.layer import Layer, LocalJacobian, Projection
+from evrtrl.memory import MemoryPlan, plan_memory
 from evrtrl.online import OnlineLearner
+from evrtrl.shards import ColumnShard
 from evrtrl.stats import EngineStats
 
 __version__ = "0.2.0"
@@ -27,7 +29,8 @@ __version__ = "0.2.0"
 __all__ = [
     "simulate", "gradients", "make_engine", "relative_error", "METHODS", "Gradients", "SimulationResult",
     "LayerTrace", "Engine", "run_engine", "EventRTRL", "DenseRTRL", "BPTT", "DegradesToDenseWarning", "EngineStats",
-    "Layer", "LocalJacobian", "Projection", "OnlineLearner",
+    "Layer", "LocalJacobian", "Projection", "OnlineLearner", "ColumnShard", "plan_memory",
+    "MemoryPlan", "MemoryBudgetError",
     "EvrtrlError", "ShapeError", "NonFiniteError", "MaskError", "UnknownMethodError",
     "ConfigError", "FormatError", "UnsupportedError",
 ]

@@ -13,6 +13,7 @@ from evrtrl.engine import Engine, LossFn, run_engine
 from evrtrl.errors import UnknownMethodError
 from evrtrl.event_engine import EventRTRL
 from evrtrl.network import Unroll, check_parameters, check_sequence
+from evrtrl.shards import ColumnShard
 from evrtrl.stats import EngineStats
 
 __all__ = ["simulate", "gradients", "make_engine", "Gradients", "SimulationResult", "LayerTrace",
@@ -92,28 +93,40 @@ def simulate(model: Any, x: torch.Tensor) -> SimulationResult:
     return SimulationResult(last.spikes, last.outputs, last.states, traces)
 
 
-def make_engine(model: Any, batch: int, method: str = "event") -> Engine:
-    """An :class:`~evrtrl.engine.Engine` for ``batch`` streams; ``method`` is one of :data:`METHODS`."""
+def make_engine(model: Any, batch: int, method: str = "event", *,
+                shard: ColumnShard | None = None, allow_memory: bool = False) -> Engine:
+    """An :class:`~evrtrl.engine.Engine` for ``batch`` streams; ``method`` is one of :data:`METHODS`.
+
+    RTRL methods: ``shard`` tracks only one column shard (:mod:`evrtrl.shards`);
+    ``allow_memory`` skips the refusal of an influence matrix above the memory available
+    (:mod:`evrtrl.memory`).
+    """
+    opts = dict(shard=shard, allow_memory=allow_memory)
     if method == "event":
-        return EventRTRL(model, batch)
+        return EventRTRL(model, batch, **opts)
     if method in ("dense", "dense-live"):
-        return DenseRTRL(model, batch, columns="all" if method == "dense" else "live")
+        return DenseRTRL(model, batch, columns="all" if method == "dense" else "live", **opts)
     if method == "bptt":
+        if shard is not None:
+            raise UnknownMethodError("column shards are for the RTRL engines, not method='bptt'")
         return BPTT(model, batch)
     raise UnknownMethodError(f"unknown method {method!r}; expected one of {METHODS}")
 
 
-def gradients(model: Any, x: torch.Tensor, loss_fn: LossFn, method: str = "event") -> Gradients:
+def gradients(model: Any, x: torch.Tensor, loss_fn: LossFn, method: str = "event", *,
+              shard: ColumnShard | None = None, allow_memory: bool = False) -> Gradients:
     """Exact gradient of :math:`\\sum_t` ``loss_fn(y_t, t)`` with respect to every parameter.
 
     ``x``: ``(T, B, d)``; ``y_t``: the last layer's output ``(B, n)``; ``method``: one of
     :data:`METHODS`. Returns :class:`Gradients` (a dict name -> tensor shaped like the
     parameter, exactly 0 at masked entries) with the engine's statistics in ``.stats``.
+    ``shard`` (RTRL methods): only that column shard's entries, exactly 0 elsewhere; the
+    gradients of all shards of one partition sum to the unsharded gradient.
     """
     if method not in METHODS:
         raise UnknownMethodError(f"unknown method {method!r}; expected one of {METHODS}")
     check_sequence(model, x)
     check_parameters(model)
-    engine = make_engine(model, x.shape[1], method)
+    engine = make_engine(model, x.shape[1], method, shard=shard, allow_memory=allow_memory)
     run_engine(engine, x, loss_fn)
     return Gradients(engine.gradients(), engine.stats)

@@ -25,7 +25,9 @@ from evrtrl.engine import nonzero_fraction
 from evrtrl.errors import UnknownMethodError
 from evrtrl.influence import ColumnBlock
 from evrtrl.layer import Layer, LocalJacobian
+from evrtrl.memory import check_memory, plan_memory
 from evrtrl.network import check_parameters, layers_of
+from evrtrl.shards import ColumnShard
 from evrtrl.stats import EngineStats
 
 __all__ = ["DenseRTRL", "dense_step_jacobians", "StepJacobians"]
@@ -121,31 +123,41 @@ def dense_step_jacobians(
 
 
 class DenseRTRL:
-    """Dense RTRL over a layer or a stack (see module docstring); same use as EventRTRL."""
+    """Dense RTRL over a layer or a stack (see module docstring); same use as EventRTRL.
 
-    def __init__(self, model: Any, batch: int, columns: str = "all") -> None:
+    ``shard`` and ``allow_memory`` as for :class:`~evrtrl.event_engine.EventRTRL`; with
+    ``columns="all"`` the shard splits every entry's column, with ``"live"`` the live ones.
+    """
+
+    def __init__(self, model: Any, batch: int, columns: str = "all", *,
+                 shard: ColumnShard | None = None, allow_memory: bool = False) -> None:
         if columns not in ("all", "live"):
             raise UnknownMethodError(f"columns must be 'all' or 'live', got {columns!r}")
         self.name = "dense" if columns == "all" else "dense-live"
         self.refs = layers_of(model)
         check_parameters(model)
+        check_memory(plan_memory(model, int(batch), self.name, shard=shard), allow=allow_memory,
+                     device=self.refs[0].layer.device)
         self.B = int(batch)
         layer0 = self.refs[0].layer
         self.dtype, self.device = layer0.dtype, layer0.device
-        self.blocks = [ColumnBlock(r.layer, r.prefix) for r in self.refs]
+        self.blocks = [ColumnBlock(r.layer, r.prefix, shard) for r in self.refs]
         self.cols = [b.natural_columns(columns == "live") for b in self.blocks]
         self.widths = [c.numel() for c in self.cols]
         self.starts = [sum(self.widths[:j]) for j in range(len(self.widths) + 1)]
-        # position of each per-unit parameter's column k within its block's columns
+        # position of each per-unit parameter's column k within its block's columns; with a
+        # shard only for the units ``sel`` whose column is here (all: a slice)
         self.unit_pos = []
         for b, cols in zip(self.blocks, self.cols):
             inv = torch.full((b.p_total,), -1, dtype=torch.long, device=self.device)
             inv[cols] = torch.arange(cols.numel(), device=self.device)
             n = b.layer.hidden_size
-            self.unit_pos.append(
-                {u: inv[b.offsets[u] + torch.arange(n, device=self.device)]
-                 for u in b.layer.unit_parameters}
-            )
+            pos = {}
+            for u in b.layer.unit_parameters:
+                at = inv[b.offsets[u] + torch.arange(n, device=self.device)]
+                units = (at >= 0).nonzero(as_tuple=True)[0]
+                pos[u] = (slice(None) if units.numel() == n else units, at[units])
+            self.unit_pos.append(pos)
         self.M = [
             torch.zeros(self.B, r.layer.hidden_size * r.layer.state_size, self.starts[l + 1],
                         dtype=self.dtype, device=self.device)
@@ -171,7 +183,8 @@ class DenseRTRL:
         """``out[:, :, cols of p_k] += A[:, :, k] * dy_k/dp_k`` for per-unit params of layer l."""
         base = self.starts[l]
         for u, gd in lj.gain_direct.items():
-            out[:, :, base + self.unit_pos[l][u]] += A * gd[:, None, :]
+            sel, pos = self.unit_pos[l][u]
+            out[:, :, base + pos] += A[:, :, sel] * gd[:, None, sel]
 
     @torch.no_grad()
     def step(self, x: torch.Tensor) -> torch.Tensor:
@@ -227,7 +240,8 @@ class DenseRTRL:
         B, nm, P = self.M[l].shape
         self.stats.add_macs("gradient", B * e.shape[1] * nm + B * nm * P)
         for u, gd in lj.gain_direct.items():
-            self.grad[self.starts[l] + self.unit_pos[l][u]] += (e * gd).sum(0)
+            sel, pos = self.unit_pos[l][u]
+            self.grad[self.starts[l] + pos] += (e * gd)[:, sel].sum(0)
 
     def gradients(self) -> dict[str, torch.Tensor]:
         out: dict[str, torch.Tensor] = {}

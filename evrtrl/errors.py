@@ -42,3 +42,7 @@ class UnsupportedError(EvrtrlError, NotImplementedError):
 
 class MissingExtraError(EvrtrlError, ImportError):
     """An optional package is not installed; the message names the extra that installs it."""
+
+
+class MemoryBudgetError(EvrtrlError, MemoryError):
+    """A planned allocation (the influence matrix) exceeds the memory the machine has."""

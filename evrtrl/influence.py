@@ -1,20 +1,67 @@
-"""Influence-column bookkeeping: which parameter entry owns which column of M.
+r"""Influence columns and the storage layout of the influence matrix.
 
-Each layer's parameters form one *block* of columns. Columns exist only for live
+Columns. Each layer's parameters form one *block* of columns. Columns exist only for live
 (unmasked) entries, and are allocated in *birth order*: a per-unit parameter (bias,
 threshold) is born at step 0; a weight ``W[i, j]`` is born the first time its source
 ``j`` carries an event (an input channel fires, or a unit emits a non-zero output).
 Until then its column is exactly zero, so the engines work on the prefix
 ``M[..., :p_born]`` only. The dense engine uses :meth:`ColumnBlock.natural_columns`
 instead (every entry, or every live entry, in parameter order).
+
+Shards (:class:`evrtrl.shards.ColumnShard`): a block built with ``shard`` has columns only
+for the shard's part of the candidates (:meth:`ColumnBlock.natural_columns` applies it), so
+``p_live`` counts this shard's live columns, ``tracked`` marks them (a flat bool over the
+block's entries) and a per-unit parameter's ``unit_cols[u][i]`` is ``-1`` for the units
+``i`` whose column another shard tracks.
+
+Layout. The event engine stores the influence of layer ``l``'s state on block ``j``
+(``R = n_l m_l`` state rows, capacity ``C = p_live`` of block ``j``, ``B`` sequences) as one
+contiguous tensor in one of two layouts:
+
+``"rows"``
+    ``(B, R, C)``, row ``r = i m + c`` (unit ``i``, state component ``c``) holds
+    :math:`\tilde M[i, c, :]`; the flat offset of entry ``(b, r, col)`` is ``(b R + r) C + col``.
+``"cols"``
+    ``(B, C, R)`` (the transpose): the flat offset is ``(b C + col) R + r``; the born
+    prefix ``[:, :p_born, :]`` is one contiguous slab.
+
+The coupling update is a rank-``|K|`` update of the prefix, ``(R x |K|)(|K| x P)`` in the
+row layout and ``(P x |K|)(|K| x R)`` in the column layout; which one the BLAS runs
+faster depends on the size of M: :func:`choose_layout` holds the rule, measured by
+``benchmarks/layout.py`` (docs/benchmarks.md).
 """
 from __future__ import annotations
 
 import torch
 
+from evrtrl.errors import UnknownMethodError
 from evrtrl.layer import Layer
+from evrtrl.shards import ColumnShard
 
-__all__ = ["ColumnBlock", "ragged_arange"]
+__all__ = ["ColumnBlock", "ragged_arange", "LAYOUTS", "choose_layout"]
+
+#: storage layouts of the influence matrix (module docstring)
+LAYOUTS = ("rows", "cols")
+
+#: ``"cols"`` from this many influence entries per sequence (``n m x p_live``) on: measured
+#: crossover by ``python -m evrtrl.benchmarks.layout`` (docs/benchmarks.md, "Influence layout")
+COLS_FROM_ENTRIES = 1_500_000
+
+
+def choose_layout(rows: int, columns: int, layout: str = "auto") -> str:
+    """The influence layout for ``rows = n m`` state rows and ``columns`` live columns.
+
+    ``layout="auto"`` picks ``"cols"`` when the matrix has at least
+    :data:`COLS_FROM_ENTRIES` entries (per sequence) and ``"rows"`` otherwise; ``"rows"``
+    or ``"cols"`` are returned as given. Small matrices favour the row layout (its
+    emission gathers contiguous rows and the whole matrix sits in cache); large ones the
+    column layout (the BLAS runs the rank-``|K|`` update ``(P x k)(k x R)`` faster).
+    """
+    if layout == "auto":
+        return "cols" if rows * columns >= COLS_FROM_ENTRIES else "rows"
+    if layout not in LAYOUTS:
+        raise UnknownMethodError(f"influence layout must be 'auto' or one of {LAYOUTS}, got {layout!r}")
+    return layout
 
 
 def ragged_arange(ptr: torch.Tensor, sel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -41,19 +88,18 @@ class _ProjectionColumns:
         self.n_src = n_src
         srcs, rows = mask.t().nonzero(as_tuple=True)
         # entries sorted by source j, then row i
-        self.rows = rows
+        self.rows, self.srcs = rows, srcs
         self.flat = offset + rows * n_src + srcs
         counts = torch.bincount(srcs, minlength=n_src)
         self.ptr = torch.zeros(n_src + 1, dtype=torch.long, device=mask.device)
         self.ptr[1:] = torch.cumsum(counts, 0)
-        self.born = torch.zeros(n_src, dtype=torch.bool, device=mask.device)
 
 
 class ColumnBlock:
     """Columns of one layer's parameters (see module docstring)."""
 
-    def __init__(self, layer: Layer, prefix: str) -> None:
-        self.layer, self.prefix = layer, prefix
+    def __init__(self, layer: Layer, prefix: str, shard: ColumnShard | None = None) -> None:
+        self.layer, self.prefix, self.shard = layer, prefix, shard
         dev = layer.device
         self.names: list[str] = []
         self.shapes: list[torch.Size] = []
@@ -66,14 +112,15 @@ class ColumnBlock:
             off += p.numel()
         self.p_total = off
         masks = layer.masks
+        # shard hook: the live entries whose columns this block keeps (all without a shard)
+        self.tracked = torch.zeros(self.p_total, dtype=torch.bool, device=dev)
+        self.tracked[self.natural_columns(live_only=True)] = True
         self.projections = [
-            _ProjectionColumns(pr.name, pr.source, masks[pr.name], self.offsets[pr.name])
+            _ProjectionColumns(pr.name, pr.source, masks[pr.name] & self._tracked(pr.name),
+                               self.offsets[pr.name])
             for pr in layer.projections
         ]
-        self.p_live = sum(
-            int(masks[n].sum()) if n in masks else int(torch.Size(s).numel())
-            for n, s in zip(self.names, self.shapes)
-        )
+        self.p_live = int(self.tracked.sum())
         self.col_of = torch.full((self.p_total,), -1, dtype=torch.long, device=dev)
         self.order = torch.empty(self.p_live, dtype=torch.long, device=dev)
         self.p_born = 0
@@ -82,7 +129,15 @@ class ColumnBlock:
         self.unit_cols: dict[str, torch.Tensor] = {}
         for u in layer.unit_parameters:
             flat = self.offsets[u] + torch.arange(n, device=dev)
-            self.unit_cols[u] = self._allocate(flat)
+            keep = self.tracked[flat]
+            self.unit_cols[u] = torch.full((n,), -1, dtype=torch.long, device=dev)
+            self.unit_cols[u][keep] = self._allocate(flat[keep])
+
+    def _tracked(self, name: str) -> torch.Tensor:
+        """``tracked`` restricted to parameter ``name``, in its shape."""
+        o, shape = self.offsets[name], self.shapes[self.names.index(name)]
+        return self.tracked[o : o + torch.Size(shape).numel()].view(shape)
+
 
     def _allocate(self, flat: torch.Tensor) -> torch.Tensor:
         cols = torch.arange(self.p_born, self.p_born + flat.numel(), device=flat.device)
@@ -91,30 +146,30 @@ class ColumnBlock:
         self.p_born += flat.numel()
         return cols
 
-    def fire(self, proj: _ProjectionColumns, sources: torch.Tensor):
-        """Sources ``j`` carry events: give newborn entries columns; return the entries.
+    def birth(self, proj: _ProjectionColumns, sources: torch.Tensor
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Sources ``j`` fire for the first time: give their live entries columns.
 
-        Returns ``(rows, cols, owner)``: unit row, column, and index into ``sources``.
+        ``sources`` must not have been born before. Returns ``(rows, srcs, cols)`` of the
+        newborn entries: unit row ``i``, source ``j`` and the column allocated to ``W[i, j]``.
         """
-        new = sources[~proj.born[sources]]
-        if new.numel():
-            proj.born[new] = True
-            pos, _ = ragged_arange(proj.ptr, new)
-            self._allocate(proj.flat[pos])
-        pos, owner = ragged_arange(proj.ptr, sources)
-        return proj.rows[pos], self.col_of[proj.flat[pos]], owner
+        pos, _ = ragged_arange(proj.ptr, sources)
+        return proj.rows[pos], proj.srcs[pos], self._allocate(proj.flat[pos])
 
     def natural_columns(self, live_only: bool) -> torch.Tensor:
-        """Flat indices of the dense engine's columns, in parameter order."""
+        """Flat indices of the dense engine's columns, in parameter order (this shard's part)."""
+        dev = self.layer.device
         if not live_only:
-            return torch.arange(self.p_total, device=self.col_of.device)
-        keep = torch.ones(self.p_total, dtype=torch.bool, device=self.col_of.device)
-        masks = self.layer.masks
-        for name in self.names:
-            if name in masks:
-                o = self.offsets[name]
-                keep[o : o + masks[name].numel()] = masks[name].flatten()
-        return keep.nonzero(as_tuple=True)[0]
+            cols = torch.arange(self.p_total, device=dev)
+        else:
+            keep = torch.ones(self.p_total, dtype=torch.bool, device=dev)
+            masks = self.layer.masks
+            for name in self.names:
+                if name in masks:
+                    o = self.offsets[name]
+                    keep[o : o + masks[name].numel()] = masks[name].flatten()
+            cols = keep.nonzero(as_tuple=True)[0]
+        return cols if self.shard is None else self.shard.take(cols)
 
     def unflatten(self, flat_values: torch.Tensor) -> dict[str, torch.Tensor]:
         """Split a length-``p_total`` vector into ``{prefix + name: tensor}``."""

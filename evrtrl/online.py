@@ -32,6 +32,8 @@ class OnlineLearner:
     returns the per-step losses; ``updates`` counts optimizer steps so far; ``engine`` is
     the :class:`~evrtrl.engine.Engine` of the last run and ``stats`` its statistics, one
     per run. Every method goes through the same loop (:func:`evrtrl.engine.run_engine`).
+    ``engine_options``: keyword arguments of :func:`evrtrl.make_engine` (``shard``,
+    ``allow_memory``).
     """
 
     def __init__(
@@ -43,6 +45,7 @@ class OnlineLearner:
         k: int = 1,
         method: str = "event",
         extra_parameters: Iterable[torch.nn.Parameter] = (),
+        engine_options: dict[str, Any] | None = None,
     ) -> None:
         if method not in METHODS:
             raise UnknownMethodError(f"unknown method {method!r}; expected one of {METHODS}")
@@ -51,6 +54,8 @@ class OnlineLearner:
         self.model, self.optimizer, self.loss_fn = model, optimizer, loss_fn
         self.k, self.method = k, method
         self.extra = list(extra_parameters)
+        # keyword arguments of make_engine: a column shard, allow_memory (evrtrl.shards, .memory)
+        self.engine_options = dict(engine_options or {})
         self.params = {
             ref.prefix + n: p
             for ref in layers_of(model)
@@ -76,7 +81,7 @@ class OnlineLearner:
         check_sequence(self.model, x)
         check_parameters(self.model)
         self.optimizer.zero_grad(set_to_none=True)
-        self.engine = make_engine(self.model, x.shape[1], self.method)
+        self.engine = make_engine(self.model, x.shape[1], self.method, **self.engine_options)
         losses = run_engine(self.engine, x, self.loss_fn, extra_parameters=self.extra,
                             every=self.k, on_update=self._apply)
         self.stats.append(self.engine.stats)

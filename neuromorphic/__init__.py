@@ -3,7 +3,8 @@
 Public API::
 
     from evrtrl.neuromorphic import (list_profiles, load_profile, map_to_hardware,
-                              export_nir, import_nir, export_bundle, read_bundle)
+                              export_nir, import_nir, export_bundle, read_bundle,
+                              export_xylo, export_netx, simulate_export)
 
 See ``docs/neuromorphic.md``.
 """
@@ -16,6 +17,8 @@ from .mapping import MappingReport, ParameterDrift, Violation, map_to_hardware, 
 from .quantize import quantize_weights
 from .nir_io import export_nir, import_nir, network_from_nir_graph, nir_graph_from_network
 from .bundle import BUNDLE_VERSION, Bundle, export_bundle, read_bundle
+from .vendor_export import export_netx, export_xylo
+from .chipsim import simulate_export
 
 __all__ = [
     "HardwareProfile", "list_profiles", "load_profile", "PROFILE_PATH_ENV",
@@ -24,5 +27,5 @@ __all__ = [
     "quantize_weights",
     "export_nir", "import_nir", "network_from_nir_graph", "nir_graph_from_network",
     "export_bundle", "read_bundle", "Bundle", "BUNDLE_VERSION",
+    "export_xylo", "export_netx", "simulate_export",
 ]
-

@@ -23,6 +23,8 @@ targets (Loihi 2 microcode, SpiNNaker 2 ARM cores). Format version 2::
                             where the chip has them, threshold_code, decay_code_mem/_syn
         placement           optional (n,) int32 core id per neuron (-1 = off-core)
     /mapping/               optional, attrs profile, ok, n_cores; dataset report_json (UTF-8)
+    /readout/               optional (a trained models.Readout): datasets weight (n_out, n_last),
+                            bias (n_out,): y_t = weight z_t + bias of the last layer's spikes
 
 Readers must reject a ``version`` they do not know (:func:`read_bundle` does).
 Version 1 files (no EGRU codes, no ``params/hw``) are still read: v2 only adds
@@ -57,6 +59,7 @@ class Bundle:
                            # LIF layers mapped in v2 also carry "hw": {alpha_mem, alpha_syn, v_th, ...}
     placement: list        # per layer: int array or None
     mapping: dict | None   # the mapping report as a dict, if written
+    readout: dict | None = None  # {"weight": (n_out, n), "bias": (n_out,)} if written
 
 
 def _csr(M: np.ndarray):
@@ -66,8 +69,9 @@ def _csr(M: np.ndarray):
     return np.cumsum(indptr), cols.astype(np.int64), M[rows, cols], (rows, cols)
 
 
-def export_bundle(model, path, mapping=None) -> None:
-    """Write ``model`` (cells/Stack/Network, LIF or EGRU) and optionally a MappingReport, atomically."""
+def export_bundle(model, path, mapping=None, readout=None) -> None:
+    """Write ``model`` (cells/Stack/Network, LIF or EGRU), optionally a MappingReport and the trained
+    ``readout`` (``models.Readout``), atomically."""
     import h5py
 
     net = network_from_model(model)
@@ -122,6 +126,10 @@ def export_bundle(model, path, mapping=None) -> None:
                 mg = f.create_group("mapping")
                 mg.attrs.update(profile=mapping.profile.name, ok=mapping.ok, n_cores=len(mapping.cores))
                 mg.create_dataset("report_json", data=json.dumps(mapping.to_dict()))
+            if readout is not None:
+                rg = f.create_group("readout")
+                rg.create_dataset("weight", data=readout.weight.detach().cpu().numpy())
+                rg.create_dataset("bias", data=readout.bias.detach().cpu().numpy())
 
     atomic_write(path, write)
 
@@ -183,4 +191,5 @@ def read_bundle(path) -> Bundle:
             quant.append(Q)
             place.append(g["placement"][()] if "placement" in g else None)
         mapping = json.loads(f["mapping/report_json"][()]) if "mapping" in f else None
-    return Bundle(Network(layers), version, quant, place, mapping)
+        readout = {k: f[f"readout/{k}"][()] for k in ("weight", "bias")} if "readout" in f else None
+    return Bundle(Network(layers), version, quant, place, mapping, readout)

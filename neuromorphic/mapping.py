@@ -6,9 +6,13 @@ checks every rule of the profile. Each violated rule becomes a
 :class:`Violation` naming the rule, the layer and the numbers; ``model_change``
 says whether only a change of the model (not of the mapping) can fix it.
 
-Given an input ``x`` it also simulates the float and the quantised network with
-``evrtrl.simulate`` and reports how far spike counts, spike timing and the loss
-or accuracy move.
+Chips with a register model (``profile.register_format``: Xylo Audio 2, Loihi 2)
+get their thresholds and decays as register values in the chip's units
+(:mod:`.registers`), checked against the register widths. Given an input ``x`` of
+spike counts, the registers run in the integer chip simulation (:mod:`.chipsim`,
+the same code as ``simulate_export``) and the report gives how far spike counts,
+spike timing and the loss or accuracy move from the float model; other chips are
+simulated as a float copy with dequantised weights (``evrtrl.simulate``).
 """
 from __future__ import annotations
 
@@ -26,6 +30,7 @@ from .netspec import Network, network_from_model
 from .placement import CoreLimits, neuron_loads, place
 from .profiles import HardwareProfile, load_profile
 from .quantize import QuantizedWeights, quantize_decay, quantize_weights, tau_from_decay
+from .registers import neuron_constants, register_issues
 
 __all__ = ["Violation", "ParameterDrift", "CoreUsage", "LayerQuantization", "SimulationComparison", "MappingReport",
            "map_to_hardware", "quantized_model", "compare_spikes"]
@@ -101,6 +106,25 @@ class LayerQuantization:
     quantized: QuantizedWeights | None = None
     #: EGRU: one QuantizedWeights per gate ("u", "r", "z"), each shared by W_g and U_g
     gate_quantized: dict = field(default_factory=dict)
+    #: register values in the chip's units (``registers.LayerRegisters``) on chips with a register model
+    registers: Any = None
+
+    def register_summary(self) -> dict | None:
+        """Register values as plain numbers (ranges where they differ between neurons)."""
+        r = self.registers
+        if r is None:
+            return None
+
+        def rng(a):
+            lo, hi = int(np.min(a)), int(np.max(a))
+            return lo if lo == hi else [lo, hi]
+
+        names = ("threshold", "dash_mem", "dash_syn") if r.fmt == "xylo" else ("vThMant", "vDecay", "iDecay")
+        out = dict(zip(names, (rng(r.threshold), rng(r.decay_mem), rng(r.decay_syn))))
+        if r.fmt == "xylo":
+            out["weight_shift"] = r.weight_shift
+        out["max_weight_code"] = max(int(np.abs(w).max()) for w in r.weights.values() if w.size)
+        return out
 
 
 @dataclass
@@ -115,6 +139,14 @@ class SimulationComparison:
     loss_quant: float | None = None
     acc_float: float | None = None
     acc_quant: float | None = None
+    #: "chip" (integer register simulation, chipsim.py) or "float copy" (dequantised float model)
+    source: str = "float copy"
+    #: per neuron layer: compare_spikes() of that layer (chip spikes aligned by the chip's layer delay)
+    layers: list = field(default_factory=list)
+    #: chip simulation only: saturated additions (state at its register limit)
+    saturations: int | None = None
+    #: chip simulation only: steps each layer's spikes were shifted back to align with the float model
+    delays: list = field(default_factory=list)
 
 
 @dataclass
@@ -150,15 +182,24 @@ class MappingReport:
             lines.append(f"  layer {q.layer}: {q.bits}-bit {q.mode}, max|w-q(w)| = {q.max_abs_error:.3g} "
                          f"(= {q.max_error_over_scale:.3f} scale), {q.zero_after_rounding}/{q.live_synapses} "
                          f"live synapses round to 0")
+            rs = q.register_summary()
+            if rs is not None:
+                lines.append(f"  layer {q.layer} {q.registers.fmt} registers: "
+                             + ", ".join(f"{k} {v}" for k, v in rs.items()))
         for v in self.violations:
             lines.append(f"  VIOLATION {v}")
         for w in self.warnings:
             lines.append(f"  WARNING parameter drift: {w}")
         s = self.simulation
         if s is not None:
-            lines.append(f"  quantised vs float: spikes {s.spikes_quant} vs {s.spikes_float} "
+            what = "chip simulation" if s.source == "chip" else "quantised float copy"
+            lines.append(f"  {what} vs float (last layer): spikes {s.spikes_quant} vs {s.spikes_float} "
                          f"({s.count_rel_diff:.1%} off), timing Jaccard {s.timing_jaccard:.3f}, "
                          f"within +-1 step {s.timing_within_1:.3f}")
+            if s.source == "chip":
+                per = ", ".join(f"layer {i}: {d['spikes_quant']} vs {d['spikes_float']}" for i, d in enumerate(s.layers))
+                lines.append(f"  chip spikes per layer (aligned by {s.delays} steps): {per}; "
+                             f"{s.saturations} saturated additions")
             if s.loss_float is not None:
                 lines.append(f"  loss {s.loss_float:.5g} -> {s.loss_quant:.5g}")
             if s.acc_float is not None:
@@ -181,13 +222,71 @@ class MappingReport:
             "violations": [asdict(v) for v in self.violations],
             "warnings": [asdict(w) for w in self.warnings],
             "cores": [asdict(c) for c in self.cores],
-            "quantization": [{k: v for k, v in asdict(q).items() if k not in ("quantized", "gate_quantized")}
-                             for q in self.quantization],
+            "quantization": [{**{k: v for k, v in asdict(q).items()
+                                  if k not in ("quantized", "gate_quantized", "registers")},
+                               "registers": q.register_summary()} for q in self.quantization],
             "simulation": None if self.simulation is None else asdict(self.simulation),
         })
 
 
 # --------------------------------------------------------------------------- rules
+
+def _profile_rules(net: Network, prof: HardwareProfile) -> list:
+    """Rules held as profile data: reset modes, v_leak/v_reset of register models, layer count,
+    input-/output-connected hidden neurons."""
+    out = []
+    for li, layer in enumerate(net.layers):
+        if layer.kind != "lif":
+            continue
+        if prof.reset_modes is not None and layer.reset not in prof.reset_modes:
+            out.append(Violation("reset_mode", li, f"reset {layer.reset!r}; the {prof.name} neuron implements "
+                                 f"{' / '.join(prof.reset_modes)} reset only", layer.reset, list(prof.reset_modes), True))
+        if prof.register_format is not None:
+            for nm in ("v_leak", "v_reset"):
+                v = np.asarray(getattr(layer, nm))
+                if np.any(v != 0):
+                    out.append(Violation(nm, li, f"{nm} = {float(np.max(np.abs(v))):g} != 0; the {prof.name} neuron "
+                                         "has a fixed 0", float(np.max(np.abs(v))), 0.0, True))
+    if prof.min_neuron_layers is not None and len(net.layers) < prof.min_neuron_layers:
+        out.append(Violation("min_neuron_layers", None, f"{len(net.layers)} neuron layer(s); {prof.name} needs at "
+                             f"least {prof.min_neuron_layers} (hidden and output neurons)", len(net.layers),
+                             prof.min_neuron_layers, True))
+    if len(net.layers) > 1:
+        if prof.max_input_connected_neurons is not None:
+            w = _live(net.layers[0], net.layers[0].weight_names()[0])
+            n_in = int(np.any(w != 0, axis=1).sum())
+            if n_in > prof.max_input_connected_neurons:
+                out.append(Violation("max_input_connected_neurons", 0, f"{n_in} hidden neurons receive network input; "
+                                     f"{prof.name} allows {prof.max_input_connected_neurons}", n_in,
+                                     prof.max_input_connected_neurons, True))
+        if prof.max_output_connected_neurons is not None:
+            w = _live(net.layers[-1], net.layers[-1].weight_names()[0])
+            n_out = int(np.any(w != 0, axis=0).sum())
+            if n_out > prof.max_output_connected_neurons:
+                out.append(Violation("max_output_connected_neurons", len(net.layers) - 2, f"{n_out} hidden neurons "
+                                     f"drive output neurons; {prof.name} allows {prof.max_output_connected_neurons}",
+                                     n_out, prof.max_output_connected_neurons, True))
+    return out
+
+
+def _registers(net: Network, prof: HardwareProfile, quantization: str, x) -> list | None:
+    """Register values per layer for profiles with a register model (all layers LIF), else None."""
+    if prof.register_format is None or any(l.kind != "lif" for l in net.layers) or prof.weight_bits is None:
+        return None
+    from .registers import layer_registers
+    from .vendor_export import loihi_registers, xylo_registers
+
+    if prof.register_format == "loihi":
+        return loihi_registers(net, prof, quantization=quantization)
+    if len(net.layers) < 2:
+        return [layer_registers(net.layers[0], 0, "xylo", prof.weight_bits, quantization=quantization)]
+    xc = None
+    if x is not None:
+        xc = x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
+        if np.any(xc < 0) or np.any(xc != np.round(xc)):
+            xc = None  # not spike counts: no calibration
+    return xylo_registers(net, prof, x=xc, quantization=quantization)
+
 
 def _live(layer, name) -> np.ndarray:
     w = np.asarray(layer.weight(name), np.float64)
@@ -203,15 +302,17 @@ def map_to_hardware(model, profile, *, quantization: str = "per_tensor", x=None,
                     predict: Callable | None = None) -> MappingReport:
     """Quantise, place and check ``model`` (a ``models`` cell/Stack or a :class:`Network`) on ``profile``.
 
-    ``x`` (T, B, d) optionally runs the float and the quantised network through
-    ``evrtrl.simulate``; ``loss_fn(y_t, t)`` (summed over t) and ``labels`` (B,)
+    ``x`` (T, B, d) (tensor or array) optionally runs the float network through
+    ``evrtrl.simulate`` and the mapped one through the integer chip simulation (chips with a
+    register model, spike-count input; the Xylo weight shift is then also calibrated on
+    ``x``) or as a dequantised float copy (other chips); ``loss_fn(y_t, t)`` (summed over t) and ``labels`` (B,)
     (argmax of the last layer's spike counts, or ``predict(spikes)`` with spikes
     the last layer's (T, B, n) tensor, e.g. an off-chip readout) add loss and accuracy.
 
     Every LIF parameter that quantisation moves by more than ``drift_tol``
     (relative) is listed in ``report.warnings`` as a :class:`ParameterDrift`:
     the per-step decay factors ``alpha_mem``/``alpha_syn`` (bit-shift or
-    fixed-point decay) and the threshold ``v_th`` (rounded to weight steps).
+    fixed-point decay) and the threshold ``v_th`` (its register divided by the gain).
     """
     prof = load_profile(profile)
     net = network_from_model(model)
@@ -227,6 +328,10 @@ def map_to_hardware(model, profile, *, quantization: str = "per_tensor", x=None,
     if prof.output_channels is not None and net.output_size > prof.output_channels:
         V.append(Violation("output_channels", last, f"{net.output_size} output neurons, the chip has "
                            f"{prof.output_channels}", net.output_size, prof.output_channels))
+
+    # --- network rules from the profile (reset modes, layer count, connected neurons)
+    V += _profile_rules(net, prof)
+    regs = _registers(net, prof, quantization, x)
 
     # --- per-layer rules and quantisation
     qlayers, qnet_layers = [], []
@@ -277,27 +382,34 @@ def map_to_hardware(model, profile, *, quantization: str = "per_tensor", x=None,
                 zeros = int(sum(int(((qw.q[k] == 0) & layer.mask(k) & (live[k] != 0)).sum()) for k in names))
                 for k in names:
                     setattr(qlayer, k, qw.dequantized(k).astype(np.asarray(layer.weight(k)).dtype))
-                thr_code = layer.v_th / float(qw.scale.max())
-                if quantization == "per_tensor":
-                    code = float(np.round(layer.v_th / qw.scale[0]))
-                    qlayer.v_th = code * float(qw.scale[0])
-                    thr_code = code
-                if quantization == "per_tensor":
-                    vth_hw, vth_detail = qlayer.v_th, f"threshold code {thr_code:.0f} x scale {float(qw.scale[0]):.4g}"
+                rg = regs[li] if regs is not None else None
+                vth = np.broadcast_to(np.asarray(layer.v_th, np.float64), (layer.n,))
+                if rg is None:  # generic chip: the current enters the membrane with unit gain per step
+                    gain = 1.0 / (np.broadcast_to(qw.scale, (layer.n,)) * neuron_constants(layer)["b"])
+                    codes = np.round(vth * gain)
+                    what = "threshold code (v_th / (s b))"
                 else:
-                    codes = np.round(layer.v_th / qw.scale)
-                    per_row = codes * qw.scale
-                    worst = int(np.argmax(np.abs(per_row - layer.v_th)))
-                    vth_hw = float(per_row[worst])
-                    vth_detail = (f"per-row threshold codes; worst neuron {worst} (code {codes[worst]:.0f}); "
-                                  "simulation keeps the float threshold")
-                if _rel(layer.v_th, vth_hw) > drift_tol:
-                    Wn.append(ParameterDrift(li, "v_th", float(layer.v_th), float(vth_hw),
-                                             _rel(layer.v_th, vth_hw), vth_detail))
-                if not _state_fits(thr_code, prof.state_bits):
-                    V.append(Violation("state_bits", li, f"threshold v_th={layer.v_th:g} is {thr_code:.0f} weight "
-                                       f"steps, beyond the {prof.state_bits}-bit state range",
-                                       thr_code, 2 ** (prof.state_bits - 1) - 1))
+                    gain, codes = rg.gain, rg.threshold.astype(np.float64)
+                    what = (f"{prof.register_format} threshold register" +
+                            (f", weight shift {rg.weight_shift}" if rg.fmt == "xylo" else ""))
+                hw = codes / gain
+                rel = np.abs(hw - vth) / np.where(vth != 0, np.abs(vth), 1.0)
+                worst = int(np.argmax(rel))
+                thr_code = float(codes.max())
+                vth_hw = float(hw[worst])
+                vth_detail = f"{what} {codes[worst]:.0f} / gain {gain[worst]:.5g}" + (
+                    f" (worst of {layer.n} neurons: {worst})" if np.unique(hw).size > 1 else "")
+                if np.unique(hw).size == 1:
+                    qlayer.v_th = float(hw[0])
+                if rel[worst] > drift_tol:
+                    Wn.append(ParameterDrift(li, "v_th", float(vth[worst]), vth_hw, float(rel[worst]), vth_detail))
+                if rg is not None:
+                    for iss in register_issues(rg, prof):
+                        V.append(Violation(iss.rule, li, iss.message, iss.value, iss.limit))
+                elif not _state_fits(thr_code, prof.state_bits):
+                    V.append(Violation("state_bits", li, f"threshold code {thr_code:.0f} (v_th / (s b), s = weight "
+                                       f"step, b = current-to-membrane gain) is beyond the {prof.state_bits}-bit "
+                                       "state range", thr_code, 2 ** (prof.state_bits - 1) - 1))
             else:
                 qw, err, err_s, zeros, thr_code = None, 0.0, 0.0, 0, None
             am, asyn = layer.decay_factors()
@@ -317,10 +429,12 @@ def map_to_hardware(model, profile, *, quantization: str = "per_tensor", x=None,
                 if not (math.isfinite(t) and t > 0):
                     V.append(Violation("time_constant", li, f"{nm} quantises to {t} with {rep} ({tb} bits)", t, rep))
                     setattr(qlayer, nm, getattr(layer, nm))
+            rg = regs[li] if regs is not None else None
+            codes = ({"mem": int(rg.decay_mem.max()), "syn": int(rg.decay_syn.max())} if rg is not None
+                     else {"mem": cm, "syn": cs} if cm is not None else {})
             ql = LayerQuantization(li, prof.weight_bits, quantization,
                                    qw.scale if qw is not None else np.array([1.0]), err, err_s, n_live, zeros,
-                                   thr_code, qlayer.tau_mem, qlayer.tau_syn,
-                                   {"mem": cm, "syn": cs} if cm is not None else {}, qw)
+                                   thr_code, qlayer.tau_mem, qlayer.tau_syn, codes, qw, registers=rg)
         else:
             qlayer = copy.deepcopy(layer)
             err = err_s = 0.0
@@ -382,7 +496,16 @@ def map_to_hardware(model, profile, *, quantization: str = "per_tensor", x=None,
     wb = prof.weight_bits or 32
     lim = CoreLimits(prof.neurons_per_core, prof.synapses_per_core, prof.synapse_memory_bits_per_core,
                      prof.fan_in_max, wb)
-    cores, oversized = place(loads, lim) if loads else ([], [])
+    if prof.layers_per_core == 1:  # e.g. Speck: every layer gets cores of its own
+        cores, oversized = [], []
+        for ld in loads:
+            cs, ov = place([ld], lim)
+            for c in cs:
+                c.index = len(cores)
+                cores.append(c)
+            oversized += ov
+    else:
+        cores, oversized = place(loads, lim) if loads else ([], [])
     for nl in oversized:
         V.append(Violation("core_capacity", nl.layer, f"neuron {nl.index} needs {nl.synapses} synapses "
                            f"({nl.synapses * wb} bits) and {len(nl.sources)} input axons: more than one empty "
@@ -418,7 +541,13 @@ def map_to_hardware(model, profile, *, quantization: str = "per_tensor", x=None,
 
     report = MappingReport(prof, V, usage, placement, qlayers, Network(qnet_layers), warnings=Wn)
     if x is not None:
-        report.simulation = _compare(model, report, x, loss_fn, labels, predict)
+        if not hasattr(x, "detach") and not isinstance(model, Network):  # numpy input: the model's dtype
+            import torch
+            p0 = next(iter(model.parameters()), None)
+            x = torch.as_tensor(np.asarray(x), dtype=p0.dtype if p0 is not None else torch.float64)
+        chip = _chip_run(net, prof, regs, V, x)
+        report.simulation = (_compare(model, report, x, loss_fn, labels, predict) if chip is None
+                             else _compare_chip(model, net, chip, x, loss_fn, labels, predict))
     return report
 
 
@@ -452,6 +581,87 @@ def compare_spikes(sf: np.ndarray, sq: np.ndarray) -> dict:
     return dict(spikes_float=nf, spikes_quant=nq, count_rel_diff=abs(nq - nf) / max(nf, 1),
                 per_neuron_count_corr=corr, timing_jaccard=1.0 if union == 0 else int((bf & bq).sum()) / union,
                 timing_within_1=1.0 if nf == 0 else int((bf & near).sum()) / nf)
+
+
+#: violations after which no register file can be built (the chip simulation is then not run)
+_UNBUILDABLE = {"min_neuron_layers", "recurrent_outputs", "threshold_bits", "threshold_range", "decay_code",
+                "weight_shift", "neuron_model"}
+
+
+def _chip_run(net: Network, prof: HardwareProfile, regs, V: list, x):
+    """Integer chip simulation of the registers (chipsim.py), or None where it cannot run."""
+    if regs is None or any(v.rule in _UNBUILDABLE for v in V):
+        return None
+    xc = x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
+    if np.any(xc < 0) or np.any(xc != np.round(xc)):
+        return None  # the chips take spike counts
+    from .chipsim import NetxLayer, simulate_loihi, simulate_xylo
+    from .registers import xylo_specification
+
+    if prof.register_format == "xylo":
+        run = simulate_xylo(xylo_specification(regs, float(net.layers[0].dt)), xc)
+        sizes = [l.n for l in net.layers[:-1]]
+        cuts = np.cumsum(sizes)[:-1]
+        run.spikes = list(np.split(run.spikes[0], cuts, axis=2)) + [run.spikes[1]]
+        run.layer_delays = list(range(len(net.layers)))
+        return run
+    if any(np.unique(a).size > 1 for r in regs for a in (r.threshold, r.decay_mem, r.decay_syn)):
+        return None  # netx holds one threshold and decay per layer
+    layers = [NetxLayer(r.weights["W"], r.weights.get("U"), int(r.decay_syn[0]), int(r.decay_mem[0]),
+                        int(r.threshold[0])) for r in regs]
+    if any(not np.any(L.weight) for L in layers):
+        return None
+    return simulate_loihi(layers, xc)
+
+
+def _align(z: np.ndarray, shift: int) -> np.ndarray:
+    """``out[t] = z[t + shift]`` with zeros where that index is outside the run."""
+    out = np.zeros_like(z)
+    T = z.shape[0]
+    if shift >= 0:
+        out[:T - shift] = z[shift:]
+    else:
+        out[-shift:] = z[:T + shift]
+    return out
+
+
+def _compare_chip(model, net: Network, chip, x, loss_fn, labels, predict=None) -> SimulationComparison:
+    """Spike drift and accuracy of the chip simulation against the float model (chip layers aligned in time)."""
+    import torch
+    import evrtrl
+
+    if isinstance(model, Network):
+        raise ConfigError("simulation needs a models cell or Stack, not a bare Network")
+    with torch.no_grad():
+        of = evrtrl.simulate(model, x)
+    delays = [d - ((li + 1) if L.integration == "exact" else 0)
+              for li, (d, L) in enumerate(zip(chip.layer_delays, net.layers))]
+    zs = [_align(z, d) for z, d in zip(chip.spikes, delays)]
+    per = []
+    for li, z in enumerate(zs):
+        sf = of.layers[li].spikes.detach().cpu().numpy()
+        c = compare_spikes(sf, z)
+        c["spikes_quant"] = int(z.sum())  # spike counts (Xylo hidden neurons may fire several per step)
+        c["count_rel_diff"] = abs(c["spikes_quant"] - c["spikes_float"]) / max(c["spikes_float"], 1)
+        per.append(c)
+    res = dict(per[-1])
+    sf = of.spikes.detach().cpu().numpy()
+    zq = zs[-1]
+    if loss_fn is not None:
+        yq = torch.as_tensor(zq, dtype=of.outputs.dtype)
+        res["loss_float"] = float(sum(float(loss_fn(of.outputs[t], t)) for t in range(of.outputs.shape[0])))
+        res["loss_quant"] = float(sum(float(loss_fn(yq[t], t)) for t in range(yq.shape[0])))
+    if labels is not None:
+        lab = np.asarray(labels)
+        if predict is None:
+            pf, pq = sf.sum(0).argmax(-1), zq.sum(0).argmax(-1)
+        else:
+            with torch.no_grad():
+                pf = np.asarray(torch.as_tensor(predict(of.spikes)).cpu())
+                pq = np.asarray(torch.as_tensor(predict(torch.as_tensor(zq, dtype=of.spikes.dtype))).cpu())
+        res["acc_float"] = float((pf == lab).mean())
+        res["acc_quant"] = float((pq == lab).mean())
+    return SimulationComparison(**res, source="chip", layers=per, saturations=chip.saturations, delays=delays)
 
 
 def _compare(model, report, x, loss_fn, labels, predict=None) -> SimulationComparison:

@@ -46,7 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
-from evrtrl.errors import ConfigError, FormatError, UnsupportedError
+from evrtrl.errors import ConfigError, FormatError, ShapeError, UnsupportedError
 from evrtrl.atomic import atomic_write
 from evrtrl.extras import require
 from evrtrl.models.lif import lif_coefficients
@@ -312,11 +312,16 @@ def import_nir(path, *, dt: float | None = None, integration: str = "euler", res
     return model
 
 
-def read_graph(path):
+def read_graph(path, *, probe_timeout_s: float | None = None):
+    """Read a NIR graph; the file is first read whole in a time-limited child process
+    (:func:`evrtrl.datasets.h5guard.probe_hdf5`), so a corrupt file cannot hang or crash the caller."""
+    from evrtrl.datasets.h5guard import probe_hdf5
+
     nir = _nir()
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"NIR file {str(p)!r} does not exist")
+    probe_hdf5(p, probe_timeout_s)
     try:
         try:
             return nir.read(p)
@@ -324,15 +329,25 @@ def read_graph(path):
             if "Unknown unit type" in str(e):
                 raise
             return nir.read(p, type_check=False)
-    except (OSError, KeyError, ValueError, AssertionError, TypeError) as e:
+    except (OSError, KeyError, ValueError, AssertionError, TypeError, RuntimeError, IndexError) as e:
         raise FormatError(f"{str(p)!r} is not a readable NIR file: {type(e).__name__}: {e}") from e
 
 
 # --------------------------------------------------------------------------- export
 
-def nir_graph_from_network(net: Network, prov: dict | None = None, *, nested: bool = False):
+#: NIR parameter conventions a reader expects (see :func:`export_nir`)
+NIR_CONVENTIONS = ("evrtrl", "rockpool", "snntorch")
+_SNNTORCH_DT = 1e-4  # snnTorch's import_from_nir assumes dt = 1e-4 s
+
+
+def nir_graph_from_network(net: Network, prov: dict | None = None, *, nested: bool = False,
+                           nir_convention: str = "evrtrl", readout=None):
     """Build a NIR graph from a LIF :class:`Network` (optionally with an import provenance record)."""
     nir = _nir()
+    if nir_convention not in NIR_CONVENTIONS:
+        raise ConfigError(f"nir_convention must be one of {NIR_CONVENTIONS}, got {nir_convention!r}")
+    if nir_convention != "evrtrl":
+        prov = None  # the convention fixes r, w_in and the node layout
     for i, L in enumerate(net.layers):
         if L.kind != "lif":
             raise UnsupportedError(f"layer {i} is an EGRU: NIR has no gated neuron; use export_bundle() "
@@ -367,7 +382,22 @@ def nir_graph_from_network(net: Network, prov: dict | None = None, *, nested: bo
         ntype = P["neuron_type"] if P else "CubaLIF"
         pdt = np.dtype(P["param_dtype"]) if P else np.float64
         full = lambda v: np.full(n, v, dtype=pdt)  # noqa: E731
-        if ntype == "CubaLIF":
+        if ntype == "CubaLIF" and nir_convention != "evrtrl":
+            # g = r w_in dt / tau_syn = tau_mem / dt in both: W_nir = (dt / tau_mem) W_lib, the weights of a
+            # current-to-membrane gain of 1 per step (Rockpool's LIFTorch, snnTorch's Synaptic)
+            sc = _SNNTORCH_DT / L.dt if nir_convention == "snntorch" else 1.0
+            tm, tsy = np.full(n, L.tau_mem, np.float64), np.full(n, L.tau_syn, np.float64)
+            r = tm / L.dt - (1.0 if nir_convention == "rockpool" else 0.0)  # Rockpool reads dt = tau_mem / (1 + r)
+            if np.any(r <= 0):
+                raise UnsupportedError(f"layer {li}: tau_mem <= dt cannot be written in the {nir_convention} convention")
+            w_in = (tm / L.dt) / r * tsy / L.dt
+            g = r * w_in * L.dt / tsy
+            if np.any(np.asarray(L.v_reset) != 0):
+                raise UnsupportedError(f"layer {li}: v_reset != 0; the {nir_convention} convention writes no v_reset "
+                                       "(nir <= 1.0.4 has none)")
+            neuron = nir.CubaLIF(tau_syn=tsy * sc, tau_mem=tm * sc, r=r, v_leak=full(L.v_leak),
+                                 v_threshold=full(L.v_th), w_in=w_in)
+        elif ntype == "CubaLIF":
             r = P["r"].astype(np.float64) if P else np.ones(n)
             w_in = P["w_in"].astype(np.float64) if P else np.full(n, L.tau_syn / L.dt)
             g = r * w_in * L.dt / L.tau_syn
@@ -404,12 +434,24 @@ def nir_graph_from_network(net: Network, prov: dict | None = None, *, nested: bo
                 if rt == "Affine" else nir.Linear(weight=Un)
             edges += [(neu, rec), (rec, neu)]
         src = neu
+    if readout is not None:  # the trained host-side readout: an Affine map of the last layer's spikes
+        Wr = readout.weight.detach().cpu().numpy().astype(np.float64)
+        br = readout.bias.detach().cpu().numpy().astype(np.float64)
+        if Wr.shape[1] != n:
+            raise ShapeError(f"readout weight has shape {Wr.shape}; expected (n_out, {n}) for the last layer")
+        nodes["readout"] = nir.Affine(weight=Wr, bias=br)
+        edges.append((src, "readout"))
+        src, n = "readout", Wr.shape[0]
     nodes[out_name] = nir.Output(output_type={"output": np.array([n])})
     edges.append((src, out_name))
     L0 = net.layers[0]
     meta = dict(prov["metadata"]) if prov else {}
-    meta.update({"evrtrl.dt": float(L0.dt), "evrtrl.integration": L0.integration, "evrtrl.reset": L0.reset,
+    sc = _SNNTORCH_DT / L0.dt if nir_convention == "snntorch" else 1.0
+    meta.update({"evrtrl.dt": float(L0.dt) * sc, "evrtrl.integration": L0.integration, "evrtrl.reset": L0.reset,
+                 "evrtrl.nir_convention": nir_convention,
                  "evrtrl.convention": "box input, W_lib = r*w_in*dt/tau_syn * W_nir (see docs/neuromorphic.md)"})
+    if readout is not None:
+        meta["evrtrl.readout"] = "Affine node 'readout': y_t = W z_t + b of the last neuron layer's spikes z_t"
     if nested:
         nodes, edges = _nest(nodes, edges)
     return nir.NIRGraph(nodes=nodes, edges=edges, metadata=meta)
@@ -443,15 +485,56 @@ def _nest(nodes: dict, edges: list) -> tuple[dict, list]:
     return out_nodes, out_edges
 
 
-def export_nir(model, path, *, nested: bool = False):
+def export_nir(model, path, *, nested: bool | None = None, nir_convention: str = "evrtrl", readout=None):
     """Write a LIF model (cell, Stack or :class:`Network`) to ``path`` as NIR, atomically.
 
-    EGRU layers raise :class:`UnsupportedError` (NIR has no gated neuron: use
-    :func:`evrtrl.neuromorphic.export_bundle`). Returns the written graph.
+    ``nir_convention`` picks the CubaLIF parameters a reader expects (all three are
+    standard NIR: ``W_lib = r w_in dt / tau_syn W_nir`` holds, so Norse and
+    :func:`import_nir` read every one of them):
+
+    * ``"evrtrl"`` (default): ``r = 1``, ``w_in = tau_syn/dt``, ``W_nir = W_lib``;
+      round-trips an imported graph's own r / w_in / node names;
+    * ``"rockpool"``: ``r = tau_mem/dt - 1`` (Rockpool's ``from_nir`` takes
+      ``dt = tau_mem/(1 + r)``), ``W_nir = (dt/tau_mem) W_lib`` (Rockpool's LIF adds
+      the current to the membrane with gain 1), no ``v_reset`` field (nir <= 1.0.4),
+      recurrence nested (``nested`` defaults to True);
+    * ``"snntorch"``: snnTorch's ``import_from_nir`` fixes ``dt = 1e-4`` s and needs
+      ``r = tau_mem/dt``: time constants are rescaled by ``1e-4/dt`` (the metadata
+      ``evrtrl.dt`` says 1e-4), ``w_in = tau_syn/dt``, ``W_nir = (dt/tau_mem) W_lib``,
+      no ``v_reset``.
+
+    ``readout`` (a ``models.Readout``) is written as an Affine node ``readout`` between the
+    last neuron layer and the output. EGRU layers raise :class:`UnsupportedError` (NIR has no
+    gated neuron: use :func:`evrtrl.neuromorphic.export_bundle`). Returns the written graph.
     """
     nir = _nir()
     prov = getattr(model, "nir_provenance", None)
     net = network_from_model(model)
-    graph = nir_graph_from_network(net, prov, nested=nested)
-    atomic_write(path, lambda tmp: nir.write(tmp, graph))
+    if nested is None:
+        nested = nir_convention == "rockpool"
+    graph = nir_graph_from_network(net, prov, nested=nested, nir_convention=nir_convention, readout=readout)
+
+    def write(tmp: str) -> None:
+        nir.write(tmp, graph)
+        if nir_convention != "evrtrl":
+            _drop_zero_v_reset(tmp)
+
+    atomic_write(path, write)
     return graph
+
+
+def _drop_zero_v_reset(path: str) -> None:
+    """Remove all-zero ``v_reset`` datasets of (Cuba)LIF nodes: nir <= 1.0.4 has no such field."""
+    import h5py
+
+    with h5py.File(path, "a") as f:
+        found = []
+
+        def visit(name, obj):
+            if isinstance(obj, h5py.Group) and "v_reset" in obj and "type" in obj:
+                if obj["type"][()] in (b"CubaLIF", b"LIF") and not np.any(obj["v_reset"][()]):
+                    found.append(name)
+
+        f.visititems(visit)
+        for name in found:
+            del f[name]["v_reset"]

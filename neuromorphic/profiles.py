@@ -40,8 +40,16 @@ _INT_FIELDS = (
     "synapse_memory_bits_per_core", "synapses_per_chip", "fan_in_max", "fan_out_max",
     "weight_bits", "state_bits", "graded_spike_bits", "input_channels", "output_channels",
 )
+#: optional rule fields (default null: not checked); integers unless noted
+_RULE_INT_FIELDS = ("min_neuron_layers", "max_input_connected_neurons", "max_output_connected_neurons",
+                    "layers_per_core", "threshold_bits", "max_weight_shift")
+#: reset modes a neuron may have
+RESET_MODES = {"zero", "subtract"}
+#: register models with an integer chip simulation (``registers.py``, ``chipsim.py``)
+REGISTER_FORMATS = {"xylo", "loihi"}
 #: numeric fields that must carry a source when they are set
-_SOURCED_FIELDS = _INT_FIELDS + ("time_constant",)
+_SOURCED_FIELDS = _INT_FIELDS + _RULE_INT_FIELDS + ("time_constant", "reset_modes", "decay_codes")
+_OPTIONAL_FIELDS = _RULE_INT_FIELDS + ("reset_modes", "decay_codes", "register_format", "threshold_signed")
 #: prefix of a source string whose number could not be checked against a retrieved source
 UNVERIFIED = "UNVERIFIED:"
 _CITATION = re.compile(r"https?://|doi:10\.|arXiv:\d")
@@ -96,6 +104,24 @@ class HardwareProfile:
     output_channels: int | None
     sources: Mapping[str, str]
     notes: tuple[str, ...] = ()
+    #: reset modes the chip's neuron implements (None: not checked)
+    reset_modes: tuple[str, ...] | None = None
+    #: fewest neuron layers a network must have (Xylo: hidden + output)
+    min_neuron_layers: int | None = None
+    #: hidden neurons that may receive network input / drive output neurons
+    max_input_connected_neurons: int | None = None
+    max_output_connected_neurons: int | None = None
+    #: network layers one core may hold (Speck: 1)
+    layers_per_core: int | None = None
+    #: width of the threshold register (chip units; see ``registers.py``) and its signedness
+    threshold_bits: int | None = None
+    threshold_signed: bool = True
+    #: representable decay codes ``{"mem": [lo, hi], "syn": [lo, hi]}`` (inclusive)
+    decay_codes: Mapping[str, tuple[int, int]] | None = None
+    #: register model with an integer simulation: "xylo", "loihi" or None
+    register_format: str | None = None
+    #: largest weight left-shift (Xylo ``weight_shift_*``)
+    max_weight_shift: int | None = None
     path: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
@@ -106,7 +132,24 @@ class HardwareProfile:
             v = getattr(self, f)
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v <= 0):
                 raise ConfigError(f"{where}: field {f!r} must be a positive integer or null, got {v!r}")
-        for f in ("weight_signed", "programmable_neurons", "recurrence", "recurrent_outputs", "graded_spikes"):
+        for f in _RULE_INT_FIELDS:
+            v = getattr(self, f)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
+                raise ConfigError(f"{where}: field {f!r} must be a non-negative integer or null, got {v!r}")
+        if self.reset_modes is not None and (not self.reset_modes or set(self.reset_modes) - RESET_MODES):
+            raise ConfigError(f"{where}: field 'reset_modes' is {self.reset_modes!r}; expected a non-empty subset of "
+                              f"{sorted(RESET_MODES)} or null")
+        if self.register_format is not None and self.register_format not in REGISTER_FORMATS:
+            raise ConfigError(f"{where}: field 'register_format' is {self.register_format!r}; expected one of "
+                              f"{sorted(REGISTER_FORMATS)} or null")
+        if self.decay_codes is not None:
+            for k in ("mem", "syn"):
+                r = self.decay_codes.get(k)
+                if (r is None or len(r) != 2 or not all(isinstance(c, int) and not isinstance(c, bool) for c in r)
+                        or r[0] > r[1]):
+                    raise ConfigError(f"{where}: decay_codes[{k!r}] must be [lo, hi] integers with lo <= hi, got {r!r}")
+        for f in ("weight_signed", "programmable_neurons", "recurrence", "recurrent_outputs", "graded_spikes",
+                  "threshold_signed"):
             if not isinstance(getattr(self, f), bool):
                 raise ConfigError(f"{where}: field {f!r} must be true or false, got {getattr(self, f)!r}")
         if not isinstance(self.time_constant, TimeConstantRepr):
@@ -171,7 +214,7 @@ class HardwareProfile:
         unknown = set(d) - names
         if unknown:
             raise FormatError(f"profile {path or d.get('name')!r}: unknown fields {sorted(unknown)}")
-        absent = {f.name for f in fields(cls) if f.name not in ("notes", "path")} - set(d)
+        absent = {f.name for f in fields(cls) if f.name not in ("notes", "path") + _OPTIONAL_FIELDS} - set(d)
         if absent:
             raise FormatError(f"profile {path or d.get('name')!r}: missing fields {sorted(absent)}")
         kw = dict(d)
@@ -181,6 +224,12 @@ class HardwareProfile:
         kw["time_constant"] = TimeConstantRepr(tc["representation"], tc.get("bits"))
         kw["neuron_models"] = tuple(kw["neuron_models"])
         kw["notes"] = tuple(kw.get("notes", ()))
+        if kw.get("reset_modes") is not None:
+            kw["reset_modes"] = tuple(kw["reset_modes"])
+        if kw.get("decay_codes") is not None:
+            if not isinstance(kw["decay_codes"], Mapping):
+                raise FormatError(f"profile {path!r}: field 'decay_codes' must be an object or null")
+            kw["decay_codes"] = {k: tuple(v) for k, v in kw["decay_codes"].items()}
         if not isinstance(kw["sources"], Mapping):
             raise FormatError(f"profile {path!r}: field 'sources' must be an object")
         kw["sources"] = dict(kw["sources"])
@@ -192,6 +241,10 @@ class HardwareProfile:
         d["neuron_models"] = list(self.neuron_models)
         d["notes"] = list(self.notes)
         d["sources"] = dict(self.sources)
+        if self.reset_modes is not None:
+            d["reset_modes"] = list(self.reset_modes)
+        if self.decay_codes is not None:
+            d["decay_codes"] = {k: list(v) for k, v in self.decay_codes.items()}
         return d
 
 

@@ -12,10 +12,11 @@ state register:
 Pruned entries (mask False) are set to zero and do not enter the maximum. For
 every live entry ``|w - q s| <= s / 2``.
 
-The threshold is stored in the same integer units: ``v_th_q = round(v_th / s)``;
-it must fit in ``state_bits`` (checked by the mapper). With a per-tensor scale
-the simulated network uses ``v_th_q * s``; with per-row scales the threshold
-stays float in simulation (a per-neuron threshold is not a library parameter).
+The threshold is not a weight: its register holds it in membrane units, which
+differ from weight steps by the current-to-membrane gain (``registers.py``: Xylo
+``round(v_th alpha_syn 2^k / (s b))``, Loihi ``round(v_th / (s b))``, other chips
+``round(v_th / (s b))`` assuming a unit per-step gain). The mapper computes and
+checks it (``mapping.py``).
 
 Time constants: the per-step decay factor ``alpha`` (``exp(-dt/tau)`` for
 ``integration="exact"``, ``1 - dt/tau`` for ``"euler"``) is quantised according

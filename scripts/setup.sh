@@ -10,6 +10,11 @@ python -m pip install -q --upgrade pip
 # CPU torch, pinned, first: an unpinned torch pulls gigabytes of CUDA wheels
 python -m pip install -q "torch==2.13.0"
 python -m pip install -q -e ".[all]"
+# the vendors' simulators for the neuromorphic cross-checks (rockpool + xylosim, ~35 s; xylosim compiles C++)
+# CI must have them (its vendor tests would otherwise skip): there a failed install fails the setup
+python -m pip install -q -e ".[vendor]" || {
+  [ "${CI:-}" = true ] && { echo "setup: the 'vendor' extra failed to install (CI needs it)" >&2; exit 1; }
+  echo "setup: could not install the 'vendor' extra (its tests skip)" >&2; }
 # norse 1.1.0 declares torchvision: pip resolving it next to torch 2.13.0+cpu installs
 # torchvision 0.29.1, which replaces the CPU torch by torch 2.14.1 and ~20 nvidia-* CUDA wheels
 # (pip --dry-run --report, 2026-11-30), so norse is in no extra. norse.torch needs only numpy,

@@ -20,6 +20,7 @@ from evrtrl.training import distributed as ddp
 from evrtrl.training.demo import run as run_demo
 from evrtrl.training.evaluate import evaluate
 from evrtrl.training.loop import TrainConfig, train
+from evrtrl.training.plan import register as register_plan
 from evrtrl.training.plot import plot
 
 __all__ = ["register", "main", "cmd_demo", "cmd_train", "cmd_evaluate", "cmd_plot"]
@@ -77,7 +78,15 @@ def register(subparsers) -> None:
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads per process (1 is fastest for small models)")
+    p.add_argument("--shard-columns", type=int, default=d.shard_columns, metavar="C",
+                   help="split the influence columns over C processes (grid: WORLD_SIZE/C data x "
+                        "C columns; docs/training.md)")
+    p.add_argument("--shard-partition", choices=("strided", "contiguous"), default=d.shard_partition,
+                   help="how the influence columns are split (evrtrl/shards.py; default strided)")
+    p.add_argument("--allow-memory", action="store_true",
+                   help="run even if the planned influence memory exceeds the memory available")
     p.set_defaults(func=cmd_train)
+    register_plan(subparsers)
 
     p = subparsers.add_parser("evaluate", help="accuracy of a run or model file on a data set")
     p.add_argument("target", help="run directory or model .h5 file")
@@ -108,6 +117,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         checkpoint_every=args.checkpoint_every,
         log=("csv", "json") if args.log == "both" else (args.log,),
         eval_each_epoch=not args.no_eval, max_batches=args.max_batches,
+        shard_columns=args.shard_columns, shard_partition=args.shard_partition,
     )
     if args.threads:
         import torch
@@ -115,7 +125,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     try:
         ddp.init_from_env()
-        res = train(cfg, args.out, resume=args.resume, progress=not args.no_progress)
+        res = train(cfg, args.out, resume=args.resume, progress=not args.no_progress,
+                    allow_memory=args.allow_memory)
     except (EvrtrlError, FileNotFoundError) as exc:
         return _error(exc)
     if ddp.rank_and_world()[0] == 0:

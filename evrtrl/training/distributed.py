@@ -64,12 +64,19 @@ def barrier() -> None:
         _dist().barrier()
 
 
-def all_reduce_sum(values: Sequence[float], device: Any = "cpu") -> list[float]:
-    """Sum a few floats over the processes (float64; identity in a 1-process run)."""
+def _group_size(group: Any) -> int:
     if rank_and_world()[1] == 1:
+        return 1
+    return _dist().get_world_size(group) if group is not None else rank_and_world()[1]
+
+
+def all_reduce_sum(values: Sequence[float], device: Any = "cpu", group: Any = None) -> list[float]:
+    """Sum a few floats over the processes of ``group`` (default all; float64; identity in
+    a 1-process group)."""
+    if _group_size(group) == 1:
         return [float(v) for v in values]
     t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=device)
-    _dist().all_reduce(t)
+    _dist().all_reduce(t, group=group)
     return t.tolist()
 
 
@@ -88,11 +95,11 @@ class AllReduceOptimizer:
 
     A parameter whose gradient is None on every process stays None (so optimizers that
     skip such parameters behave as in a 1-process run); None on some processes only
-    counts as zero there.
+    counts as zero there. ``group``: the processes to sum over (default all).
     """
 
-    def __init__(self, optimizer: torch.optim.Optimizer) -> None:
-        self.optimizer = optimizer
+    def __init__(self, optimizer: torch.optim.Optimizer, group: Any = None) -> None:
+        self.optimizer, self.group = optimizer, group
 
     @property
     def param_groups(self):
@@ -116,7 +123,13 @@ class AllReduceOptimizer:
 
     @torch.no_grad()
     def step(self, closure=None):
-        if rank_and_world()[1] > 1:
+        self.reduce()
+        return self.optimizer.step(closure) if closure is not None else self.optimizer.step()
+
+    @torch.no_grad()
+    def reduce(self) -> None:
+        """Sum every ``.grad`` over the group (one flat float64 buffer, one all_reduce)."""
+        if _group_size(self.group) > 1:
             params = self._params()
             ref = params[0]
             flat = torch.cat(
@@ -127,7 +140,7 @@ class AllReduceOptimizer:
                 + [torch.tensor([0.0 if p.grad is None else 1.0 for p in params],
                                 dtype=torch.float64, device=ref.device)]
             )
-            _dist().all_reduce(flat)
+            _dist().all_reduce(flat, group=self.group)
             has = flat[-len(params):]
             o = 0
             for i, p in enumerate(params):
@@ -135,7 +148,6 @@ class AllReduceOptimizer:
                 if has[i] > 0:
                     p.grad = flat[o:o + k].view_as(p).to(p.dtype).clone()
                 o += k
-        return self.optimizer.step(closure) if closure is not None else self.optimizer.step()
 
 
 def _spawn_worker(rank: int, world: int, init_method: str, cfg: dict, out: str, threads: int) -> None:

@@ -37,10 +37,12 @@ import torch
 from evrtrl.api import METHODS, simulate
 from evrtrl.atomic import atomic_write_text
 from evrtrl.errors import ConfigError, UnknownMethodError
+from evrtrl.memory import check_memory, plan_memory
 from evrtrl.models import Readout, Stack, Triangle, cell_spec, random_masks, registered_cells
 from evrtrl.models.modelfile import save_model
 from evrtrl.online import OnlineLearner
 from evrtrl.training import distributed as ddp
+from evrtrl.training import sharded
 from evrtrl.training.checkpoint import load_checkpoint, save_checkpoint
 from evrtrl.training.data import SequenceData, open_data, parse_data_spec
 from evrtrl.training.metrics import MetricsLog, dense_rtrl_macs
@@ -87,6 +89,8 @@ class TrainConfig:
     eval_each_epoch: bool = True
     eval_batch: int = 64
     max_batches: int | None = None  # per epoch, for quick runs
+    shard_columns: int = 1  # influence-column shards (evrtrl.training.sharded); grid data x this
+    shard_partition: str = "strided"  # evrtrl.shards: "strided" | "contiguous"
 
     def validate(self) -> None:
         parse_data_spec(self.data)
@@ -224,6 +228,7 @@ def train(
     callbacks: Sequence[Callable[[dict[str, Any]], None]] = (),
     train_data: SequenceData | None = None,
     test_data: SequenceData | None = None,
+    allow_memory: bool = False,
 ) -> TrainResult:
     """Train per ``cfg`` into the run directory ``out`` (see module docstring).
 
@@ -231,10 +236,12 @@ def train(
     ``config.json`` (only ``epochs`` may be raised). ``callbacks`` are called after each
     batch (after any checkpoint) with the batch record; an exception raised there stops
     the run as a kill would. Runs distributed when a ``torch.distributed`` group is
-    initialised (:mod:`evrtrl.training.distributed`).
+    initialised (:mod:`evrtrl.training.distributed`); ``cfg.shard_columns > 1`` splits the
+    influence columns too (:mod:`evrtrl.training.sharded`). The influence memory per process
+    is planned first and a plan above the memory available is refused unless ``allow_memory``.
     """
     t_start = time.perf_counter()
-    rank, world = ddp.rank_and_world()
+    rank = ddp.rank_and_world()[0]
     run = Path(out)
     ckpt_path, cfg_path = run / "checkpoint.h5", run / "config.json"
     state = None
@@ -244,6 +251,9 @@ def train(
             stored.epochs = cfg.epochs
         cfg = stored
     cfg.validate()
+    grid = sharded.setup_grid(cfg.shard_columns, cfg.shard_partition)
+    if grid.columns > 1 and cfg.method == "bptt":
+        raise ConfigError("--shard-columns splits the RTRL influence matrix; --method bptt has none")
     if rank == 0:
         run.mkdir(parents=True, exist_ok=True)
     ddp.barrier()
@@ -251,8 +261,8 @@ def train(
     data = train_data or open_data(cfg.data, "train", dt_us=cfg.dt_us)
     if test_data is None and cfg.eval_each_epoch:
         test_data = open_data(cfg.data, "test", dt_us=cfg.dt_us)
-    if cfg.batch < world:
-        raise ConfigError(f"--batch {cfg.batch} is smaller than the {world} processes")
+    if cfg.batch < grid.data:
+        raise ConfigError(f"--batch {cfg.batch} is smaller than the {grid.data} data processes")
 
     counters = {"epoch": 0, "batch": 0, "global_batch": 0, "updates": 0, "wall_s": 0.0}
     batch_log = MetricsLog(run, "batches", cfg.log if rank == 0 else ())
@@ -278,7 +288,10 @@ def train(
     base_opt = torch.optim.Adam(params, lr=cfg.lr)
     if state is not None:
         base_opt.load_state_dict(state.optimizer_state)
-    optimizer = ddp.AllReduceOptimizer(base_opt) if world > 1 else base_opt
+    optimizer = grid.wrap_optimizer(base_opt, model, cfg.method)
+    if cfg.method != "bptt":
+        check_memory(plan_memory(model, cfg.batch, cfg.method, data=grid.data,
+                                 columns=grid.columns), allow=allow_memory)
 
     n_batches = math.ceil(len(data) / cfg.batch)
     if cfg.max_batches:
@@ -296,6 +309,7 @@ def train(
 
     def checkpoint() -> None:
         counters["wall_s"] = wall0 + time.perf_counter() - t_run
+        sharded.sync_state(optimizer)  # owners' optimizer state (collective)
         if rank == 0:
             save_checkpoint(ckpt_path, model, readout, base_opt, counters=dict(counters),
                             rng={"torch": torch.get_rng_state()},
@@ -307,12 +321,13 @@ def train(
         while counters["batch"] < n_batches:
             b = counters["batch"]
             global_idx = order[b * cfg.batch:(b + 1) * cfg.batch]
-            idx = ddp.shard(global_idx, rank, world)
+            idx = grid.data_shard(global_idx)
             x, labels = data.batch(idx, dtype)
             T = x.shape[0]
             loss_fn = make_loss(readout, labels, T, cfg.loss, len(global_idx))
             learner = OnlineLearner(model, optimizer, loss_fn, k=cfg.k or T, method=cfg.method,
-                                    extra_parameters=readout.parameters())
+                                    extra_parameters=readout.parameters(),
+                                    engine_options=grid.engine_options(allow_memory))
             t0 = time.perf_counter()
             losses = learner.run(x)
             dt_batch = time.perf_counter() - t0
@@ -326,9 +341,10 @@ def train(
                     st["alpha"] if st else float("nan"), st["beta"] if st else float("nan"),
                     st["gamma_final"] if st else float("nan"),
                     learner.engine.influence_density() if st else float("nan")]
-            vals = ddp.all_reduce_sum(vals)
+            vals = sharded.reduce_metrics(grid, vals)
+            vals[3] = sharded.sum_over_columns(grid, vals[3:4])[0]  # the shards split the work
             loss_g, correct_g, macs_d, macs_e = vals[:4]
-            alpha, beta, gamma, mdens = (v / world for v in vals[4:])
+            alpha, beta, gamma, mdens = (v / grid.data for v in vals[4:])
             counters["batch"] += 1
             counters["global_batch"] += 1
             counters["updates"] += learner.updates

@@ -10,7 +10,7 @@ from evrtrl.benchmarks import bench
 from evrtrl.benchmarks.funcrtrl import check_against_dense
 
 FIELDS = ("engine", "cell", "n", "rho", "beta", "T", "ms_per_step", "macs_per_step",
-          "influence_bytes", "peak_bytes")
+          "influence_bytes", "peak_bytes", "torch_calls_per_step", "kernel", "threads")
 
 
 @pytest.mark.parametrize("cell", ["egru", "lif"])
@@ -50,3 +50,18 @@ def test_register_adds_bench_command():
     bench.register(sub)
     args = parser.parse_args(["bench", "--quick", "--json", "x.json", "--plot", "d"])
     assert args.quick and args.json == "x.json" and args.plot == "d" and callable(args.func)
+
+
+def test_quick_plan_has_issue9_configurations():
+    cfgs = bench.plan(quick=True)
+    n_sweep = {(c["cell"], c["n"], c["engine"]) for c in cfgs if c["sweep"] == "n"}
+    for n in (16, 64, 128, 256):
+        assert ("egru", n, "event") in n_sweep and ("egru", n, "bptt") in n_sweep
+    assert ("lif", 64, "event") in n_sweep and ("lif", 64, "bptt") in n_sweep
+
+
+def test_floor_ms_is_the_larger_of_arithmetic_and_memory():
+    rec = dict(n=100, state_size=1, rho_A=0.5, beta=0.1, p_live=1000)
+    # 0.5 * 100 * 10 * 1000 = 5e5 MACs at 1 GMAC/s = 0.5 ms; 2 * 4e5 bytes at 1 GB/s = 0.8 ms
+    assert bench.floor_ms(rec, 1.0, 1.0) == pytest.approx(0.8)
+    assert bench.floor_ms(rec, 1.0, 100.0) == pytest.approx(0.5)

@@ -5,7 +5,7 @@ import itertools
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 import evrtrl
@@ -121,12 +121,19 @@ def test_property_engines_agree(cell, d, n, B, T, seed, threshold, width, densit
                     generator=g).double()
         x = (torch.rand(T, B, d, generator=g, dtype=torch.float64) < 0.4).double()
     gs = {m: evrtrl.gradients(model, x, per_step_loss, method=m) for m in ("event", "dense", "bptt")}
+    # Relative error per parameter. A parameter whose exact gradient is structurally zero (e.g. an
+    # input weight whose channel first fires at the last step: LIF input enters after the membrane
+    # update) has no relative error of its own; the event engine's lazy transforms reproduce such
+    # a zero only up to rounding of the terms that cancel, so it is measured against the norm of
+    # the whole gradient. Where every gradient is exactly zero there is no scale at all: skipped.
+    total = float(torch.cat([g.flatten() for g in gs["bptt"].values()]).norm())
+    assume(total > 0)
     for name in gs["bptt"]:
         ref = gs["bptt"][name]
-        scale = max(float(ref.norm()), 1e-300)
-        assert float((gs["event"][name] - gs["dense"][name]).norm()) <= 1e-12 * scale + 1e-300
-        assert float((gs["event"][name] - ref).norm()) <= 1e-10 * scale + 1e-300
-        assert float((gs["dense"][name] - ref).norm()) <= 1e-10 * scale + 1e-300
+        scale = float(ref.norm()) or total
+        assert float((gs["event"][name] - gs["dense"][name]).norm()) <= 1e-12 * scale
+        assert float((gs["event"][name] - ref).norm()) <= 1e-10 * scale
+        assert float((gs["dense"][name] - ref).norm()) <= 1e-10 * scale
 
 
 def test_fast_sigmoid_works_and_event_engine_warns():

@@ -23,44 +23,42 @@ def test_event_macs_equal_analytic_count_hand_built():
     x = torch.tensor([[[1.0]], [[1.0]], [[0.0]]], dtype=torch.float64)
     eng = evrtrl.make_engine(model, 1, "event")
     n, m, d = 2, 1, 1
+    G = 3 + 3 + 4  # local factors: recurrent, input projections, per-unit parameters
     expected = []
     p_born = 4 * n  # b_u, b_r, b_z, theta born at step 0
+    entries = 4 * n  # immediate-table entries (born weight entries x m components)
     K_prev, prev_width = 0, 0
-    y_prev_events = 0
     born_sources: set[int] = set()
     y_prev = torch.zeros(1, 2, dtype=torch.float64)
     for t in range(3):
         y = eng.step(x[t])
         eng.accumulate(torch.ones_like(y))
-        K, _ = eng.N[0]
-        k = K.numel()
-        input_events = int((x[t] != 0).sum())
+        k = eng.N[0][1]
         # births at step t: input channel fires (3 weights x n rows each), rec sources fire
-        macs = 0
-        macs += n * 1                                       # lazy diagonal pass: T <- D T
+        if t == 0:
+            p_born += 3 * n * d                             # W_u, W_r, W_z columns born
+            entries += 3 * n * d * m
+        new = {int(j) for j in y_prev[0].nonzero()} - born_sources
+        born_sources |= new
+        p_born += 3 * n * len(new)                          # U_u, U_r, U_z[:, j] born
+        entries += 3 * n * len(new) * m
+        macs = n * 1 if t > 0 else 0                        # lazy diagonal pass: T <- D T (M is 0 at t=0)
         # (no unit is materialised: its decay stays within [2^-40, 2^40] over 3 steps)
+        macs += n * G * 1                                   # T^{-1} phi for all G groups
         if t > 0 and K_prev:
             macs += 3 * n * m * K_prev                      # building A[:, K]
-            macs += n * 1 * K_prev                          # T^{-1} A[:, K]
             macs += n * m * K_prev * prev_width             # A[:, K] @ N[K]
-        if input_events:
-            p_born += 0 if t > 0 else 3 * n * d             # W_u, W_r, W_z columns born at t=0
-            macs += 3 * n * input_events * m                # immediate for input weights
-        if y_prev_events:
-            new = {int(j) for j in y_prev[0].nonzero()} - born_sources
-            born_sources |= new
-            p_born += 3 * n * len(new)                      # U_u, U_r, U_z[:, j] born
-            macs += 3 * n * y_prev_events * m               # immediate for recurrent weights
-        macs += 4 * n * m                                   # per-unit parameters
-        macs += k * (p_born + m * m)                        # emission rows K, (G T)[K]
+        macs += entries                                     # immediate: every born entry
+        if k:
+            macs += k * m * p_born + n * m * m + k          # emission rows K, G T, theta direct
         macs += k * p_born                                  # gradient rows K
         expected.append(macs)
         K_prev, prev_width = k, p_born
-        y_prev_events = int((y != 0).sum())
         y_prev = y.clone()
-        assert y_prev_events == 0 or t < 2
+        assert int((y != 0).sum()) == 0 or t < 2
     counted = eng.stats.macs_per_step
     assert counted == expected, (counted, expected)
+    assert eng.runs[0].entries == entries
     # unit 1 is never active: beta <= 1/2 at every step
     assert max(eng.stats.beta) <= 0.5
 

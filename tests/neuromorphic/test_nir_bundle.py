@@ -165,9 +165,14 @@ def test_cli(tmp_path, shared_data, capsys):
     a = ap.parse_args(["targets"])
     assert a.func(a) == 0 and "loihi2" in capsys.readouterr().out
     out = tmp_path / "b.h5"
-    a = ap.parse_args(["export", str(shared_data / "nir" / "braille_noDelay_noBias_subtract.nir"), "--dt", "1e-4",
-                       "--target", "xylo_audio2", "--format", "bundle", "-o", str(out)])
-    assert a.func(a) == 0 and out.exists()  # the braille net fits Xylo Audio 2
+    src = str(shared_data / "nir" / "braille_noDelay_noBias_subtract.nir")
+    # NIR carries no reset mode: read as zero reset, which Xylo (subtract only) does not implement
+    a = ap.parse_args(["export", src, "--dt", "1e-4", "--target", "xylo_audio2", "--format", "bundle",
+                       "-o", str(tmp_path / "z.h5")])
+    assert a.func(a) == 1 and "reset_mode" in capsys.readouterr().out
+    a = ap.parse_args(["export", src, "--dt", "1e-4", "--reset", "subtract", "--target", "xylo_audio2",
+                       "--format", "bundle", "-o", str(out)])
+    assert a.func(a) == 0 and out.exists()  # the braille net (subtract reset) fits Xylo Audio 2
     assert "fits" in capsys.readouterr().out
     a = ap.parse_args(["export", str(out), "--target", "speck", "--format", "nir", "-o", str(tmp_path / "s.nir")])
     assert a.func(a) == 1  # written, but Speck has no recurrence: exit code 1
