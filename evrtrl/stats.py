@@ -56,7 +56,7 @@ class EngineStats:
 
     def _read(self) -> None:
         """Replace the pending entries of ``alpha``/``beta`` by floats (one host read)."""
-        if self._slots:
+        if self._slots and self._buf is not None:
             vals = self._buf.tolist()
             for lst, i, slot, div in self._slots:
                 lst[i] = vals[slot] / div
