@@ -25,6 +25,7 @@ INSTALL: dict[str, str] = {
     "scipy": _DATA, "sklearn": _DATA, "soundfile": _DATA, "matplotlib": _DATA,
     "pytest": "pip install 'evrtrl[test]'", "hypothesis": "pip install 'evrtrl[test]'",
     "mypy": "pip install 'evrtrl[test]'", "pdoc": "pip install 'evrtrl[docs]'",
+    "rockpool": "pip install 'evrtrl[vendor]'", "xylosim": "pip install 'evrtrl[vendor]'",
 }
 
 
