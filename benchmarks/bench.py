@@ -49,6 +49,8 @@ from typing import Any
 
 import torch
 
+from evrtrl.extras import require
+
 D_IN = 32
 SEED = 0
 #: the event engine's path when --kernel is not given ($EVRTRL_KERNEL, else auto)
@@ -292,7 +294,7 @@ def run_config(cfg: dict[str, Any]) -> dict[str, Any]:
     if engine == "event" and cfg.get("analytic", False):
         ana = analytic_event_macs(model, x[:steps])
         rec["analytic_macs_per_step"] = sum(ana[warm:]) / max(1, len(ana[warm:]))
-        # DESIGN.md section 4 estimate: n p_live + nnz(A[:, K]) p_live (structural nnz)
+        # the design estimate: n p_live + nnz(A[:, K]) p_live (structural nnz)
         m = model.state_size
         nnz_rows = 2 if cell == "lif" else 1  # phi^U has 2 non-zero components for LIF
         rec["design_macs_per_step"] = (n * rec["p_live"] * (0 if cfg.get("lazy_note") else 1)
@@ -551,9 +553,8 @@ def markdown(recs: list[dict], mm: float, bw: float = float("nan")) -> str:
 
 
 def plot(recs: list[dict], outdir: str) -> list[str]:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    require("matplotlib", "evrtrl bench --plot").use("Agg")
+    plt = require("matplotlib.pyplot", "evrtrl bench --plot")
     os.makedirs(outdir, exist_ok=True)
     files = []
     style = {"event": "o-", "dense": "s--", "dense-live": "^--", "func": "d:", "bptt": "x-."}

@@ -1,6 +1,6 @@
 """``evrtrl data ...`` sub-command: build the offline data sets.
 
-The lead wires it with ``evrtrl.datasets.cli.register(subparsers)``; it adds::
+``evrtrl.cli`` adds it with ``evrtrl.datasets.cli.register(subparsers)``::
 
     data build spoken   --out DIR [--per-class N] [--test-per-class N] [--seed S] [--channels C]
                         [--languages de,en] [--workers W]

@@ -105,11 +105,11 @@ def make_engine(model: Any, batch: int, method: str = "event", *,
     ``allow_memory`` skips the refusal of an influence matrix above the memory available
     (:mod:`evrtrl.memory`).
     """
-    opts = dict(shard=shard, allow_memory=allow_memory)
     if method == "event":
-        return EventRTRL(model, batch, **opts)
+        return EventRTRL(model, batch, shard=shard, allow_memory=allow_memory)
     if method in ("dense", "dense-live"):
-        return DenseRTRL(model, batch, columns="all" if method == "dense" else "live", **opts)
+        return DenseRTRL(model, batch, columns="all" if method == "dense" else "live", shard=shard,
+                         allow_memory=allow_memory)
     if method == "bptt":
         if shard is not None:
             raise UnknownMethodError("column shards are for the RTRL engines, not method='bptt'")

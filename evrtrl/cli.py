@@ -18,6 +18,7 @@ from typing import Sequence
 import evrtrl.models  # noqa: F401  (registers the cells' compiled steps, for doctor)
 from evrtrl import __version__
 from evrtrl import kernels
+from evrtrl.errors import MissingExtraError
 
 #: (module, attribute) of each ``register(subparsers)`` that adds commands
 REGISTRARS = (
@@ -91,7 +92,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except MissingExtraError as exc:  # one line naming what to install, no traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

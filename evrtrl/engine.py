@@ -32,7 +32,7 @@ True
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Iterable, Protocol, runtime_checkable
+from typing import Any, Callable, Iterable, Protocol, Sequence, runtime_checkable
 
 import torch
 
@@ -100,25 +100,25 @@ def nonzero_fraction(tensors: Iterable[torch.Tensor]) -> float:
 
 
 def loss_gradient(loss_fn: LossFn, y: torch.Tensor, t: int,
-                  extra: list[torch.Tensor] = ()) -> tuple[Any, torch.Tensor | None, list[Any]]:
+                  extra: Sequence[torch.Tensor] = ()) -> tuple[Any, torch.Tensor | None, list[Any]]:
     """``(loss, dL_t/dy_t, [dL_t/dp for p in extra])`` of one step's loss.
 
     The gradients are None where the loss is None or does not depend on them.
     """
-    extra = list(extra)
+    extras = list(extra)
     with torch.enable_grad():
         yl = y.detach().requires_grad_(True)
         loss = loss_fn(yl, t)
         if loss is None:
-            return None, None, [None] * len(extra)
+            return None, None, [None] * len(extras)
         if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
             raise ShapeError(
                 f"loss_fn(y_t, t) must return a scalar tensor (or None), got "
                 f"{type(loss).__name__}{'' if not isinstance(loss, torch.Tensor) else tuple(loss.shape)} at t={t}"
             )
         if not loss.requires_grad:
-            return loss, None, [None] * len(extra)
-        grads = torch.autograd.grad(loss, [yl] + extra, allow_unused=True)
+            return loss, None, [None] * len(extras)
+        grads = torch.autograd.grad(loss, [yl] + extras, allow_unused=True)
     return loss, grads[0], list(grads[1:])
 
 

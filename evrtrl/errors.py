@@ -40,5 +40,9 @@ class UnsupportedError(EvrtrlError, NotImplementedError):
     """The request is valid but cannot be expressed (e.g. a node type on export)."""
 
 
+class MissingExtraError(EvrtrlError, ImportError):
+    """An optional package is not installed; the message names the extra that installs it."""
+
+
 class MemoryBudgetError(EvrtrlError, MemoryError):
     """A planned allocation (the influence matrix) exceeds the memory the machine has."""

@@ -1,4 +1,4 @@
-r"""Exact event-driven RTRL (DESIGN.md section 4), restructured for few torch calls per step.
+r"""Exact event-driven RTRL (arXiv 2303.05641, with the lazy diagonal pass below), restructured for few torch calls per step.
 
 For layer ``l`` and each parameter block ``j <= l`` the engine holds
 :math:`M^{l,j}_t = ds^l_t / d\theta^j` (``n m`` state rows x live columns of block j, used up to

@@ -22,7 +22,7 @@ __all__ = ["LayerRef", "layers_of", "check_sequence", "check_parameters", "Unrol
 
 
 class LayerRef(NamedTuple):
-    index: int
+    index: int  # type: ignore[assignment]  # a field, shadowing tuple.index
     prefix: str  # "" for a single layer, "0." ... for a stack
     layer: Layer
 

@@ -56,7 +56,7 @@ class EngineStats:
 
     def _read(self) -> None:
         """Replace the pending entries of ``alpha``/``beta`` by floats (one host read)."""
-        if self._slots:
+        if self._slots and self._buf is not None:
             vals = self._buf.tolist()
             for lst, i, slot, div in self._slots:
                 lst[i] = vals[slot] / div
@@ -116,7 +116,7 @@ class EngineStats:
     def total_macs(self) -> int:
         return sum(self.macs.values())
 
-    def summary(self) -> dict[str, float]:
+    def summary(self) -> dict[str, Any]:
         """Means over steps and totals, as plain numbers."""
         mean = lambda v: sum(v) / len(v) if v else 0.0  # noqa: E731
         return {

@@ -48,7 +48,6 @@ import ctypes
 import ctypes.util
 import gc
 import json
-import math
 import sys
 import time
 import tracemalloc

@@ -1,4 +1,8 @@
-r"""Event-based GRU (Subramoney et al., ICLR 2023), the convention of ``shared/EGRU.md``.
+r"""Event-based GRU: A. Subramoney, K. K. Nazeer, M. Schöne, C. Mayr, D. Kappel, "Efficient
+recurrent architectures through activity sparsity and sparse back-propagation through time",
+ICLR 2023 (arXiv 2206.06178), and its RTRL variant (arXiv 2303.05641), in the convention of
+the authors' released code: the reset gate acts after the recurrent product, the reset is
+gated and subtractive, and ``u`` weights the new candidate.
 
 One step (t = 0 .. T-1; initial ``c = e = y = 0``, constants):
 

@@ -217,8 +217,11 @@ def save_model(model: Any, path: str | os.PathLike, *, readout: Any | None = Non
     """Store ``model`` (a registered cell such as EGRU or LIF, or a Stack of them) and an optional ``readout``
     (``models.Readout``) in a versioned HDF5 file, atomically. ``extra`` (JSON-able
     values, e.g. accuracy, data spec) is kept in the root attribute ``extra``."""
-    return write_h5(path, lambda f: (write_header(f, "evrtrl-model", FORMAT_VERSION, extra),
-                                    write_model(f, model, readout)))
+    def write(f: Any) -> None:
+        write_header(f, "evrtrl-model", FORMAT_VERSION, extra)
+        write_model(f, model, readout)
+
+    return write_h5(path, write)
 
 
 @dataclass

@@ -171,7 +171,7 @@ class CellSpec:
     """
 
     name: str
-    cls: type
+    cls: type[Layer]
     hyper: tuple[HyperParameter, ...]
     weight_shapes: Callable[[int, int, Mapping[str, Any]], dict[str, tuple[int, int]]]
     state_from_components: Callable[[Layer, Any, tuple[Any, ...]], Any] = _no_state
@@ -209,7 +209,8 @@ class CellSpec:
                     **kwargs: Any) -> Layer:
         """A new layer; ``kwargs`` are the common keywords (pseudo_derivative, masks, dtype,
         device, generator) and initialisation options (theta_init, weight_scale, ...)."""
-        return self.cls(input_size, hidden_size, **self.check_config(config), **kwargs)
+        make: Callable[..., Layer] = self.cls  # a cell's constructor: (input_size, hidden_size, **keywords)
+        return make(input_size, hidden_size, **self.check_config(config), **kwargs)
 
     def rebuild(self, layer: Layer, **changes: Any) -> Layer:
         """A new layer like ``layer`` (same parameters, masks, pseudo-derivative, dtype and

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from typing import Any
+from typing import Any, cast
 
 from evrtrl.errors import ConfigError, ShapeError
 from evrtrl.layer import Layer
@@ -39,7 +39,7 @@ class Stack(torch.nn.Module):
 
     @property
     def layers(self) -> list[Layer]:
-        return list(self.children())  # type: ignore[return-value]
+        return cast("list[Layer]", list(self.children()))
 
     @property
     def input_size(self) -> int:

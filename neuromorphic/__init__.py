@@ -15,28 +15,17 @@ from .profiles import HardwareProfile, list_profiles, load_profile, PROFILE_PATH
 from .netspec import EGRULayer, LIFLayer, Network, network_from_model, model_from_network
 from .mapping import MappingReport, ParameterDrift, Violation, map_to_hardware, quantized_model, compare_spikes
 from .quantize import quantize_weights
+from .nir_io import export_nir, import_nir, network_from_nir_graph, nir_graph_from_network
+from .bundle import BUNDLE_VERSION, Bundle, export_bundle, read_bundle
+from .vendor_export import export_netx, export_xylo
+from .chipsim import simulate_export
 
 __all__ = [
     "HardwareProfile", "list_profiles", "load_profile", "PROFILE_PATH_ENV",
     "EGRULayer", "LIFLayer", "Network", "network_from_model", "model_from_network",
     "MappingReport", "ParameterDrift", "Violation", "map_to_hardware", "quantized_model", "compare_spikes",
     "quantize_weights",
-    "export_nir", "import_nir", "export_bundle", "read_bundle",
+    "export_nir", "import_nir", "network_from_nir_graph", "nir_graph_from_network",
+    "export_bundle", "read_bundle", "Bundle", "BUNDLE_VERSION",
     "export_xylo", "export_netx", "simulate_export",
 ]
-
-
-def __getattr__(name):  # lazy: NIR and bundle pull in nir / h5py only when used
-    if name in ("export_nir", "import_nir", "nir_graph_from_network", "network_from_nir_graph"):
-        from . import nir_io
-        return getattr(nir_io, name)
-    if name in ("export_bundle", "read_bundle", "Bundle", "BUNDLE_VERSION"):
-        from . import bundle
-        return getattr(bundle, name)
-    if name in ("export_xylo", "export_netx"):
-        from . import vendor_export
-        return getattr(vendor_export, name)
-    if name == "simulate_export":
-        from .chipsim import simulate_export
-        return simulate_export
-    raise AttributeError(f"module 'neuromorphic' has no attribute {name!r}")

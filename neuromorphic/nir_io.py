@@ -43,6 +43,8 @@ import numpy as np
 
 from evrtrl.errors import ConfigError, FormatError, ShapeError, UnsupportedError
 from evrtrl.atomic import atomic_write
+from evrtrl.extras import require
+
 from .netspec import LIFLayer, Network, model_from_network, network_from_model
 
 __all__ = ["export_nir", "import_nir", "nir_graph_from_network", "network_from_nir_graph",
@@ -53,11 +55,7 @@ _NEURON_TYPES = ("CubaLIF", "LIF")
 
 
 def _nir():
-    try:
-        import nir
-    except ImportError as e:  # pragma: no cover
-        raise UnsupportedError("NIR export/import needs the 'nir' package (pip install evrtrl[sim])") from e
-    return nir
+    return require("nir", "NIR export/import")
 
 
 # --------------------------------------------------------------------------- graph helpers

@@ -114,7 +114,6 @@ def _run_snntorch(path: Path, x: np.ndarray, dtype, immediate_reset: bool = Fals
 
     graph = nir.read(str(path))
     recurrent = any(a == b2 and b == a2 for a, b in graph.edges for a2, b2 in graph.edges)
-    spikes = []
     if not recurrent:
         with contextlib.redirect_stdout(io.StringIO()):  # import_from_nir prints progress lines
             net = sin.import_from_nir(graph).to(dtype)

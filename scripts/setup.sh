@@ -15,8 +15,10 @@ python -m pip install -q -e ".[all]"
 python -m pip install -q -e ".[vendor]" || {
   [ "${CI:-}" = true ] && { echo "setup: the 'vendor' extra failed to install (CI needs it)" >&2; exit 1; }
   echo "setup: could not install the 'vendor' extra (its tests skip)" >&2; }
-# norse 1.1.0 declares torchvision, which has no CPU build that imports against CPU torch;
-# norse.torch needs only numpy, torch, nir and nirtorch (installed above by the 'sim' extra).
+# norse 1.1.0 declares torchvision: pip resolving it next to torch 2.13.0+cpu installs
+# torchvision 0.29.1, which replaces the CPU torch by torch 2.14.1 and ~20 nvidia-* CUDA wheels
+# (pip --dry-run --report, 2026-11-30), so norse is in no extra. norse.torch needs only numpy,
+# torch, nir and nirtorch (installed above by the 'sim' extra).
 # Installed last and without dependencies, so pip has no declared-but-missing torchvision to report.
 python -m pip install -q --no-deps "norse==1.1.0"
 # espeak-ng synthesises the offline spoken-digit set (optional; its tests skip without it)

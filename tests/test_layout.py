@@ -1,4 +1,4 @@
-"""DESIGN.md section 1: one installed namespace, imports pointing one way."""
+"""One installed namespace (evrtrl.*), imports pointing one way (README, Layout)."""
 from __future__ import annotations
 
 import ast
@@ -35,17 +35,25 @@ def test_no_bare_imports_of_the_folders():
 
 
 def test_every_package_folder_is_installed():
-    """Each folder with an __init__.py is listed in pyproject's packages under its evrtrl.* name."""
+    """Each folder with Python files has an __init__.py and is listed in pyproject's packages
+    under its evrtrl.* name; the other listed packages are data-only ones with package-data."""
     cfg = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
     listed = set(cfg["packages"])
     folder_of = {v: k for k, v in cfg["package-dir"].items()}
     assert set(folder_of) == set(FOLDERS)
-    found = set(cfg.get("package-data", {}))  # data-only packages (no __init__.py)
+    found, no_init = set(), []
     for folder in FOLDERS:
-        for init in (ROOT / folder).rglob("__init__.py"):
-            rel = init.parent.relative_to(ROOT / folder).parts
+        for py in (ROOT / folder).rglob("*.py"):
+            if "__pycache__" in py.parts:
+                continue
+            rel = py.parent.relative_to(ROOT / folder).parts
             found.add(".".join((folder_of[folder], *rel)))
-    assert found == listed
+            if not (py.parent / "__init__.py").exists():
+                no_init.append(str(py.parent.relative_to(ROOT)))
+    assert no_init == [], f"folders with Python files but no __init__.py (left out of the wheel): {sorted(set(no_init))}"
+    assert found <= listed, f"not in pyproject packages: {sorted(found - listed)}"
+    data_only = listed - found
+    assert data_only <= set(cfg.get("package-data", {})), f"listed without Python files or package-data: {sorted(data_only - set(cfg.get('package-data', {})))}"
 
 
 def test_bare_import_is_refused_from_the_repository_root():
@@ -105,7 +113,7 @@ def _imports(path: Path, module: str):
 
 
 def test_import_floors():
-    """DESIGN.md section 1: engine core < models, datasets < neuromorphic < the wings (training,
+    """The floors: engine core < models, datasets < neuromorphic < the wings (training,
     validation, benchmarks, CLI), checked on every import statement, function-local ones too."""
     known = {_module_name(p) for f in FOLDERS for p in (ROOT / f).rglob("*.py")}
     bad = []

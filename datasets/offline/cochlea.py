@@ -26,6 +26,7 @@ from functools import lru_cache
 import numpy as np
 
 from evrtrl.errors import ConfigError
+from evrtrl.extras import require
 from ..events import audio_events
 
 __all__ = ["Cochlea", "erb_space", "sieroka_space"]
@@ -57,7 +58,8 @@ def sieroka_space(n: int, fmin: float = 20.0) -> np.ndarray:
 @lru_cache(maxsize=8)
 def _filterbank(cfs: tuple[float, ...], fs: int) -> tuple[np.ndarray, np.ndarray]:
     """Gammatone IIR coefficients per channel, scaled to unit gain at the centre frequency."""
-    from scipy.signal import freqz, gammatone
+    signal = require("scipy.signal", "the cochlea model")
+    freqz, gammatone = signal.freqz, signal.gammatone
 
     bs, as_ = [], []
     for cf in cfs:
@@ -127,7 +129,7 @@ class Cochlea:
         return erb_space(self.n_channels, self.fmin, self.fmax)
 
     def _prepare(self, audio: np.ndarray, sample_rate: int) -> np.ndarray:
-        from scipy.signal import resample_poly
+        resample_poly = require("scipy.signal", "the cochlea model").resample_poly
 
         x = np.asarray(audio, dtype=np.float64)
         if x.ndim == 2:
@@ -140,7 +142,7 @@ class Cochlea:
 
     def hair_cell_drive(self, audio: np.ndarray, sample_rate: int) -> np.ndarray:
         """Hair-cell output ``r``, shape ``(n_samples, n_channels)`` at :attr:`fs` (float32)."""
-        from scipy.signal import lfilter
+        lfilter = require("scipy.signal", "the cochlea model").lfilter
 
         x = self._prepare(audio, sample_rate)
         bs, as_ = _filterbank(tuple(self.centre_frequencies.tolist()), self.fs)

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from evrtrl.errors import ConfigError
+from evrtrl.extras import require
 from ..events import camera_events
 from ..nmnist import write_nmnist
 
@@ -55,7 +56,7 @@ class EventCamera:
 
 
 def _canvas(image8: np.ndarray) -> np.ndarray:
-    from scipy.ndimage import zoom
+    zoom = require("scipy.ndimage", "the saccade builder").zoom
 
     img = np.clip(np.asarray(image8, dtype=np.float64) / 16.0, 0.0, 1.0)
     up = np.clip(zoom(img, 28 / img.shape[0], order=1), 0.0, 1.0)
@@ -67,7 +68,7 @@ def _canvas(image8: np.ndarray) -> np.ndarray:
 
 def saccade_events(image8: np.ndarray, camera: EventCamera = EventCamera(), seed: int = 0) -> np.ndarray:
     """Camera events of one 8x8 digit image moved through three saccades (34x34 sensor)."""
-    from scipy.ndimage import shift
+    shift = require("scipy.ndimage", "the saccade builder").shift
 
     rng = np.random.default_rng(seed)
     canvas = _canvas(image8)
@@ -153,7 +154,7 @@ def build_saccades(
     """
     from multiprocessing import get_context
 
-    from sklearn.datasets import load_digits
+    load_digits = require("sklearn.datasets", "the saccade builder").load_digits
     from tqdm import tqdm
 
     if per_class < 1:

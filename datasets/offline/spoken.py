@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from evrtrl.errors import ConfigError
+from evrtrl.extras import require
 from ..hdf5 import write_shd
 from .cochlea import Cochlea
 
@@ -54,7 +55,7 @@ def synthesize(word: str, voice: str = "en-us", speed_wpm: int = 160, pitch: int
     exe = shutil.which("espeak-ng")
     if exe is None:
         raise ConfigError("espeak-ng not found; install the Debian/Ubuntu package 'espeak-ng'")
-    import soundfile as sf
+    sf = require("soundfile", "the spoken-digit builder")
 
     with tempfile.TemporaryDirectory() as d:
         wav = Path(d) / "u.wav"

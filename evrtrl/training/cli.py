@@ -1,7 +1,7 @@
 """CLI sub-commands ``demo``, ``train``, ``evaluate`` and ``plot``.
 
-``register(subparsers)`` adds them to the ``evrtrl`` parser (the lead wires it into
-``evrtrl/cli.py``); each handler is ``handler(args) -> int`` via ``set_defaults(func=...)``.
+``register(subparsers)`` adds them to the ``evrtrl`` parser (``evrtrl/cli.py`` calls it);
+each handler is ``handler(args) -> int`` via ``set_defaults(func=...)``.
 ``python -m evrtrl.training.cli ...`` runs them standalone (also under ``torchrun``).
 """
 from __future__ import annotations

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from evrtrl.training.data import open_data
+from evrtrl.extras import require
 from evrtrl.training.evaluate import resolve_model
 from evrtrl.training.metrics import read_records
 
@@ -41,10 +42,8 @@ def _series(recs, key):
 
 def plot(run_dir: str | os.PathLike, *, sample: int = 0) -> list[Path]:
     """Draw the figures of the run in ``run_dir``; returns the paths written."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
+    require("matplotlib", "evrtrl plot").use("Agg", force=True)
+    plt = require("matplotlib.pyplot", "evrtrl plot")
 
     run = Path(run_dir)
     batches, epochs = read_records(run, "batches"), read_records(run, "epochs")

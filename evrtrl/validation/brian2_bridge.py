@@ -61,6 +61,7 @@ import torch
 
 from evrtrl.api import LayerTrace
 from evrtrl.errors import ConfigError, UnsupportedError
+from evrtrl.extras import require
 from evrtrl.network import layers_of
 from evrtrl.validation.bridge import BridgeResult, check_spike_input, lif_layers
 
@@ -90,12 +91,7 @@ def _import_brian2():
         user_cfg = os.path.join(os.path.expanduser("~"), ".config", "matplotlib")
         if not os.path.isdir(user_cfg):  # no user configuration would be lost
             os.environ["MPLCONFIGDIR"] = os.path.join(_tmpdir(), "matplotlib")
-    try:
-        import brian2
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            "run_brian2 needs Brian2 (pip install 'evrtrl[sim]' or pip install brian2)"
-        ) from e
+    brian2 = require("brian2", "run_brian2 (the Brian2 bridge)")
     prefs = brian2.prefs
     prefs.codegen.target = "numpy"
     prefs.codegen.runtime.cython.cache_dir = os.path.join(_tmpdir(), "cython")

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from evrtrl.api import LayerTrace
+from evrtrl.extras import require
 from evrtrl.errors import UnsupportedError
 from evrtrl.validation.bridge import BridgeResult, lif_layers
 
@@ -40,12 +41,7 @@ __all__ = ["run_norse", "norse_parameters", "norse_cell"]
 
 
 def _import_norse():
-    try:
-        import norse
-        import norse.torch as nt
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError("run_norse needs Norse (pip install norse --no-deps; nir, nirtorch)") from e
-    return norse, nt
+    return require("norse", "run_norse (the Norse bridge)"), require("norse.torch", "run_norse (the Norse bridge)")
 
 
 def norse_parameters(layer, dtype: torch.dtype | None = None, *, parameter_dtype=None):

@@ -1,4 +1,4 @@
-"""float64: event == dense to 1e-12 relative, both == BPTT to 1e-10 (DESIGN.md section 4)."""
+"""float64: event == dense to 1e-12 relative, both == BPTT to 1e-10 (the exactness contract)."""
 from __future__ import annotations
 
 import itertools

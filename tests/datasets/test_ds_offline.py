@@ -9,6 +9,11 @@ from evrtrl.datasets.cli import register
 from evrtrl.datasets.offline.cochlea import Cochlea, erb_space, sieroka_space
 from evrtrl.datasets.offline.saccades import EventCamera, build_saccades, saccade_events
 
+from evrtrl.extras import available
+
+# the builders need scipy and scikit-learn: the 'data' extra
+pytestmark = pytest.mark.skipif(not (available("scipy") and available("sklearn")),
+                                reason="needs scipy and scikit-learn, the 'data' extra: pip install 'evrtrl[data]'")
 needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None,
                                   reason="espeak-ng not installed (apt-get install -y espeak-ng)")
 

@@ -1,6 +1,5 @@
 
 import h5py
-import nir
 import numpy as np
 import pytest
 import torch
@@ -10,6 +9,12 @@ from evrtrl.errors import FormatError, UnsupportedError
 from evrtrl.models import EGRU, LIF, Stack
 from evrtrl import neuromorphic as N
 from evrtrl.neuromorphic.nir_io import flatten_graph
+
+try:
+    import nir
+except ImportError:  # the 'sim' extra is not installed: the NIR tests skip, the bundle tests run
+    nir = None
+needs_nir = pytest.mark.skipif(nir is None, reason="needs nir, the 'sim' extra: pip install 'evrtrl[sim]'")
 
 GRAPHS = ["braille_noDelay_bias_zero.nir", "braille_noDelay_noBias_subtract.nir", "lif_norse.nir",
           "two_lif_neurons.nir"]
@@ -29,6 +34,7 @@ def assert_same_graph(a, b):
                 np.testing.assert_allclose(y, x, rtol=1e-6, atol=1e-7 * max(1.0, np.abs(x).max()), err_msg=f"{k}.{f}")
 
 
+@needs_nir
 @pytest.mark.parametrize("name", GRAPHS)
 @pytest.mark.parametrize("nested", [False, True])
 def test_round_trip_shared_graphs(shared_data, tmp_path, name, nested):
@@ -43,6 +49,7 @@ def test_round_trip_shared_graphs(shared_data, tmp_path, name, nested):
     assert float(g.metadata["evrtrl.dt"]) == 1e-4
 
 
+@needs_nir
 def test_braille_import_structure(shared_data):
     """Biases import as the neurons' bias (no extra input channel, no relay neurons)."""
     m = N.import_nir(shared_data / "nir" / "braille_noDelay_bias_zero.nir", dt=1e-4)
@@ -62,11 +69,13 @@ def test_braille_import_structure(shared_data):
     assert out.layers[0].spikes.sum() > 0
 
 
+@needs_nir
 def test_cnn_is_rejected_naming_node(shared_data):
     with pytest.raises(UnsupportedError, match=r"node '0'.*Conv2d.*'type'"):
         N.import_nir(shared_data / "nir" / "cnn_sinabs.nir", dt=1e-3)
 
 
+@needs_nir
 def test_corrupt_field_is_named(tmp_path):
     g = nir.NIRGraph.from_list(nir.Linear(weight=np.ones((3, 2))),
                                nir.CubaLIF(tau_syn=np.array([1e-3, -2e-3, 1e-3]), tau_mem=np.full(3, 1e-2),
@@ -78,6 +87,7 @@ def test_corrupt_field_is_named(tmp_path):
         N.import_nir(tmp_path / "g.nir")
 
 
+@needs_nir
 def test_export_of_library_model_and_egru_refused(tmp_path):
     m = Stack(LIF(3, 5, tau_mem=0.02, tau_syn=0.005, dt=1e-3, dtype=torch.float64),
               LIF(5, 2, tau_mem=0.02, tau_syn=0.005, dt=1e-3, recurrent=False, dtype=torch.float64))
@@ -94,6 +104,7 @@ def test_export_of_library_model_and_egru_refused(tmp_path):
     assert not (tmp_path / "e.nir").exists()
 
 
+@needs_nir
 def test_imported_network_trains_with_exact_rtrl(shared_data):
     m = N.import_nir(shared_data / "nir" / "braille_noDelay_noBias_subtract.nir", dt=1e-4)
     torch.manual_seed(0)
@@ -106,6 +117,7 @@ def test_imported_network_trains_with_exact_rtrl(shared_data):
         torch.testing.assert_close(ge[k], gb[k], rtol=1e-9, atol=1e-10)
 
 
+@needs_nir
 def test_failed_export_leaves_target_untouched(tmp_path, monkeypatch):
     m = LIF(3, 4, tau_mem=0.02, tau_syn=0.005, dt=1e-3)
     target = tmp_path / "model.nir"
@@ -148,6 +160,7 @@ def test_bundle_round_trip_egru_and_lif(tmp_path):
         N.read_bundle(p)
 
 
+@needs_nir
 def test_cli(tmp_path, shared_data, capsys):
     import argparse
     from evrtrl.neuromorphic import cli
@@ -174,8 +187,9 @@ def test_cli(tmp_path, shared_data, capsys):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["braille_noDelay_noBias_subtract.nir", "braille_noDelay_bias_zero.nir",
                                   "lif_norse.nir"])
+@needs_nir
 def test_norse_from_nir_agrees(shared_data, name):
-    norse = pytest.importorskip("norse.torch")
+    norse = pytest.importorskip("norse.torch", reason="needs Norse: pip install --no-deps norse==1.1.0 (scripts/setup.sh)")
     p = shared_data / "nir" / name
     dt = 1e-4
     mod = norse.from_nir(nir.read(p), dt=dt)

@@ -14,6 +14,7 @@ import evrtrl
 from evrtrl.models.modelfile import FORMAT_VERSION, load_model, save_model
 from evrtrl.training.checkpoint import load_checkpoint, save_checkpoint
 from evrtrl.errors import ConfigError, FormatError, UnknownMethodError
+from evrtrl.extras import available
 from evrtrl.training import TrainConfig, dense_rtrl_macs, open_data, parse_data_spec, train
 from evrtrl.models import EGRU, LIF, FastSigmoid, Readout, Stack, Triangle, random_masks
 
@@ -258,6 +259,8 @@ def test_resume_after_kill_is_bit_identical(tmp_path):
 
 
 # --------------------------------------------------------------------- CLI, plot
+@pytest.mark.skipif(not available("matplotlib"),
+                    reason="needs matplotlib, the 'data' extra: pip install 'evrtrl[data]'")
 def test_cli_train_evaluate_plot_end_to_end(tmp_path, capsys):
     from evrtrl.training.cli import main
 

@@ -13,7 +13,7 @@ import evrtrl
 from evrtrl.errors import UnsupportedError
 from evrtrl.models import EGRU, Stack
 
-pytest.importorskip("brian2")
+pytest.importorskip("brian2", reason="needs Brian2, the 'sim' extra: pip install 'evrtrl[sim]'")
 
 from evrtrl.validation.brian2_bridge import run_brian2  # noqa: E402
 

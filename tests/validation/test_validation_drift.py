@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-pytest.importorskip("brian2")
-pytest.importorskip("norse.torch")
+pytest.importorskip("brian2", reason="needs Brian2, the 'sim' extra: pip install 'evrtrl[sim]'")
+pytest.importorskip("norse.torch", reason="needs Norse: pip install --no-deps norse==1.1.0 (scripts/setup.sh)")
 
 from evrtrl.validation.validate import DRIFT_BOUND  # noqa: E402
 from evrtrl.validation.drift import drift_pair  # noqa: E402

@@ -8,11 +8,11 @@ import evrtrl
 from evrtrl.errors import UnsupportedError
 from evrtrl.models import EGRU, Stack
 
-pytest.importorskip("norse.torch")
+pytest.importorskip("norse.torch", reason="needs Norse: pip install --no-deps norse==1.1.0 (scripts/setup.sh)")
 
 from evrtrl.validation.norse_bridge import norse_cell, run_norse  # noqa: E402
 
-slow = pytest.mark.slow  # cross-simulator checks (DESIGN.md section 1); CI runs them
+slow = pytest.mark.slow  # cross-simulator checks; CI runs them
 
 CONFIGS = [
     (0, 4, 6, 150, 2, 0.10, 3.0),

@@ -61,7 +61,7 @@ def test_gradients_mismatch_names_parameter_methods_and_index(make_spikes):
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_brian2_assertion(make_lif, make_spikes):
-    pytest.importorskip("brian2")
+    pytest.importorskip("brian2", reason="needs Brian2, the 'sim' extra: pip install 'evrtrl[sim]'")
     m = make_lif(4, 6, seed=4, scale=4.0)
     x = make_spikes(100, 2, 4, 0.2, 4)
     comps = et.assert_matches_brian2(m, x)
@@ -77,7 +77,7 @@ def test_brian2_assertion(make_lif, make_spikes):
 
 @pytest.mark.slow
 def test_norse_assertion(make_lif, make_spikes):
-    pytest.importorskip("norse.torch")
+    pytest.importorskip("norse.torch", reason="needs Norse: pip install --no-deps norse==1.1.0 (scripts/setup.sh)")
     m = make_lif(4, 6, seed=4, scale=4.0, integration="euler")
     x = make_spikes(100, 2, 4, 0.2, 4)
     et.assert_matches_norse(m, x)
@@ -134,8 +134,8 @@ def test_validate_saved_model(tmp_path, capsys):
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_validate_quick_passes_and_prints_table(capsys):
-    pytest.importorskip("brian2")
-    pytest.importorskip("norse.torch")
+    pytest.importorskip("brian2", reason="needs Brian2, the 'sim' extra: pip install 'evrtrl[sim]'")
+    pytest.importorskip("norse.torch", reason="needs Norse: pip install --no-deps norse==1.1.0 (scripts/setup.sh)")
     from evrtrl.validation.validate import main
 
     assert main(["--quick"]) == 0
