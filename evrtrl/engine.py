@@ -31,6 +31,7 @@ True
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Callable, Iterable, Protocol, Sequence, runtime_checkable
 
@@ -166,7 +167,7 @@ def run_engine(
         layer_term = None
         if layer_loss is not None:
             for l, y_l in enumerate(engine.layer_outputs()):
-                term, g_l, _ = loss_gradient(lambda y, t, l=l: layer_loss(l, y, t), y_l, t)
+                term, g_l, _ = loss_gradient(functools.partial(layer_loss, l), y_l, t)
                 if g_l is not None:
                     engine.accumulate(g_l, layer=l)
                 if term is not None:

@@ -100,17 +100,19 @@ class OnlineLearner:
         check_parameters(self.model)
         self.optimizer.zero_grad(set_to_none=True)
         fresh = not carry or self.engine is None
-        if fresh:
-            self.engine = make_engine(self.model, x.shape[1], self.method, **self.engine_options)
-            self._t = 0
-        engine = self.engine
-        per_sequence = hasattr(type(engine), "seq_active")  # the event engine
+        engine: Engine
+        if fresh or self.engine is None:
+            engine = make_engine(self.model, x.shape[1], self.method, **self.engine_options)
+            self.engine, self._t = engine, 0
+        else:
+            engine = self.engine
+        seq_active = getattr(type(engine), "seq_active", None)  # the event engine's property
         active: list[torch.Tensor] = []
         terms: list[Any] = []
 
         def on_step(t: int, layer_term: Any) -> None:
-            if per_sequence:
-                active.append(torch.stack(engine.seq_active))
+            if seq_active is not None:
+                active.append(torch.stack(seq_active.fget(engine)))
             terms.append(layer_term)
 
         losses = run_engine(engine, x, self.loss_fn, extra_parameters=self.extra,

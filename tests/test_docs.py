@@ -24,7 +24,7 @@ def test_api_reference_builds(tmp_path):
         "evrtrl/models.html": ["EGRU", "LIF", "Stack", "save_model"],
         "evrtrl/models/registry.html": ["CellSpec", "HyperParameter", "from_config"],
         "evrtrl/models/egru.html": ["egru_step", "egru_jacobian"],
-        "evrtrl/models/lif.html": ["lif_coefficients", "check_lif_hyper"],
+        "evrtrl/models/lif.html": ["lif_coefficients", "lif_step", "lif_jacobian"],
         "evrtrl/network.html": ["forward_sequence", "Unroll"],
         "evrtrl/neuromorphic.html": ["map_to_hardware", "export_nir"],
         "evrtrl/datasets.html": [],
