@@ -89,17 +89,10 @@ def shard(indices: Sequence[int], rank: int, world: int) -> list[int]:
     return list(indices[lo:hi])
 
 
-class AllReduceOptimizer:
-    """Wraps an optimizer: ``step()`` first sums every parameter's ``.grad`` over the
-    processes (one flat buffer, one ``all_reduce``), then steps the wrapped optimizer.
+class OptimizerWrapper:
+    """Delegates the optimizer interface to ``self.optimizer``; subclasses define ``step``."""
 
-    A parameter whose gradient is None on every process stays None (so optimizers that
-    skip such parameters behave as in a 1-process run); None on some processes only
-    counts as zero there. ``group``: the processes to sum over (default all).
-    """
-
-    def __init__(self, optimizer: torch.optim.Optimizer, group: Any = None) -> None:
-        self.optimizer, self.group = optimizer, group
+    optimizer: torch.optim.Optimizer
 
     @property
     def param_groups(self):
@@ -117,6 +110,20 @@ class AllReduceOptimizer:
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.optimizer.zero_grad(set_to_none=set_to_none)
+
+
+class AllReduceOptimizer(OptimizerWrapper):
+    """Wraps an optimizer: ``step()`` first sums every parameter's ``.grad`` over the
+    processes (one flat buffer, one ``all_reduce``), then steps the wrapped optimizer.
+
+    A parameter whose gradient is None on every process stays None (so optimizers that
+    skip such parameters behave as in a 1-process run); None on some processes only
+    counts as zero there. ``group``: the processes to sum over (default all).
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, group: Any = None) -> None:
+        self.optimizer, self.group = optimizer, group
+
 
     def _params(self) -> list[torch.nn.Parameter]:
         return [p for g in self.optimizer.param_groups for p in g["params"]]

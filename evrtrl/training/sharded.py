@@ -232,7 +232,7 @@ def sum_over_columns(grid: ShardGrid, values: Sequence[float]) -> list[float]:
     return ddp.all_reduce_sum(values, group=grid.column_group)
 
 
-class ShardedOptimizer:
+class ShardedOptimizer(ddp.OptimizerWrapper):
     """Wraps an element-wise optimizer for a column-sharded grid (module docstring).
 
     ``step()``: (1) gradients summed over the data axis, (2) the local optimizer step,
@@ -250,22 +250,6 @@ class ShardedOptimizer:
         recurrent = {id(p) for p in self.own.params}
         self.extra = [p for g in optimizer.param_groups for p in g["params"] if id(p) not in recurrent]
 
-    @property
-    def param_groups(self):
-        return self.optimizer.param_groups
-
-    @property
-    def state(self):
-        return self.optimizer.state
-
-    def state_dict(self):
-        return self.optimizer.state_dict()
-
-    def load_state_dict(self, sd) -> None:
-        self.optimizer.load_state_dict(sd)
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        self.optimizer.zero_grad(set_to_none=set_to_none)
 
     def _reduce(self, group: Any, kind: str) -> None:
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
