@@ -18,6 +18,7 @@ from evrtrl.errors import (
     ShapeError, UnknownMethodError, UnsupportedError,
 )
 from evrtrl.event_engine import DegradesToDenseWarning, EventRTRL
+from evrtrl.events import SparseSequence, SparseStep
 from evrtrl.layer import Layer, LocalJacobian, Projection
 from evrtrl.memory import MemoryPlan, plan_memory
 from evrtrl.online import OnlineLearner
@@ -29,7 +30,7 @@ __version__ = "0.2.0"
 __all__ = [
     "simulate", "gradients", "make_engine", "relative_error", "METHODS", "Gradients", "SimulationResult",
     "LayerTrace", "Engine", "run_engine", "EventRTRL", "DenseRTRL", "BPTT", "DegradesToDenseWarning", "EngineStats",
-    "Layer", "LocalJacobian", "Projection", "OnlineLearner", "ColumnShard", "plan_memory",
+    "Layer", "LocalJacobian", "Projection", "OnlineLearner", "SparseSequence", "SparseStep", "ColumnShard", "plan_memory",
     "MemoryPlan", "MemoryBudgetError",
     "EvrtrlError", "ShapeError", "NonFiniteError", "MaskError", "UnknownMethodError",
     "ConfigError", "FormatError", "UnsupportedError",
