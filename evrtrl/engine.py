@@ -159,19 +159,22 @@ def run_engine(
         # a SparseStep only reaches engines in SPARSE_INPUT_METHODS, whose step takes it
         y = engine.step(step_input(x, i, sparse))  # type: ignore[arg-type]
         loss, g, g_extra = loss_gradient(loss_fn, y, t, extra)
-        if g is not None:
-            engine.accumulate(g)
         for p, gp in zip(extra, g_extra):
             if gp is not None:
                 p.grad = gp if p.grad is None else p.grad + gp
         layer_term = None
         if layer_loss is not None:
-            for l, y_l in enumerate(engine.layer_outputs()):
+            outputs = engine.layer_outputs()
+            for l, y_l in enumerate(outputs):
                 term, g_l, _ = loss_gradient(functools.partial(layer_loss, l), y_l, t)
+                if l == len(outputs) - 1 and g is not None:  # one accumulation for both terms
+                    g_l, g = (g if g_l is None else g_l + g), None
                 if g_l is not None:
                     engine.accumulate(g_l, layer=l)
                 if term is not None:
                     layer_term = term.detach() if layer_term is None else layer_term + term.detach()
+        if g is not None:
+            engine.accumulate(g)
         if on_step is not None:
             on_step(t, layer_term)
         losses.append(loss.detach() if loss is not None else None)
