@@ -90,28 +90,28 @@ class LIFKernel(CellKernel):
         self.mod, self.p = mod, p
         self.units = [NEURON_PARAMETERS.index(k) for k in layer.unit_parameters]
         self.direct = ("v_th",) if "v_th" in layer.unit_parameters else ()
-        self.zero, self.euler = p.reset == "zero", p.integration == "euler"
-        self.gamma, self.width = p.pseudo_derivative.gamma, p.pseudo_derivative.width
+        self.flags = (p.reset == "zero", p.integration == "euler", p.synapse,
+                      p.pseudo_derivative.gamma, p.pseudo_derivative.width)
         self.no_U = torch.empty(0, dtype=layer.dtype, device=layer.device)
-        self.no_i = self.no_U
+        self.args: tuple = ()
 
     def refresh(self, w: Any) -> None:
         dtype = w.W.dtype
-        self.WT = w.W.t().contiguous()
-        self.UT = w.U.t().contiguous() if w.U is not None else self.no_U
+        WT = w.W.t().contiguous()
+        UT = w.U.t().contiguous() if w.U is not None else self.no_U
         t = lif_terms(w, self.p, dtype)
         f = lif_tau_factors(w, self.p, t.c, dtype, ("tau_mem", "tau_syn"))
         zero = torch.zeros_like(t.a)
         cols = (t.a, t.b, t.alpha, t.v_th, t.v_leak, t.v_reset, t.bias, t.minus_cs,
                 f.mem_v, f.mem_j, f.syn_q, f.syn_i)
-        self.coef = torch.stack([zero if c is None else c for c in cols], dim=1).contiguous()
+        coef = torch.stack([zero if c is None else c for c in cols], dim=1).contiguous()
+        # the call's arguments after (x, q, i, z, first), packed once per refresh
+        self.args = (WT, UT, coef, self.units) + self.flags
 
     def step(self, prev: LIFState, x: torch.Tensor, first: bool) -> tuple:
-        q, i, z, diag, phis, gain, gd = self.mod.lif_step(
-            x, prev.q, self.no_i if prev.i is None else prev.i, prev.e, self.WT, self.UT, self.coef,
-            self.units, self.zero, self.euler, self.p.synapse, first, self.gamma, self.width)
-        return (LIFState(q, i if self.p.synapse else None, z, z), diag, phis, gain,
-                gd if self.direct else None)
+        i = prev.i if prev.i is not None else self.no_U
+        q, i, z, diag, phis, gain, gd = self.mod.lif_step(x, prev.q, i, prev.e, first, *self.args)
+        return LIFState(q, i, z, z), diag, phis, gain, gd
 
 
 def lif_kernel(layer: LIF) -> LIFKernel | None:

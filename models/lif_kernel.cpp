@@ -25,6 +25,8 @@
 // Inputs: WT = W^T (d, n), UT = U^T (n, n) or empty (not recurrent); coef (n, NC) in the
 // state's dtype, one row per neuron (the columns below, from lif_terms / lif_tau_factors);
 // units: the trained neuron parameters in the layer's order (codes: NEURON_PARAMETERS index).
+// Returns q', i' (None when current-free), z', D, phis (the engine's group order: U, W, the
+// units), G and the direct output gain (1, B, n) of v_th (None when v_th is not trained).
 #include <torch/extension.h>
 
 #include <cmath>
@@ -60,10 +62,12 @@ std::vector<Tensor> step_impl(Tensor x, Tensor q, Tensor i, Tensor z, Tensor WT,
   bool direct = false;
   for (auto u : units) direct = direct || u == V_TH;
   auto opt = q.options();
-  Tensor q1 = torch::empty({B, n}, opt), z1 = torch::empty({B, n}, opt);
-  Tensor i1 = syn ? torch::empty({B, n}, opt) : torch::empty({0}, opt);
+  // i1 (current-free) and gdir (no trained v_th) stay undefined: None in Python
+  Tensor q1 = torch::empty({B, n}, opt), z1 = torch::empty({B, n}, opt), i1, gdir;
+  if (syn) i1 = torch::empty({B, n}, opt);
+  if (direct) gdir = torch::empty({1, B, n}, opt);
   Tensor diag = torch::empty({B, n, syn ? 3 : 1}, opt), phis = torch::empty({B, n, G * m}, opt),
-         gain = torch::empty({B, n, m}, opt), gdir = torch::empty({direct ? 1 : 0, B, n}, opt);
+         gain = torch::empty({B, n, m}, opt);
   const S gamma = S(c.gamma), width = S(c.width);
   const S *xp = x.data_ptr<S>(), *qp = q.data_ptr<S>(), *zp = z.data_ptr<S>(),
           *wt = WT.data_ptr<S>(), *cf = coef.data_ptr<S>();
@@ -183,9 +187,9 @@ std::vector<Tensor> step_impl(Tensor x, Tensor q, Tensor i, Tensor z, Tensor WT,
   return {q1, i1, z1, diag, phis, gain, gdir};
 }
 
-std::vector<Tensor> lif_step(Tensor x, Tensor q, Tensor i, Tensor z, Tensor WT, Tensor UT,
-                             Tensor coef, std::vector<int64_t> units, bool zero_reset, bool euler,
-                             bool synapse, bool first, double gamma, double width) {
+std::vector<Tensor> lif_step(Tensor x, Tensor q, Tensor i, Tensor z, bool first, Tensor WT,
+                             Tensor UT, Tensor coef, std::vector<int64_t> units, bool zero_reset,
+                             bool euler, bool synapse, double gamma, double width) {
   const auto st = q.scalar_type();
   TORCH_CHECK(coef.dim() == 2 && coef.size(0) == q.size(1) && coef.size(1) == NC &&
                   coef.scalar_type() == st && coef.is_contiguous(),
