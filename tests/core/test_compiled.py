@@ -21,7 +21,7 @@ from evrtrl.models import EGRU, LIF, FastSigmoid, Stack
 from evrtrl.models.kernels import LIFKernel, _groups, egru_kernel, lif_kernel
 
 from . import test_jacobians as TJ
-from .helpers import assert_engines_agree, egru, lif, per_step_loss, rel_err, spikes_in, values_in
+from .helpers import assert_engines_agree, egru, lif, neuron_values, per_step_loss, rel_err, spikes_in, values_in
 
 KERNEL_PATHS = ("compiled",)
 #: every Jacobian test case has a compiled cell step: EGRU, and LIF with uniform or per-neuron
@@ -51,8 +51,8 @@ def test_lif_configurations_reach_the_compiled_step():
         eng = evrtrl.EventRTRL(layer, 2, kernel="compiled")
         assert eng.compiled.covered == [True], layer
         assert isinstance(eng.compiled.cells[0], LIFKernel)
-    slow = lif(per_neuron=True)
-    slow.p = slow.p._replace(pseudo_derivative=FastSigmoid(1.0, 0.2))
+    slow = LIF(4, 7, dt=0.001, trainable=("v_th", "bias"), pseudo_derivative=FastSigmoid(1.0, 0.2),
+               **neuron_values(7)).double()
     assert lif_kernel(slow) is None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", evrtrl.DegradesToDenseWarning)
