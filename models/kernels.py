@@ -9,8 +9,9 @@ against them and their torch.func Jacobians in float64.
 Coverage (any other configuration runs the layer's pure step, and the engine kernel the rest):
 
 * EGRU with the :class:`~evrtrl.models.surrogate.Triangle` pseudo-derivative;
-* LIF with scalar neuron parameters, Triangle, both integrations, both resets, with or
-  without recurrence.
+* LIF with the Triangle pseudo-derivative: current-based and current-free, per-neuron (or
+  uniform) neuron parameters and bias, frozen or trained, both integrations, both resets,
+  with or without recurrence.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ import torch
 from evrtrl.kernels import CellKernel, kernel_mode, register_cell_kernel
 from evrtrl.kernels.build import load, require
 from evrtrl.models.egru import EGRU, EGRUState
-from evrtrl.models.lif import LIF, LIFState, lif_coefficients
+from evrtrl.models.lif import NEURON_PARAMETERS, LIF, LIFState, lif_tau_factors, lif_terms
 from evrtrl.models.surrogate import Triangle
 
 __all__ = ["EGRUKernel", "LIFKernel", "egru_kernel", "lif_kernel"]
@@ -76,60 +77,54 @@ def egru_kernel(layer: EGRU) -> EGRUKernel | None:
 class LIFKernel(CellKernel):
     """:func:`~evrtrl.models.lif.lif_step` + its Jacobian pieces in one C++ call.
 
-    Covers a current-based LIF whose neuron parameters are frozen and equal across neurons
-    (the scalar configuration) with no bias; its coefficients are taken from
-    :func:`~evrtrl.models.lif.lif_coefficients`, the pure step's own definition.
+    Every neuron parameter is per neuron (a uniform value is a vector of equal values): the
+    values and coefficients are :func:`~evrtrl.models.lif.lif_terms` of the weights and the
+    time-constant derivative factors :func:`~evrtrl.models.lif.lif_tau_factors`, the pure
+    step's own definitions, packed by :meth:`refresh` into one ``(n, 12)`` table (the
+    columns of ``lif_kernel.cpp``). Trained neuron parameters get their direct Jacobian
+    terms (``unit_phi``) and, for ``v_th``, the direct output gain.
     """
 
-    direct = ()
-
-    def __init__(self, layer: LIF, mod: Any, values: dict[str, float]) -> None:
+    def __init__(self, layer: LIF, mod: Any) -> None:
         p = layer.p
-        c = lif_coefficients(layer.weights(), p)
-        a, b, alpha = float(c.a[0]), float(c.b[0]), float(c.alpha[0])
-        self.mod = mod
-        self.coef = [a, b, alpha, values["v_th"], values["v_leak"], values["v_reset"],
-                     p.dt * (1.0 / values["tau_mem"]), -p.dt * (1.0 / values["tau_syn"]),
-                     p.pseudo_derivative.gamma, p.pseudo_derivative.width]
-        self.zero, self.euler = p.reset == "zero", p.integration == "euler"
+        self.mod, self.p = mod, p
+        self.units = [NEURON_PARAMETERS.index(k) for k in layer.unit_parameters]
+        self.direct = ("v_th",) if "v_th" in layer.unit_parameters else ()
+        self.flags = (p.reset == "zero", p.integration == "euler", p.synapse,
+                      p.pseudo_derivative.gamma, p.pseudo_derivative.width)
         self.no_U = torch.empty(0, dtype=layer.dtype, device=layer.device)
+        self.args: tuple = ()
 
     def refresh(self, w: Any) -> None:
-        self.WT = w.W.t().contiguous()
-        self.UT = w.U.t().contiguous() if w.U is not None else self.no_U
+        dtype = w.W.dtype
+        WT = w.W.t().contiguous()
+        UT = w.U.t().contiguous() if w.U is not None else self.no_U
+        t = lif_terms(w, self.p, dtype)
+        f = lif_tau_factors(w, self.p, t.c, dtype, ("tau_mem", "tau_syn"))
+        zero = torch.zeros_like(t.a)
+        cols = (t.a, t.b, t.alpha, t.v_th, t.v_leak, t.v_reset, t.bias, t.minus_cs,
+                f.mem_v, f.mem_j, f.syn_q, f.syn_i)
+        coef = torch.stack([zero if c is None else c for c in cols], dim=1).contiguous()
+        # the call's arguments after (x, q, i, z, first), packed once per refresh
+        self.args = (WT, UT, coef, self.units) + self.flags
 
     def step(self, prev: LIFState, x: torch.Tensor, first: bool) -> tuple:
-        q, i, z, diag, phis, gain = self.mod.lif_step(
-            x, prev.q, prev.i, prev.e, self.WT, self.UT, self.coef, self.zero, self.euler, first)
-        return LIFState(q, i, z, z), diag, phis, gain, None
-
-
-def _uniform_values(layer: LIF) -> dict[str, float] | None:
-    """The neuron parameters as floats when every one is frozen and equal across neurons
-    and the bias is zero; None otherwise (the pure step then runs)."""
-    if layer.unit_parameters:
-        return None
-    values = {}
-    for k, v in layer.neuron_parameters().items():
-        if v.numel() == 0 or not bool((v == v[0]).all()):
-            return None
-        values[k] = float(v[0])
-    return values if values.get("bias", 0.0) == 0.0 else None
+        i = prev.i if prev.i is not None else self.no_U
+        q, i, z, diag, phis, gain, gd = self.mod.lif_step(x, prev.q, i, prev.e, first, *self.args)
+        return LIFState(q, i, z, z), diag, phis, gain, gd
 
 
 def lif_kernel(layer: LIF) -> LIFKernel | None:
-    """The compiled step of ``layer``, None if its configuration is not covered."""
+    """The compiled step of ``layer``, None if its configuration is not covered (a
+    pseudo-derivative other than :class:`~evrtrl.models.surrogate.Triangle`)."""
     p = getattr(layer, "p", None)
-    if (p is None or type(p.pseudo_derivative) is not Triangle or not p.synapse
-            or layer.state_size != 2 or _groups(layer) not in (["U", "W"], ["W"])):
-        return None
-    values = _uniform_values(layer)
-    if values is None:
+    if p is None or type(p.pseudo_derivative) is not Triangle:
         return None
     mod = _module("evrtrl_lif_kernel", "lif_kernel.cpp")
-    return LIFKernel(layer, mod, values) if mod is not None else None
+    return LIFKernel(layer, mod) if mod is not None else None
 
 
 register_cell_kernel(EGRU, egru_kernel, "EGRU with the Triangle pseudo-derivative")
-register_cell_kernel(LIF, lif_kernel, "current-based LIF with frozen, uniform neuron parameters, no bias, and the Triangle "
-                     "pseudo-derivative (exact/euler, zero/subtract reset, recurrent or not)")
+register_cell_kernel(LIF, lif_kernel, "LIF with the Triangle pseudo-derivative: current-based or current-free, "
+                     "per-neuron (or uniform) neuron parameters, bias, trained neuron parameters, exact/euler, "
+                     "zero/subtract reset, recurrent or not")

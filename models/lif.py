@@ -123,7 +123,8 @@ from evrtrl.models.registry import CellSpec, HyperParameter, register
 from evrtrl.models.surrogate import PseudoDerivative, Triangle, heaviside
 
 __all__ = ["LIF", "LIFState", "LIFWeights", "LIFParameters", "LIFAux", "lif_step", "lif_state",
-           "lif_jacobian", "lif_coefficients", "lif_terms", "NEURON_PARAMETERS", "phi1", "SPEC"]
+           "lif_jacobian", "lif_coefficients", "lif_terms", "lif_tau_factors", "TauFactors",
+           "NEURON_PARAMETERS", "phi1", "SPEC"]
 
 RESETS = ("zero", "subtract")
 INTEGRATIONS = ("exact", "euler")
@@ -271,6 +272,52 @@ def lif_terms(w: LIFWeights, p: LIFParameters, dtype: torch.dtype, keep: Optiona
     return LIFTerms(a=a, b=b, alpha=alpha, c=c, minus_cs=mcs, **vals)
 
 
+class TauFactors(NamedTuple):
+    r"""Per-neuron factors (shape (n,), the state's dtype) of the direct time-constant
+    derivatives of the module docstring; None where the configuration has no such term.
+
+    ``mem_v``: of :math:`\partial q_t/\partial\tau_{mem}` — exact :math:`a u/\tau_{mem}` (times
+    :math:`v - v_{leak}`; current-free :math:`v - v_{leak} - I_t`), euler :math:`-c_m/\tau_{mem}`
+    (times :math:`(v_{leak} - v) + j`; current-free :math:`(I_t + v_{leak}) - v`);
+    ``mem_j``: exact current-based, the factor of ``j`` in it,
+    :math:`\frac{a u}{\tau_{mem}}(\varphi_1 (u - 1) - u \varphi_1')`;
+    ``syn_q``: of :math:`\partial q_t/\partial\tau_{syn}` (exact, times ``j``),
+    :math:`a u \varphi_1' w/\tau_{syn}`; ``syn_i``: of
+    :math:`\partial\tilde\imath_t/\partial\tau_{syn}` (times ``j``), exact
+    :math:`\alpha w/\tau_{syn}`, euler :math:`c_s/\tau_{syn}`.
+    """
+
+    mem_v: Optional[torch.Tensor] = None
+    mem_j: Optional[torch.Tensor] = None
+    syn_q: Optional[torch.Tensor] = None
+    syn_i: Optional[torch.Tensor] = None
+
+
+def lif_tau_factors(w: LIFWeights, p: LIFParameters, c: Coefficients, dtype: torch.dtype,
+                    trainable: Iterable[str] = _TAUS) -> TauFactors:
+    """The :class:`TauFactors` of the time constants in ``trainable`` (float64, rounded once to
+    ``dtype``); shared by :func:`lif_jacobian` and the compiled step."""
+    trainable = set(trainable)
+    out = {}
+    if "tau_mem" in trainable:
+        tm = w.tau_mem.to(torch.float64)
+        if p.integration == "euler":
+            out["mem_v"] = -c.u / tm
+        else:
+            out["mem_v"] = c.a * c.u / tm
+            if p.synapse:
+                x = c.u - c.w
+                out["mem_j"] = c.a * c.u / tm * (phi1(x) * (c.u - 1) - c.u * dphi1(x))
+    if "tau_syn" in trainable and p.synapse:
+        ts = w.tau_syn.to(torch.float64)
+        if p.integration == "euler":
+            out["syn_i"] = c.w / ts
+        else:
+            out["syn_q"] = c.a * c.u * dphi1(c.u - c.w) * c.w / ts
+            out["syn_i"] = c.alpha * c.w / ts
+    return TauFactors(**{k: v.to(dtype) for k, v in out.items()})
+
+
 # ------------------------------------------------------------------------------ the step
 
 def _reset(p: LIFParameters, q: torch.Tensor, z: torch.Tensor, v_th, v_reset) -> torch.Tensor:
@@ -330,7 +377,6 @@ def lif_jacobian(
     pd = p.pseudo_derivative
     v, j, terms = aux
     c = terms.c
-    cc = lambda t: t.to(dt_)  # noqa: E731
     a, b = terms.a, terms.b
     v_th, v_reset, v_leak = terms.v_th, terms.v_reset, terms.v_leak
     psi_prev = torch.zeros_like(prev.q) if first else pd(prev.q - v_th)
@@ -357,11 +403,11 @@ def lif_jacobian(
             "bias": b * ones,
         }
         if "tau_mem" in trainable:
-            tm = w.tau_mem.to(torch.float64)
+            f = lif_tau_factors(w, p, c, dt_, ("tau_mem",))
             if p.integration == "euler":
-                d_q["tau_mem"] = cc(-c.u / tm) * ((j + v_leak) - v)
+                d_q["tau_mem"] = f.mem_v * ((j + v_leak) - v)
             else:
-                d_q["tau_mem"] = cc(c.a * c.u / tm) * (v - v_leak - j)
+                d_q["tau_mem"] = f.mem_v * (v - v_leak - j)
         unit_phi = {k: col(d_q[k] * ones) for k in trainable}
         return LocalJacobian(
             diag=col(a * rho), phi=phi, unit_phi=unit_phi, gain=col(psi),
@@ -375,6 +421,7 @@ def lif_jacobian(
         phi["U"] = phi_jump
     pair = lambda dq, di: torch.stack((dq * ones, di * ones), dim=-1)  # noqa: E731
     unit_phi = {}
+    f = lif_tau_factors(w, p, c, dt_, trainable)
     for k in trainable:
         if k == "v_th":
             unit_phi[k] = pair(a * dv_dth, zeros)
@@ -385,20 +432,15 @@ def lif_jacobian(
         elif k == "bias":
             unit_phi[k] = phi_w
         elif k == "tau_mem":
-            tm = w.tau_mem.to(torch.float64)
             if p.integration == "euler":
-                unit_phi[k] = pair(cc(-c.u / tm) * ((v_leak - v) + j), zeros)
+                unit_phi[k] = pair(f.mem_v * ((v_leak - v) + j), zeros)
             else:
-                x = c.u - c.w
-                db = c.a * c.u / tm * (phi1(x) * (c.u - 1) - c.u * dphi1(x))
-                unit_phi[k] = pair(cc(c.a * c.u / tm) * (v - v_leak) + cc(db) * j, zeros)
+                unit_phi[k] = pair(f.mem_v * (v - v_leak) + f.mem_j * j, zeros)
         elif k == "tau_syn":
-            ts = w.tau_syn.to(torch.float64)
             if p.integration == "euler":
-                unit_phi[k] = pair(zeros, cc(c.w / ts) * j)
+                unit_phi[k] = pair(zeros, f.syn_i * j)
             else:
-                db = c.a * c.u * dphi1(c.u - c.w) * c.w / ts
-                unit_phi[k] = pair(cc(db) * j, cc(c.alpha * c.w / ts) * j)
+                unit_phi[k] = pair(f.syn_q * j, f.syn_i * j)
     return LocalJacobian(
         diag=torch.stack((a * rho, b * ones, alpha * ones), dim=-1),
         phi=phi,

@@ -1,17 +1,32 @@
 // LIF step and its local Jacobian pieces, compiled: the same equations as lif_step and
 // lif_jacobian in models/lif.py (the single definition; tests/core/test_compiled.py checks
-// this kernel against them and their torch.func Jacobians). Triangle pseudo-derivative.
+// this kernel against them and their torch.func Jacobians). Triangle pseudo-derivative
+// psi(s) = gamma max(0, 1 - |s| / width). Every neuron parameter is per neuron.
 //
 //   v = reset(q, z)            zero: (1 - z) q + z v_reset;  subtract: q - z (v_th - v_reset)
-//   j = i + U z [+ W x euler]
-//   exact: q' = v_leak + a (v - v_leak) + b j,             i' = alpha j + W x
-//   euler: q' = v + dt/tau_mem ((v_leak - v) + j),        i' = j + (-dt/tau_syn) j
+// current-based (synapse), state (q, i):
+//   j = i [+ (W x + bias) euler] + U z
+//   exact: q' = v_leak + a (v - v_leak) + b j,        i' = alpha j + W x + bias
+//   euler: q' = v + b ((v_leak - v) + j),              i' = j + (-c_s) j       (b = c_m)
+// current-free, state q:  I = W x + U z + bias
+//   exact: q' = v_leak + a (v - v_leak) + b I;         euler: q' = v + b ((I + v_leak) - v)
 //   z' = H(q' - v_th)
 //
-// Local pieces: D = [[a rho, b], [0, alpha]], phi^U = (b, alpha), phi^W = (0, 1) exact or
-// (b, alpha) euler, G = (psi(q' - v_th), 0); rho = 1 - z - psi_prev (q - v_reset) (zero) or
-// 1 - psi_prev (v_th - v_reset) (subtract), psi_prev = 0 at the first step.
-// Weights come transposed: WT = W^T (d, n), UT = U^T (n, n) or empty (not recurrent).
+// Local pieces: D = [[a rho, b], [0, alpha]] (current-free: a rho), phi^U = (b, alpha),
+// phi^W = phi^bias = (0, 1) exact or (b, alpha) euler (current-free: b), G = (psi(q' - v_th), 0);
+// rho = 1 - z - psi_prev (q - v_reset) (zero) or 1 - psi_prev (v_th - v_reset) (subtract),
+// psi_prev = 0 at the first step. Direct derivatives of the trained neuron parameters
+// (lif_jacobian's unit_phi; the i component is 0 unless stated):
+//   v_th: a dv/dv_th, dv/dv_th = psi_prev (q - v_reset) (zero), -z + psi_prev (v_th - v_reset)
+//         (subtract), and the direct output gain -psi(q' - v_th);
+//   v_reset: a z;  v_leak: (1 - a) [+ a at the first step];  bias: phi^bias;
+//   tau_mem, tau_syn: lif_tau_factors' factors times the terms named in its docstring.
+//
+// Inputs: WT = W^T (d, n), UT = U^T (n, n) or empty (not recurrent); coef (n, NC) in the
+// state's dtype, one row per neuron (the columns below, from lif_terms / lif_tau_factors);
+// units: the trained neuron parameters in the layer's order (codes: NEURON_PARAMETERS index).
+// Returns q', i' (None when current-free), z', D, phis (the engine's group order: U, W, the
+// units), G and the direct output gain (1, B, n) of v_th (None when v_th is not trained).
 #include <torch/extension.h>
 
 #include <cmath>
@@ -21,10 +36,10 @@ namespace {
 
 using torch::Tensor;
 
-struct Params {
-  double a, b, alpha, v_th, v_leak, v_reset, dt_mem, dt_syn, gamma, width;
-  bool zero_reset, euler;
-};
+// columns of coef
+enum Col : int64_t { A, B_, ALPHA, VTH, VLEAK, VRESET, BIAS, MCS, MEM_V, MEM_J, SYN_Q, SYN_I, NC };
+// codes of the trained neuron parameters (models/lif.py NEURON_PARAMETERS order)
+enum Unit : int64_t { TAU_MEM, TAU_SYN, V_TH, V_LEAK, V_RESET, BIAS_U };
 
 template <typename S>
 S triangle(S s, S gamma, S width) {
@@ -32,25 +47,36 @@ S triangle(S s, S gamma, S width) {
   return gamma * (v > S(0) ? v : S(0));
 }
 
+struct Config {
+  bool zero_reset, euler, synapse, first;
+  double gamma, width;
+};
+
 template <typename S>
 std::vector<Tensor> step_impl(Tensor x, Tensor q, Tensor i, Tensor z, Tensor WT, Tensor UT,
-                              const Params& p, bool first) {
+                              Tensor coef, const std::vector<int64_t>& units, const Config& c) {
   const int64_t B = q.size(0), n = q.size(1), d = x.size(1);
-  const bool rec = UT.numel() > 0;
+  const bool rec = UT.numel() > 0, syn = c.synapse, euler = c.euler, first = c.first;
+  const int64_t m = syn ? 2 : 1, U = static_cast<int64_t>(units.size());
+  const int64_t G = (rec ? 1 : 0) + 1 + U;  // groups: U (recurrent), W (input), the units
+  bool direct = false;
+  for (auto u : units) direct = direct || u == V_TH;
   auto opt = q.options();
-  Tensor q1 = torch::empty({B, n}, opt), i1 = torch::empty({B, n}, opt),
-         z1 = torch::empty({B, n}, opt);
-  const int64_t G = rec ? 2 : 1;
-  Tensor diag = torch::empty({B, n, 3}, opt), phis = torch::empty({B, n, 2 * G}, opt),
-         gain = torch::empty({B, n, 2}, opt);
-  const S a = S(p.a), bb = S(p.b), al = S(p.alpha), vth = S(p.v_th), vleak = S(p.v_leak),
-          vreset = S(p.v_reset), dtm = S(p.dt_mem), dts = S(p.dt_syn), gamma = S(p.gamma),
-          width = S(p.width);
-  const S *xp = x.data_ptr<S>(), *qp = q.data_ptr<S>(), *ip = i.data_ptr<S>(),
-          *zp = z.data_ptr<S>(), *wt = WT.data_ptr<S>();
+  // i1 (current-free) and gdir (no trained v_th) stay undefined: None in Python
+  Tensor q1 = torch::empty({B, n}, opt), z1 = torch::empty({B, n}, opt), i1, gdir;
+  if (syn) i1 = torch::empty({B, n}, opt);
+  if (direct) gdir = torch::empty({1, B, n}, opt);
+  Tensor diag = torch::empty({B, n, syn ? 3 : 1}, opt), phis = torch::empty({B, n, G * m}, opt),
+         gain = torch::empty({B, n, m}, opt);
+  const S gamma = S(c.gamma), width = S(c.width);
+  const S *xp = x.data_ptr<S>(), *qp = q.data_ptr<S>(), *zp = z.data_ptr<S>(),
+          *wt = WT.data_ptr<S>(), *cf = coef.data_ptr<S>();
+  const S* ip = syn ? i.data_ptr<S>() : nullptr;
   const S* ut = rec ? UT.data_ptr<S>() : nullptr;
-  S *q1p = q1.data_ptr<S>(), *i1p = i1.data_ptr<S>(), *z1p = z1.data_ptr<S>(),
-    *dp = diag.data_ptr<S>(), *pp = phis.data_ptr<S>(), *gp = gain.data_ptr<S>();
+  S *q1p = q1.data_ptr<S>(), *z1p = z1.data_ptr<S>(), *dp = diag.data_ptr<S>(),
+    *pp = phis.data_ptr<S>(), *gp = gain.data_ptr<S>();
+  S* i1p = syn ? i1.data_ptr<S>() : nullptr;
+  S* gdp = direct ? gdir.data_ptr<S>() : nullptr;
   std::vector<S> wx(n), uz(n);
   for (int64_t b = 0; b < B; ++b) {
     std::fill(wx.begin(), wx.end(), S(0));
@@ -70,59 +96,116 @@ std::vector<Tensor> step_impl(Tensor x, Tensor q, Tensor i, Tensor z, Tensor WT,
       }
     for (int64_t u = 0; u < n; ++u) {
       const int64_t o = b * n + u;
+      const S* cu = cf + u * NC;
+      const S a = cu[A], bb = cu[B_], al = cu[ALPHA], vth = cu[VTH], vleak = cu[VLEAK],
+              vreset = cu[VRESET], bias = cu[BIAS];
       const S qprev = qp[o], zprev = zp[o];
-      const S v = p.zero_reset ? (S(1) - zprev) * qprev + zprev * vreset
+      const S v = c.zero_reset ? (S(1) - zprev) * qprev + zprev * vreset
                                : qprev - zprev * (vth - vreset);
-      S j = ip[o];
-      if (p.euler) j = j + wx[u];
-      if (rec) j = j + uz[u];
-      S qn, in;
-      if (p.euler) {
-        qn = v + dtm * ((vleak - v) + j);
-        in = j + dts * j;
+      S j, qn;  // j: the drive (current-based: the current after the jumps; current-free: I)
+      if (syn) {
+        j = ip[o];
+        if (euler) j = j + (wx[u] + bias);
+        if (rec) j = j + uz[u];
+        if (euler) {
+          qn = v + bb * ((vleak - v) + j);
+          i1p[o] = j + cu[MCS] * j;
+        } else {
+          qn = vleak + a * (v - vleak) + bb * j;
+          i1p[o] = al * j + wx[u] + bias;
+        }
       } else {
-        qn = vleak + a * (v - vleak) + bb * j;
-        in = al * j + wx[u];
+        j = wx[u];
+        if (rec) j = j + uz[u];
+        j = j + bias;
+        qn = euler ? v + bb * ((j + vleak) - v) : vleak + a * (v - vleak) + bb * j;
       }
-      const S zn = (qn - vth) > S(0) ? S(1) : S(0);
       q1p[o] = qn;
-      i1p[o] = in;
-      z1p[o] = zn;
+      z1p[o] = (qn - vth) > S(0) ? S(1) : S(0);
       const S psi_prev = first ? S(0) : triangle(qprev - vth, gamma, width);
-      const S rho = p.zero_reset ? S(1) - zprev - psi_prev * (qprev - vreset)
+      const S rho = c.zero_reset ? S(1) - zprev - psi_prev * (qprev - vreset)
                                  : S(1) - psi_prev * (vth - vreset);
-      S* dg = dp + o * 3;
+      const S psi = triangle(qn - vth, gamma, width);
+      S* dg = dp + o * (syn ? 3 : 1);
       dg[0] = a * rho;
-      dg[1] = bb;
-      dg[2] = al;
-      S* ph = pp + o * 2 * G;
-      if (rec) {  // group order: U (recurrent), then W (input)
-        ph[0] = bb;
-        ph[1] = al;
-        ph += 2;
+      S* gn = gp + o * m;
+      gn[0] = psi;
+      // phi^W (= phi^bias) and phi^U, (q, i) components
+      const S wq = syn ? (euler ? bb : S(0)) : bb, wi = syn ? (euler ? al : S(1)) : S(0);
+      if (syn) {
+        dg[1] = bb;
+        dg[2] = al;
+        gn[1] = S(0);
       }
-      ph[0] = p.euler ? bb : S(0);
-      ph[1] = p.euler ? al : S(1);
-      gp[o * 2] = triangle(qn - vth, gamma, width);
-      gp[o * 2 + 1] = S(0);
+      S* ph = pp + o * G * m;
+      if (rec) {
+        ph[0] = bb;
+        if (syn) ph[1] = al;
+        ph += m;
+      }
+      ph[0] = wq;
+      if (syn) ph[1] = wi;
+      ph += m;
+      for (int64_t k = 0; k < U; ++k, ph += m) {
+        S dq = S(0), di = S(0);
+        switch (units[k]) {
+          case V_TH:
+            dq = a * (c.zero_reset ? psi_prev * (qprev - vreset)
+                                   : -zprev + psi_prev * (vth - vreset));
+            gdp[o] = -psi;
+            break;
+          case V_RESET:
+            dq = a * zprev;
+            break;
+          case V_LEAK:
+            dq = first ? (S(1) - a) + a : S(1) - a;
+            break;
+          case BIAS_U:
+            dq = wq;
+            di = wi;
+            break;
+          case TAU_MEM:
+            if (!syn)
+              dq = cu[MEM_V] * (euler ? (j + vleak) - v : v - vleak - j);
+            else if (euler)
+              dq = cu[MEM_V] * ((vleak - v) + j);
+            else
+              dq = cu[MEM_V] * (v - vleak) + cu[MEM_J] * j;
+            break;
+          case TAU_SYN:
+            if (!euler) dq = cu[SYN_Q] * j;
+            di = cu[SYN_I] * j;
+            break;
+          default:
+            TORCH_CHECK(false, "lif_step: unknown neuron parameter code ", units[k]);
+        }
+        ph[0] = dq;
+        if (syn) ph[1] = di;
+      }
     }
   }
-  return {q1, i1, z1, diag, phis, gain};
+  return {q1, i1, z1, diag, phis, gain, gdir};
 }
 
-std::vector<Tensor> lif_step(Tensor x, Tensor q, Tensor i, Tensor z, Tensor WT, Tensor UT,
-                             std::vector<double> coef, bool zero_reset, bool euler, bool first) {
-  TORCH_CHECK(coef.size() == 10, "lif_step: 10 coefficients expected");
-  const Params p{coef[0], coef[1], coef[2], coef[3], coef[4], coef[5],
-                 coef[6], coef[7], coef[8], coef[9], zero_reset, euler};
-  std::vector<Tensor> out;
+std::vector<Tensor> lif_step(Tensor x, Tensor q, Tensor i, Tensor z, bool first, Tensor WT,
+                             Tensor UT, Tensor coef, std::vector<int64_t> units, bool zero_reset,
+                             bool euler, bool synapse, double gamma, double width) {
   const auto st = q.scalar_type();
+  TORCH_CHECK(coef.dim() == 2 && coef.size(0) == q.size(1) && coef.size(1) == NC &&
+                  coef.scalar_type() == st && coef.is_contiguous(),
+              "lif_step: coef must be a contiguous (n, ", int64_t(NC), ") tensor of the state's dtype");
+  for (auto u : units)
+    TORCH_CHECK(u >= TAU_MEM && u <= BIAS_U && (synapse || u != TAU_SYN),
+                "lif_step: unknown neuron parameter code ", u);
+  const Config c{zero_reset, euler, synapse, first, gamma, width};
+  std::vector<Tensor> out;
   x = x.to(st).contiguous();
   q = q.contiguous();
-  i = i.contiguous();
+  if (synapse) i = i.contiguous();
   z = z.to(st).contiguous();
-  AT_DISPATCH_FLOATING_TYPES(st, "evrtrl_lif_step",
-                             [&] { out = step_impl<scalar_t>(x, q, i, z, WT, UT, p, first); });
+  AT_DISPATCH_FLOATING_TYPES(st, "evrtrl_lif_step", [&] {
+    out = step_impl<scalar_t>(x, q, i, z, WT, UT, coef, units, c);
+  });
   return out;
 }
 

@@ -18,23 +18,58 @@ from evrtrl.errors import UnknownMethodError, UnsupportedError
 from evrtrl.kernels import KernelBuildWarning, build
 from evrtrl.layer import LocalJacobian
 from evrtrl.models import EGRU, LIF, FastSigmoid, Stack
-from evrtrl.models.kernels import _groups, egru_kernel, lif_kernel
+from evrtrl.models.kernels import LIFKernel, _groups, egru_kernel, lif_kernel
 
 from . import test_jacobians as TJ
-from .helpers import egru, per_step_loss, rel_err, spikes_in, values_in
+from .helpers import assert_engines_agree, egru, lif, neuron_values, per_step_loss, rel_err, spikes_in, values_in
 
 KERNEL_PATHS = ("compiled",)
-#: Jacobian test cases the cell kernels cover; the others (per-neuron values, trained neuron
-#: parameters, the current-free LIF) run their pure step under the compiled engine kernel
-COVERED = [c for c in TJ.CASES if not c[1].get("per_neuron") and c[1].get("synapse", True)]
-UNCOVERED = [c for c in TJ.CASES if c not in COVERED]
+#: every Jacobian test case has a compiled cell step: EGRU, and LIF with uniform or per-neuron
+#: values, frozen or trained neuron parameters, current-based or current-free
+#: (test_jacobians' cases, plus per-neuron frozen values and a subset trained)
+COVERED = TJ.CASES + [
+    ("lif-exact-zero-pn-frozen", {"per_neuron": True, "trainable": ()}),
+    ("lif-euler-subtract-pn-frozen", {"integration": "euler", "reset": "subtract", "per_neuron": True,
+                                      "trainable": ()}),
+    ("lif-free-exact-pn-frozen", {"synapse": False, "per_neuron": True, "trainable": (), "scale": 40.0}),
+    ("lif-exact-pn-some-trained", {"per_neuron": True, "trainable": ("tau_syn", "v_reset")}),
+    ("lif-euler-pn-some-trained", {"integration": "euler", "per_neuron": True,
+                                   "trainable": ("tau_mem", "tau_syn", "bias")}),
+]
+#: LIF cases whose C++ step is new since the uniform-only kernel (per-neuron values, trained
+#: neuron parameters, bias, current-free)
+NEWLY_COVERED = [c for c in COVERED if c[1].get("per_neuron") or not c[1].get("synapse", True)]
 
 
-@pytest.mark.parametrize("name,kw", UNCOVERED, ids=[c[0] for c in UNCOVERED])
-def test_uncovered_cells_have_no_kernel(name, kw):
-    """A configuration the C++ step does not implement is never handed to it."""
-    layer = TJ._layer(name, kw)
-    assert lif_kernel(layer) is None
+def test_lif_configurations_reach_the_compiled_step():
+    """Per-neuron, trained (with a bias) and current-free LIF layers run the C++ step in the
+    engine; a pseudo-derivative without compact support (FastSigmoid) still runs the pure step."""
+    layers = [TJ._layer(name, kw) for name, kw in NEWLY_COVERED]
+    layers.append(lif(per_neuron=True, trainable=("bias",)))
+    assert any(float(layer.bias.detach().abs().max()) > 0 for layer in layers), "a layer with a bias"
+    for layer in layers:
+        eng = evrtrl.EventRTRL(layer, 2, kernel="compiled")
+        assert eng.compiled.covered == [True], layer
+        assert isinstance(eng.compiled.cells[0], LIFKernel)
+    slow = LIF(4, 7, dt=0.001, trainable=("v_th", "bias"), pseudo_derivative=FastSigmoid(1.0, 0.2),
+               **neuron_values(7)).double()
+    assert lif_kernel(slow) is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", evrtrl.DegradesToDenseWarning)
+        assert evrtrl.EventRTRL(slow, 2, kernel="compiled").compiled.covered == [False]
+
+
+@pytest.mark.parametrize("synapse", [True, False], ids=["cuba", "current-free"])
+@pytest.mark.parametrize("integration,reset", [("exact", "zero"), ("euler", "subtract")])
+def test_per_neuron_frozen_lif_equality_on_the_compiled_path(integration, reset, synapse):
+    """Heterogeneous frozen values with a bias (test_gradients trains every value or uses
+    uniform ones): event = dense <= 1e-12, = BPTT <= 1e-10, through the C++ step."""
+    model = lif(integration=integration, reset=reset, synapse=synapse, per_neuron=True, trainable=(),
+                scale=8.0 if synapse else 40.0)
+    assert evrtrl.EventRTRL(model, 2).compiled.covered == [True]
+    x = spikes_in(40, 2, 4)
+    assert 0 < float(evrtrl.simulate(model, x).spikes.mean()) < 0.9, "test case must spike"
+    assert_engines_agree(model, x, per_step_loss)
 
 
 def _kernel(layer):
