@@ -4,8 +4,10 @@ A kernel is C++ source compiled on first use by :func:`torch.utils.cpp_extension
 (a C++ compiler and ``ninja`` on ``PATH``) and cached in :func:`cache_dir`: under
 ``$EVRTRL_KERNEL_CACHE`` if set, else ``$XDG_CACHE_HOME/evrtrl/kernels`` (default
 ``~/.cache/evrtrl/kernels``), one folder per torch version, Python version and CPU (the
-code is built for the machine's instruction set), never inside site-packages. Later
-processes load the cached library in milliseconds; torch rebuilds it when a source changes.
+code is built for the machine's instruction set) and, inside it, one folder per kernel and
+hash of its sources and flags (two checkouts or versions of evrtrl never share a build;
+an old version's folders stay until the cache is cleared), never inside site-packages.
+Later processes load the cached library in milliseconds.
 
 Which path the event engine runs is chosen by ``EVRTRL_KERNEL`` (or the engine's
 ``kernel=`` argument): ``"auto"`` (default) uses the compiled path where it builds and
@@ -68,6 +70,14 @@ def _cpu_tag() -> str:
     return hashlib.sha1(name.encode()).hexdigest()[:10]
 
 
+def _source_tag(sources: list[Path]) -> str:
+    """A hash of the sources and flags: two checkouts (or versions) never share a build."""
+    h = hashlib.sha1(" ".join(CFLAGS).encode())
+    for src in sources:
+        h.update(Path(src).read_bytes())
+    return h.hexdigest()[:12]
+
+
 def cache_dir() -> Path:
     """Where built kernels are cached (module docstring)."""
     root = os.environ.get("EVRTRL_KERNEL_CACHE")
@@ -105,7 +115,7 @@ def load(name: str, sources: list[Path]) -> ModuleType | None:
         try:
             from torch.utils import cpp_extension
 
-            build = cache_dir() / name
+            build = cache_dir() / f"{name}-{_source_tag(sources)}"
             build.mkdir(parents=True, exist_ok=True)
             mod = cpp_extension.load(name=name, sources=[str(s) for s in sources],
                                      extra_cflags=CFLAGS, build_directory=str(build), verbose=False)
