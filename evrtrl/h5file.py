@@ -1,11 +1,43 @@
-r"""HDF5 files of the library: atomic writes and reading with errors that name file and field.
+r"""HDF5 files of the library: atomic, sealed writes and verified reads with errors that name file and field.
 
-The model file (:mod:`evrtrl.models.modelfile`) and the training checkpoint
-(:mod:`evrtrl.training.checkpoint`) are both built on these helpers. Every reading error
+The model file (:mod:`evrtrl.models.modelfile`), the training checkpoint
+(:mod:`evrtrl.training.checkpoint`) and the hardware bundle
+(:mod:`evrtrl.neuromorphic.bundle`) are all built on these helpers. Every reading error
 is a :class:`~evrtrl.errors.FormatError` naming the file and the missing or bad field.
+
+Content hash (the *seal*)
+-------------------------
+Every file is created with a 512-byte HDF5 **user block** (bytes libhdf5 reserves for the
+application and never reads; the HDF5 superblock follows at offset 512). After the HDF5
+file is closed, and before it is moved into place, :func:`seal` writes into that block::
+
+    evrtrl-sha256 1\n
+    sha256 <64 hex digits>\n            SHA-256 of every byte after the user block
+    bytes <decimal length>\n            number of bytes after the user block
+
+(ASCII, zero padded to 512 bytes). :func:`read_h5` reads the whole file into memory once,
+checks the seal, and only then lets libhdf5 parse **those same bytes** (no second read,
+so nothing can change between the check and the parse). A flipped, zeroed or truncated
+byte anywhere in the file is a :class:`~evrtrl.errors.FormatError` before libhdf5 sees it,
+so a corrupt file can neither load silently nor send libhdf5 into one of its endless loops.
+The hash lives inside the file (no sidecar that could be lost, copied apart or replaced
+non-atomically) and in a region libhdf5 ignores (the file stays a plain HDF5 file for
+``h5py``/``h5dump``).
+
+A file that starts with the HDF5 signature at byte 0 has no user block: it was written by
+evrtrl 0.1.0 (*legacy*). It still loads, with the structure and field checks and the link
+refusal below, but **without an integrity check** (a flipped weight byte loads silently,
+and a corrupt legacy file can still make libhdf5 loop); saving it again seals it. Any other
+first bytes (no seal, no signature) are a :class:`~evrtrl.errors.FormatError`.
+
+Links: the library writes hard links only. A file holding an external link (a reference
+into another file), a soft link, a dataset with external raw storage or a virtual dataset
+is refused, so reading a file never opens another one.
 """
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 from pathlib import Path
@@ -19,8 +51,16 @@ from evrtrl import __version__
 from evrtrl.atomic import atomic_write
 from evrtrl.errors import FormatError
 
-__all__ = ["DTYPES", "dtype_name", "write_h5", "open_h5", "write_header", "read_extra", "attr", "attr_str",
-           "dataset", "group"]
+__all__ = ["DTYPES", "dtype_name", "write_h5", "open_h5", "read_h5", "seal", "seal_status", "write_header",
+           "read_extra", "attr", "attr_str", "attr_int", "attr_float", "dataset", "group", "USERBLOCK",
+           "HDF5_SIGNATURE", "H5_ERRORS"]
+
+#: bytes reserved before the HDF5 superblock for the seal (the smallest HDF5 user block)
+USERBLOCK = 512
+#: first line of a sealed file
+SEAL_MAGIC = b"evrtrl-sha256 1\n"
+#: the HDF5 format signature; at byte 0 it marks a legacy (unsealed, evrtrl 0.1.0) file
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
 #: torch dtypes by the name the files store
 DTYPES = {
@@ -45,36 +85,135 @@ def write_header(f: Any, kind: str, version: int, extra: dict[str, Any]) -> None
 
 def read_extra(f: Any, path: Path) -> dict[str, Any]:
     """The root attribute ``extra`` (JSON) of a library file."""
-    raw = f.attrs.get("extra", "{}")
     try:
-        return json.loads(raw.decode() if isinstance(raw, bytes) else raw)
-    except (TypeError, ValueError) as exc:
+        present = "extra" in f.attrs
+    except H5_ERRORS as exc:
+        raise FormatError(f"{path}: the attributes at '/' are unreadable ({exc})") from exc
+    raw = attr_str(f, "extra", path, "/") if present else "{}"
+    try:
+        extra = json.loads(raw)
+    except ValueError as exc:
         raise FormatError(f"{path}: attribute 'extra' at '/' is not valid JSON ({exc})") from exc
+    if not isinstance(extra, dict):
+        raise FormatError(f"{path}: attribute 'extra' at '/' is JSON {type(extra).__name__}, expected an object")
+    return extra
+
+
+def _seal_header(payload: bytes) -> bytes:
+    digest = hashlib.sha256(payload).hexdigest()
+    text = SEAL_MAGIC + f"sha256 {digest}\nbytes {len(payload)}\n".encode()
+    return text + bytes(USERBLOCK - len(text))
+
+
+def seal(path: str | os.PathLike) -> None:
+    """Write the seal (module docstring) into the user block of the HDF5 file ``path``.
+
+    The file must have been created with ``userblock_size=USERBLOCK`` (as :func:`write_h5`
+    does) and be closed. Also used by the mutation fuzzer to re-seal mutants, so that the
+    parser itself is exercised.
+    """
+    with open(path, "rb+") as fh:
+        data = fh.read()
+        if len(data) < USERBLOCK + len(HDF5_SIGNATURE) or data[USERBLOCK:USERBLOCK + 8] != HDF5_SIGNATURE:
+            raise FormatError(f"{path}: cannot seal: no HDF5 superblock after a {USERBLOCK}-byte user block")
+        fh.seek(0)
+        fh.write(_seal_header(data[USERBLOCK:]))
+
+
+def seal_status(data: bytes, path: str | os.PathLike) -> str:
+    """``"sealed"`` if ``data`` (a whole file) carries a valid seal, ``"legacy"`` if it is an
+    unsealed HDF5 file (HDF5 signature at byte 0); anything else is a FormatError."""
+    if data[:8] == HDF5_SIGNATURE:
+        return "legacy"
+    if not data.startswith(SEAL_MAGIC):
+        raise FormatError(f"{path}: neither an evrtrl file (no 'evrtrl-sha256' seal in the first {USERBLOCK} "
+                          "bytes) nor an HDF5 file (no HDF5 signature at byte 0)")
+    head = data[len(SEAL_MAGIC):USERBLOCK].split(b"\x00", 1)[0].decode("ascii", "replace").split("\n")
+    fields = dict(line.split(" ", 1) for line in head if " " in line)
+    digest, length = fields.get("sha256", ""), fields.get("bytes", "")
+    if len(digest) != 64 or not length.isdigit():
+        raise FormatError(f"{path}: the seal in the first {USERBLOCK} bytes is damaged (field "
+                          f"{'sha256' if len(digest) != 64 else 'bytes'})")
+    payload = data[USERBLOCK:]
+    if len(payload) != int(length):
+        raise FormatError(f"{path}: {len(payload)} bytes after the seal, the seal records {length} "
+                          "(truncated or extended file)")
+    if hashlib.sha256(payload).hexdigest() != digest:
+        raise FormatError(f"{path}: content hash mismatch (sha256 of bytes {USERBLOCK}..{len(data)} differs from "
+                          "the seal): the file is corrupt")
+    return "sealed"
 
 
 def write_h5(path: str | os.PathLike, write: Callable[[Any], None]) -> Path:
-    """Fill a new HDF5 file with ``write(h5file)`` atomically (:mod:`evrtrl.atomic`)."""
+    """Fill a new HDF5 file with ``write(h5file)``, seal it and move it into place atomically
+    (:mod:`evrtrl.atomic`)."""
     def fill(tmp: str) -> None:
-        with h5py.File(tmp, "w") as f:
+        with h5py.File(tmp, "w", userblock_size=USERBLOCK) as f:
             write(f)
             f.flush()
+        seal(tmp)
 
     return atomic_write(path, fill)
 
 
-def open_h5(path: str | os.PathLike, kinds: tuple[str, ...], supported_versions: tuple[int, ...]) -> h5py.File:
-    """Open a library file for reading, checking its root ``format_version`` and ``kind``."""
+def _refuse_links(f: h5py.File, path: Path) -> None:
+    """FormatError on anything that would make libhdf5 open another file or follow a soft link."""
+    bad: list[str] = []
+
+    def visit(name: str, link: Any) -> None:
+        if not isinstance(link, h5py.HardLink):
+            kind = type(link).__name__
+            target = getattr(link, "filename", None) or getattr(link, "path", "")
+            bad.append(f"'/{name}' is a {kind} to {target!r}")
+            return
+        obj = f.get(name)
+        if isinstance(obj, h5py.Dataset):
+            if obj.is_virtual:
+                bad.append(f"'/{name}' is a virtual dataset (data from other files)")
+            elif obj.id.get_create_plist().get_external_count() > 0:
+                bad.append(f"'/{name}' keeps its data in external files")
+
+    try:
+        f.visititems_links(visit)
+    except (OSError, RuntimeError, KeyError, ValueError) as exc:
+        raise FormatError(f"{path}: the group tree is unreadable ({exc})") from exc
+    if bad:
+        raise FormatError(f"{path}: {bad[0]}; evrtrl files hold hard links only (a file may not make the "
+                          "reader open another file)")
+
+
+def read_h5(path: str | os.PathLike) -> h5py.File:
+    """Open an HDF5 file the library wrote: seal checked, links refused (module docstring).
+
+    The whole file is read into memory once; libhdf5 parses those verified bytes. The
+    returned file's ``seal`` attribute (Python, not HDF5) is ``"sealed"`` or ``"legacy"``.
+    """
     path = Path(path)
+    if path.is_dir():
+        raise FormatError(f"{path}: is a directory, expected an HDF5 file")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
+    data = path.read_bytes()
+    status = seal_status(data, path)
     try:
-        f = h5py.File(path, "r")
-    except OSError as exc:
+        f = h5py.File(io.BytesIO(data), "r")
+    except (OSError, RuntimeError, ValueError) as exc:
         raise FormatError(f"{path}: not a readable HDF5 file ({exc})") from exc
     try:
-        if "format_version" not in f.attrs:
-            raise FormatError(f"{path}: missing attribute 'format_version' at '/'; not an evrtrl file")
-        version = int(f.attrs["format_version"])
+        _refuse_links(f, path)
+    except BaseException:
+        f.close()
+        raise
+    f.seal = status  # type: ignore[attr-defined]
+    return f
+
+
+def open_h5(path: str | os.PathLike, kinds: tuple[str, ...], supported_versions: tuple[int, ...]) -> h5py.File:
+    """Open a library file for reading (:func:`read_h5`), checking its root ``format_version`` and ``kind``."""
+    path = Path(path)
+    f = read_h5(path)
+    try:
+        version = attr_int(f, "format_version", path, "/")
         if version not in supported_versions:
             raise FormatError(
                 f"{path}: format_version {version} is not supported; this evrtrl reads "
@@ -89,27 +228,95 @@ def open_h5(path: str | os.PathLike, kinds: tuple[str, ...], supported_versions:
     return f
 
 
+#: what h5py raises on a damaged structure (libhdf5 errors arrive as OSError/KeyError/RuntimeError,
+#: bad stored types as TypeError/ValueError)
+H5_ERRORS = (OSError, KeyError, RuntimeError, TypeError, ValueError)
+
+
+def _where(obj: Any) -> str:
+    try:
+        return obj.name or "/"
+    except H5_ERRORS:  # pragma: no cover - a damaged object header
+        return "?"
+
+
 def attr(obj: Any, name: str, path: Path, where: str) -> Any:
-    if name not in obj.attrs:
+    """Attribute ``name`` of ``obj``; FormatError naming file, object and attribute if absent or unreadable."""
+    try:
+        present = name in obj.attrs
+        value = obj.attrs[name] if present else None
+    except H5_ERRORS as exc:
+        raise FormatError(f"{path}: attribute '{name}' at '{where}' is unreadable ({exc})") from exc
+    if not present:
         raise FormatError(f"{path}: missing attribute '{name}' at '{where}'")
-    return obj.attrs[name]
+    return value
 
 
 def attr_str(obj: Any, name: str, path: Path, where: str) -> str:
     v = attr(obj, name, path, where)
-    return v.decode() if isinstance(v, bytes) else str(v)
+    if isinstance(v, bytes):
+        try:
+            return v.decode()
+        except UnicodeDecodeError as exc:
+            raise FormatError(f"{path}: attribute '{name}' at '{where}' is not UTF-8 text") from exc
+    if isinstance(v, np.ndarray):
+        raise FormatError(f"{path}: attribute '{name}' at '{where}' is an array, expected text")
+    return str(v)
+
+
+def _number(obj: Any, name: str, path: Path, where: str, cast: Callable[[Any], Any]) -> Any:
+    v = attr(obj, name, path, where)
+    try:
+        if isinstance(v, np.ndarray):
+            if v.size != 1:
+                raise TypeError(f"an array of shape {v.shape}")
+            v = v.reshape(()).item()
+        if isinstance(v, (bytes, str)):
+            raise TypeError(f"text {v!r}")
+        return cast(v)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise FormatError(f"{path}: attribute '{name}' at '{where}' is not a {cast.__name__} ({exc})") from exc
+
+
+def attr_int(obj: Any, name: str, path: Path, where: str) -> int:
+    """Integer attribute (a float with a fractional part is refused)."""
+    v = _number(obj, name, path, where, float)
+    if not np.isfinite(v) or v != int(v):
+        raise FormatError(f"{path}: attribute '{name}' at '{where}' is {v!r}, expected an integer")
+    return int(v)
+
+
+def attr_float(obj: Any, name: str, path: Path, where: str) -> float:
+    """Float attribute."""
+    return _number(obj, name, path, where, float)
 
 
 def dataset(group: Any, name: str, path: Path) -> np.ndarray:
-    if name not in group:
-        raise FormatError(f"{path}: missing dataset '{group.name.rstrip('/')}/{name}'")
+    """The values of dataset ``group/name``; FormatError naming file and dataset if absent or unreadable."""
+    full = f"{_where(group).rstrip('/')}/{name}"
     try:
-        return group[name][()]
-    except Exception as exc:  # h5py raises OSError/KeyError on damaged data
-        raise FormatError(f"{path}: dataset '{group.name.rstrip('/')}/{name}' is unreadable ({exc})") from exc
+        present = name in group
+        node = group[name] if present else None
+        if present and not isinstance(node, h5py.Dataset):
+            raise FormatError(f"{path}: '{full}' is a {type(node).__name__}, expected a dataset")
+        value = node[()] if present else None
+    except H5_ERRORS as exc:
+        raise FormatError(f"{path}: dataset '{full}' is unreadable ({exc})") from exc
+    if not present:
+        raise FormatError(f"{path}: missing dataset '{full}'")
+    return value
 
 
 def group(parent: Any, name: str, path: Path) -> Any:
-    if name not in parent:
-        raise FormatError(f"{path}: missing group '{parent.name.rstrip('/')}/{name}'")
-    return parent[name]
+    """Sub-group ``parent/name``; FormatError naming file and group if absent or not a group."""
+    full = f"{_where(parent).rstrip('/')}/{name}"
+    try:
+        present = name in parent
+        node = parent[name] if present else None
+    except H5_ERRORS as exc:
+        raise FormatError(f"{path}: group '{full}' is unreadable ({exc})") from exc
+    if not present:
+        raise FormatError(f"{path}: missing group '{full}'")
+    if not isinstance(node, h5py.Group):
+        raise FormatError(f"{path}: '{full}' is a {type(node).__name__}, expected a group")
+    return node

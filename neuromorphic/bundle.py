@@ -24,6 +24,9 @@ targets (Loihi 2 microcode, SpiNNaker 2 ARM cores). Format version 2::
         placement           optional (n,) int32 core id per neuron (-1 = off-core)
     /mapping/               optional, attrs profile, ok, n_cores; dataset report_json (UTF-8)
 
+The file is sealed with a content hash that :func:`read_bundle` checks before libhdf5 parses
+it, and links to other files are refused (:mod:`evrtrl.h5file`).
+
 Readers must reject a ``version`` they do not know (:func:`read_bundle` does).
 Version 1 files (no EGRU codes, no ``params/hw``) are still read: v2 only adds
 optional groups, so a v1 file is a valid v2 file without them.
@@ -36,7 +39,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from evrtrl.errors import FormatError
-from evrtrl.atomic import atomic_write
+from evrtrl.h5file import H5_ERRORS, read_h5, write_h5
 from .netspec import EGRULayer, LIFLayer, Network, network_from_model
 
 __all__ = ["BUNDLE_VERSION", "READABLE_VERSIONS", "Bundle", "export_bundle", "read_bundle"]
@@ -67,12 +70,9 @@ def _csr(M: np.ndarray):
 
 def export_bundle(model, path, mapping=None) -> None:
     """Write ``model`` (cells/Stack/Network, LIF or EGRU) and optionally a MappingReport, atomically."""
-    import h5py
-
     net = network_from_model(model)
 
-    def write(tmp):
-        with h5py.File(tmp, "w") as f:
+    def write(f):  # body indented as in the former `with h5py.File(...)` block
             f.attrs.update(format=_FORMAT, version=BUNDLE_VERSION, n_layers=len(net.layers),
                            input_size=net.input_size, created_by="evrtrl.neuromorphic")
             for i, L in enumerate(net.layers):
@@ -122,18 +122,21 @@ def export_bundle(model, path, mapping=None) -> None:
                 mg.attrs.update(profile=mapping.profile.name, ok=mapping.ok, n_cores=len(mapping.cores))
                 mg.create_dataset("report_json", data=json.dumps(mapping.to_dict()))
 
-    atomic_write(path, write)
+    write_h5(path, write)
 
 
 def read_bundle(path) -> Bundle:
     """Read a bundle written by :func:`export_bundle`; unknown versions raise :class:`FormatError`."""
-    import h5py
-
+    f = read_h5(path)
     try:
-        f = h5py.File(path, "r")
-    except OSError as e:
-        raise FormatError(f"{str(path)!r} is not an HDF5 bundle: {e}") from e
-    with f:
+        return _read_bundle(f, path)
+    except H5_ERRORS as e:  # what h5py raises on a damaged structure
+        raise FormatError(f"{str(path)!r}: bundle structure unreadable ({type(e).__name__}: {e})") from e
+    finally:
+        f.close()
+
+
+def _read_bundle(f, path) -> Bundle:  # body indented as in the former `with f:` block
         if f.attrs.get("format") != _FORMAT:
             raise FormatError(f"{str(path)!r}: attribute 'format' is {f.attrs.get('format')!r}, expected {_FORMAT!r}")
         version = int(f.attrs.get("version", -1))
@@ -176,4 +179,4 @@ def read_bundle(path) -> Bundle:
             quant.append(Q)
             place.append(g["placement"][()] if "placement" in g else None)
         mapping = json.loads(f["mapping/report_json"][()]) if "mapping" in f else None
-    return Bundle(Network(layers), version, quant, place, mapping)
+        return Bundle(Network(layers), version, quant, place, mapping)
