@@ -8,8 +8,9 @@ import torch
 
 from evrtrl.bptt import bptt_gradients
 from evrtrl.dense_engine import DenseRTRL
-from evrtrl.errors import ShapeError, UnknownMethodError
+from evrtrl.errors import ShapeError, UnknownMethodError, UnsupportedError
 from evrtrl.event_engine import EventRTRL
+from evrtrl.finite import check_finite
 from evrtrl.network import check_parameters, check_sequence, layers_of
 from evrtrl.stats import EngineStats
 
@@ -82,8 +83,20 @@ def simulate(model: Any, x: torch.Tensor) -> SimulationResult:
 
 
 def make_engine(model: Any, batch: int, method: str = "event") -> EventRTRL | DenseRTRL:
-    """An RTRL engine for ``batch`` streams: ``"event"``, ``"dense"`` or ``"dense-live"``."""
+    """An RTRL engine for ``batch`` streams: ``"event"``, ``"dense"`` or ``"dense-live"``.
+
+    float16 models are refused for ``"event"`` (:class:`~evrtrl.errors.UnsupportedError`): its
+    lazy transforms keep factors up to 2^(+-40), outside float16's range, and the
+    gradients turned NaN after 11-20 steps (docs/reliability.md); bfloat16 (float32's range)
+    stays within 1-2.4x of bfloat16 BPTT's own error, float32 within 0.7-7x of float32 BPTT's.
+    """
     if method == "event":
+        dtype = layers_of(model)[0].layer.dtype
+        if dtype == torch.float16:
+            raise UnsupportedError(
+                "the event engine does not support float16 parameters: its lazy transforms need "
+                "float32's exponent range (float16 gradients become NaN after ~11 steps); use "
+                "model.to(torch.bfloat16) or model.float() (or method='dense'/'bptt' in float16)")
         return EventRTRL(model, batch)
     if method in ("dense", "dense-live"):
         return DenseRTRL(model, batch, columns="all" if method == "dense" else "live")
@@ -118,17 +131,22 @@ def gradients(model: Any, x: torch.Tensor, loss_fn: LossFn, method: str = "event
     ``x``: ``(T, B, d)``; ``y_t``: the last layer's output ``(B, n)``; ``method``: one of
     :data:`METHODS`. Returns :class:`Gradients` (a dict name -> tensor shaped like the
     parameter, exactly 0 at masked entries) with the engine's statistics in ``.stats``.
+    A NaN or inf gradient (a NaN loss, exploding states) raises
+    :class:`~evrtrl.errors.NonFiniteError` naming the parameter (checked once, at the end).
     """
     if method not in METHODS:
         raise UnknownMethodError(f"unknown method {method!r}; expected one of {METHODS}")
     check_sequence(model, x)
     check_parameters(model)
     if method == "bptt":
-        return Gradients(*bptt_gradients(model, x, loss_fn))
-    engine = make_engine(model, x.shape[1], method)
-    for t in range(x.shape[0]):
-        y = engine.step(x[t])
-        g = loss_gradient(loss_fn, y, t)
-        if g is not None:
-            engine.accumulate(g)
-    return Gradients(engine.gradients(), engine.stats)
+        result = Gradients(*bptt_gradients(model, x, loss_fn))
+    else:
+        engine = make_engine(model, x.shape[1], method)
+        for t in range(x.shape[0]):
+            y = engine.step(x[t])
+            g = loss_gradient(loss_fn, y, t)
+            if g is not None:
+                engine.accumulate(g)
+        result = Gradients(engine.gradients(), engine.stats)
+    check_finite(result.items(), "gradient of parameter", f" ({method}, {x.shape[0]} steps)")
+    return result

@@ -38,3 +38,8 @@ class FormatError(EvrtrlError, ValueError):
 
 class UnsupportedError(EvrtrlError, NotImplementedError):
     """The request is valid but cannot be expressed (e.g. a node type on export)."""
+
+
+class RunError(EvrtrlError, RuntimeError):
+    """A training run cannot start or go on: its directory is in use or holds another run, a
+    checkpoint belongs to another run, or another process of a distributed run failed."""

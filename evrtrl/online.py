@@ -9,6 +9,13 @@ exactly). With ``method="bptt"`` it runs truncated BPTT over windows of ``k`` st
 
 Parameters outside the recurrent model (a readout inside ``loss_fn``) are passed as
 ``extra_parameters``: their gradient is exact from the current step alone.
+
+Finite numbers or a named error: at every update (not every step) the gradients are checked
+before the optimizer sees them, and the parameters after it stepped; NaN or inf raises
+:class:`~evrtrl.errors.NonFiniteError` naming the parameter, the update and the step.
+With an optimizer that sums gradients over processes (``all_reduce_gradients()``, as
+:class:`evrtrl.training.distributed.AllReduceOptimizer`), the check runs on the summed
+gradients, so every process raises the same error.
 """
 from __future__ import annotations
 
@@ -18,6 +25,7 @@ import torch
 
 from evrtrl.api import METHODS, make_engine
 from evrtrl.errors import ConfigError, UnknownMethodError
+from evrtrl.finite import check_finite
 from evrtrl.network import check_parameters, check_sequence, layers_of
 
 __all__ = ["OnlineLearner"]
@@ -58,12 +66,19 @@ class OnlineLearner:
         self.stats: list[Any] = []
 
     # ----------------------------------------------------------------- helpers
-    def _apply(self) -> None:
-        """Hand the accumulated gradient to the optimizer and update the weights."""
+    def _apply(self, t: int) -> None:
+        """Hand the accumulated gradient to the optimizer and update the weights (after step ``t``)."""
         if self.method != "bptt":
             for name, g in self.engine.gradients().items():
                 self.params[name].grad = g.to(self.params[name].dtype)
+        reduce = getattr(self.optimizer, "all_reduce_gradients", None)
+        if reduce is not None:
+            reduce()
+        named = list(self.params.items()) + [(f"extra_parameters[{i}]", p) for i, p in enumerate(self.extra)]
+        when = f" at update {self.updates + 1} (after step t={t})"
+        check_finite(((n, p.grad) for n, p in named), "gradient of parameter", when + "; weights not updated")
         self.optimizer.step()
+        check_finite(named, "parameter", when + " after the optimizer step (learning rate too large?)")
         self.optimizer.zero_grad(set_to_none=True)
         self.updates += 1
         if self.method != "bptt":
@@ -97,10 +112,10 @@ class OnlineLearner:
             losses.append(float(loss.detach()) if loss is not None else float("nan"))
             pending += 1
             if pending == self.k:
-                self._apply()
+                self._apply(t)
                 pending = 0
         if pending:
-            self._apply()
+            self._apply(T - 1)
         self.stats.append(self.engine.stats)
         return losses
 
@@ -125,7 +140,7 @@ class OnlineLearner:
             if pending == self.k or t == T - 1:
                 if total is not None and total.requires_grad:
                     total.backward()
-                self._apply()
+                self._apply(t)
                 total, pending = None, 0
                 states = [type(s)(*(v.detach() for v in s)) for s in states]
                 weights = [r.layer.weights() for r in refs]

@@ -13,16 +13,44 @@ same state, so the weights stay identical without being broadcast.
 Launch: ``torchrun --nproc_per_node=P -m evrtrl.training.cli train ...`` (or the
 ``evrtrl train`` entry point under torchrun); :func:`init_from_env` picks up
 ``RANK``/``WORLD_SIZE``/``MASTER_ADDR``/``MASTER_PORT``.
+
+One run, all ranks: rank 0 holds the run directory's lock (:mod:`evrtrl.training.rundir`)
+and the setup outcome is agreed by all ranks (:func:`agree`). A rank that fails stops the
+others with an error instead of leaving them waiting: the training loop calls
+:func:`abort` on any exception, which closes this process's connections, and the others'
+next collective raises :class:`~evrtrl.errors.RunError` at once. A rank that hangs without
+failing is caught by the collectives' time limit (``$EVRTRL_DIST_TIMEOUT_S``, default
+600 s, set by :func:`init_from_env`).
 """
 from __future__ import annotations
 
+import datetime
 import os
-from typing import Any, Sequence
+from contextlib import contextmanager
+from typing import Any, Iterator, Sequence
 
 import torch
 
+from evrtrl.errors import RunError
+
 __all__ = ["rank_and_world", "init_from_env", "AllReduceOptimizer", "all_reduce_sum", "shard",
-           "barrier", "spawn_train"]
+           "barrier", "agree", "abort", "spawn_train", "timeout_s"]
+
+
+def timeout_s() -> float:
+    """Time limit of one collective: ``$EVRTRL_DIST_TIMEOUT_S`` (default 600 s)."""
+    return float(os.environ.get("EVRTRL_DIST_TIMEOUT_S", "600"))
+
+
+@contextmanager
+def _collective(what: str) -> Iterator[None]:
+    """Turn gloo's error for a peer that failed, left or timed out into a RunError."""
+    try:
+        yield
+    except RuntimeError as exc:
+        rank = rank_and_world()[0]
+        raise RunError(f"rank {rank}: another process of the distributed run failed, left or did not answer "
+                       f"within {timeout_s():.0f} s during {what}; stopping this one too ({exc})") from exc
 
 
 def _dist():
@@ -53,7 +81,7 @@ def init_from_env(backend: str | None = None) -> bool:
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return False
     backend = backend or os.environ.get("EVRTRL_DIST_BACKEND", "gloo")
-    dist.init_process_group(backend=backend)
+    dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s()))
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     return True
@@ -61,7 +89,35 @@ def init_from_env(backend: str | None = None) -> bool:
 
 def barrier() -> None:
     if rank_and_world()[1] > 1:
-        _dist().barrier()
+        with _collective("a barrier"):
+            _dist().barrier()
+
+
+def abort() -> None:
+    """Leave the process group at once (after an exception on this rank): the peers' pending
+    and next collectives fail instead of waiting for this process."""
+    dist = _dist()
+    if dist.is_available() and dist.is_initialized():
+        try:
+            dist.destroy_process_group()
+        except RuntimeError:  # pragma: no cover - already broken
+            pass
+
+
+def agree(error: BaseException | None, what: str) -> None:
+    """Every rank passes its own outcome of a step (None: success); if any rank failed, every
+    rank raises: the failed ones their own error, the others a RunError naming the failed ranks."""
+    rank, world = rank_and_world()
+    if world > 1:
+        flags = torch.zeros(world, dtype=torch.float64)
+        flags[rank] = 1.0 if error is not None else 0.0
+        with _collective(what):
+            _dist().all_reduce(flags)
+        failed = [r for r in range(world) if flags[r] > 0]
+        if failed and error is None:
+            raise RunError(f"rank {rank}: rank(s) {failed} failed during {what} (see their error); stopping too")
+    if error is not None:
+        raise error
 
 
 def all_reduce_sum(values: Sequence[float], device: Any = "cpu") -> list[float]:
@@ -69,7 +125,8 @@ def all_reduce_sum(values: Sequence[float], device: Any = "cpu") -> list[float]:
     if rank_and_world()[1] == 1:
         return [float(v) for v in values]
     t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=device)
-    _dist().all_reduce(t)
+    with _collective("the metrics all-reduce"):
+        _dist().all_reduce(t)
     return t.tolist()
 
 
@@ -93,6 +150,7 @@ class AllReduceOptimizer:
 
     def __init__(self, optimizer: torch.optim.Optimizer) -> None:
         self.optimizer = optimizer
+        self._reduced = False
 
     @property
     def param_groups(self):
@@ -110,12 +168,19 @@ class AllReduceOptimizer:
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.optimizer.zero_grad(set_to_none=set_to_none)
+        self._reduced = False
 
     def _params(self) -> list[torch.nn.Parameter]:
         return [p for g in self.optimizer.param_groups for p in g["params"]]
 
     @torch.no_grad()
-    def step(self, closure=None):
+    def all_reduce_gradients(self) -> None:
+        """Sum every parameter's ``.grad`` over the processes now (once until the next
+        ``step``/``zero_grad``); the learner calls this before its finite check, so every
+        process checks the same summed gradients."""
+        if self._reduced:
+            return
+        self._reduced = True
         if rank_and_world()[1] > 1:
             params = self._params()
             ref = params[0]
@@ -127,7 +192,8 @@ class AllReduceOptimizer:
                 + [torch.tensor([0.0 if p.grad is None else 1.0 for p in params],
                                 dtype=torch.float64, device=ref.device)]
             )
-            _dist().all_reduce(flat)
+            with _collective("the gradient all-reduce"):
+                _dist().all_reduce(flat)
             has = flat[-len(params):]
             o = 0
             for i, p in enumerate(params):
@@ -135,36 +201,42 @@ class AllReduceOptimizer:
                 if has[i] > 0:
                     p.grad = flat[o:o + k].view_as(p).to(p.dtype).clone()
                 o += k
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        self.all_reduce_gradients()
+        self._reduced = False
         return self.optimizer.step(closure) if closure is not None else self.optimizer.step()
 
 
-def _spawn_worker(rank: int, world: int, init_method: str, cfg: dict, out: str, threads: int) -> None:
+def _spawn_worker(rank: int, world: int, init_method: str, cfg: dict, out: str, threads: int,
+                  resume: bool, overwrite: bool) -> None:
     from evrtrl.training.loop import TrainConfig, train
 
     torch.set_num_threads(threads)
     dist = _dist()
-    dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=world)
+    dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=timeout_s()))
     try:
-        train(TrainConfig.from_dict(cfg), out, progress=False)
+        train(TrainConfig.from_dict(cfg), out, progress=False, resume=resume, overwrite=overwrite)
     finally:
-        dist.destroy_process_group()
+        abort()
 
 
 def spawn_train(world: int, cfg: Any, out: str | os.PathLike, *, init_method: str | None = None,
-                threads: int = 1) -> None:
+                threads: int = 1, resume: bool = False, overwrite: bool = False) -> None:
     """Train ``cfg`` into ``out`` with ``world`` local processes (gloo, loopback or a
-    file store; ``torch.multiprocessing.spawn``). For tests and single-machine runs;
-    use torchrun for several machines (docs/training.md)."""
+    file store in a temporary directory; ``torch.multiprocessing.spawn``). For tests and
+    single-machine runs; use torchrun for several machines (docs/training.md)."""
     import dataclasses
+    import tempfile
 
     import torch.multiprocessing as mp
 
     out = os.fspath(out)
-    os.makedirs(out, exist_ok=True)
-    if init_method is None:
-        store = os.path.join(out, ".dist_store")
-        if os.path.exists(store):
-            os.unlink(store)
-        init_method = "file://" + os.path.abspath(store)
     d = dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else dict(cfg)
-    mp.spawn(_spawn_worker, args=(world, init_method, d, out, threads), nprocs=world, join=True)
+    with tempfile.TemporaryDirectory(prefix="evrtrl-dist-") as tmp:
+        if init_method is None:
+            init_method = "file://" + os.path.join(tmp, "store")
+        mp.spawn(_spawn_worker, args=(world, init_method, d, out, threads, resume, overwrite), nprocs=world,
+                 join=True)
