@@ -36,6 +36,7 @@ is refused, so reading a file never opens another one.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
@@ -192,7 +193,7 @@ def read_h5(path: str | os.PathLike) -> h5py.File:
     if path.is_dir():
         raise FormatError(f"{path}: is a directory, expected an HDF5 file")
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
+        raise FileNotFoundError(errno.ENOENT, "no such file", str(path))
     data = path.read_bytes()
     status = seal_status(data, path)
     try:
