@@ -43,3 +43,7 @@ class UnsupportedError(EvrtrlError, NotImplementedError):
 class RunError(EvrtrlError, RuntimeError):
     """A training run cannot start or go on: its directory is in use or holds another run, a
     checkpoint belongs to another run, or another process of a distributed run failed."""
+
+
+class PeerFailedError(RunError):
+    """Another process of a distributed run failed, left or stopped answering; this one stops too."""

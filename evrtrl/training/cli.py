@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Sequence
 import torch
 
 from evrtrl.cli_contract import Parser, finite_float, fraction, nonneg_int, positive_float, positive_int, run
-from evrtrl.errors import ConfigError
+from evrtrl.errors import ConfigError, PeerFailedError
 from evrtrl.training import distributed as ddp
 from evrtrl.training.demo import run as run_demo
 from evrtrl.training.evaluate import evaluate
@@ -158,9 +159,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     cfg = config_from_args(args)
     ddp.init_from_env()
-    res = train(cfg, args.out, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress,
-                echo=lambda line: print(line, file=sys.stderr if line.startswith("note:") else sys.stdout,
-                                        flush=True))
+    try:
+        res = train(cfg, args.out, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress,
+                    echo=lambda line: print(line, file=sys.stderr if line.startswith("note:") else sys.stdout,
+                                            flush=True))
+    except PeerFailedError as exc:
+        # a collective left waiting for the failed process cannot be cancelled and would hold
+        # the interpreter's exit (distributed.py): state the error and leave now
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(2)
     if ddp.rank_and_world()[0] == 0:
         last = res.epochs[-1] if res.epochs else {}
         print(json.dumps({"run_dir": str(res.run_dir), "run_id": res.run_id, "epochs": len(res.epochs),

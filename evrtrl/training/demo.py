@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 
 def run(*, epochs: int = 30, hidden: int = 16, batch: int = 64, seed: int = 0,
-        progress: bool = True, early_stop: bool = False, on_epoch=None) -> float:
+        progress: bool = True, early_stop: bool = False) -> float:
     """Train and return the test accuracy in [0, 1]."""
     import evrtrl
     from evrtrl.training.data import rotation_task
@@ -64,8 +64,6 @@ def run(*, epochs: int = 30, hidden: int = 16, batch: int = 64, seed: int = 0,
             beta.append(sum(st.beta) / len(st.beta))
             bar.set_postfix(loss=f"{losses[-1]:.3f}", alpha=f"{alpha[-1]:.2f}", beta=f"{beta[-1]:.2f}")
             bar.update()
-        if on_epoch is not None:
-            on_epoch(epoch, model, readout)
         if early_stop and epoch >= 4 and _accuracy(model, readout, x_va, y_va) >= 0.995:
             break
     bar.close()

@@ -16,22 +16,29 @@ Launch: ``torchrun --nproc_per_node=P -m evrtrl.training.cli train ...`` (or the
 
 One run, all ranks: rank 0 holds the run directory's lock (:mod:`evrtrl.training.rundir`)
 and the setup outcome is agreed by all ranks (:func:`agree`). A rank that fails stops the
-others with an error instead of leaving them waiting: the training loop calls
-:func:`abort` on any exception, which closes this process's connections, and the others'
-next collective raises :class:`~evrtrl.errors.RunError` at once. A rank that hangs without
-failing is caught by the collectives' time limit (``$EVRTRL_DIST_TIMEOUT_S``, default
-600 s, set by :func:`init_from_env`).
+others with an error instead of leaving them waiting in a collective (a failure barrier):
+the training loop calls :func:`abort` on any exception, which records the failed rank in
+the process group's store; every collective of this module is started asynchronously and,
+while it waits, polls that key, so the other ranks raise :class:`~evrtrl.errors.RunError`
+within milliseconds even when the failed process lives on (a notebook, a driver script).
+(The abandoned collective itself cannot be cancelled: gloo's worker thread waits for the
+failed process until it exits or the time limit passes, which can delay the *exit* of
+this process; ``evrtrl train`` therefore leaves at once with ``os._exit`` after printing
+its error line.)
+A process that dies closes its connections, which fails the others' collectives too; one
+that hangs without failing is caught by the time limit of every collective
+(``$EVRTRL_DIST_TIMEOUT_S``, default 600 s).
 """
 from __future__ import annotations
 
 import datetime
 import os
-from contextlib import contextmanager
-from typing import Any, Iterator, Sequence
+import time
+from typing import Any, Callable, Sequence
 
 import torch
 
-from evrtrl.errors import RunError
+from evrtrl.errors import PeerFailedError, RunError
 
 __all__ = ["rank_and_world", "init_from_env", "AllReduceOptimizer", "all_reduce_sum", "shard",
            "barrier", "agree", "abort", "spawn_train", "timeout_s"]
@@ -42,15 +49,46 @@ def timeout_s() -> float:
     return float(os.environ.get("EVRTRL_DIST_TIMEOUT_S", "600"))
 
 
-@contextmanager
-def _collective(what: str) -> Iterator[None]:
-    """Turn gloo's error for a peer that failed, left or timed out into a RunError."""
+#: store key under which a failed rank announces itself (:func:`abort`)
+_FAILED_KEY = "evrtrl_failed_rank"
+
+
+def _store():
+    from torch.distributed import distributed_c10d
+
+    return distributed_c10d._get_default_store()
+
+
+def _failed_rank(store) -> str | None:
     try:
-        yield
+        return store.get(_FAILED_KEY).decode() if store.check([_FAILED_KEY]) else None
+    except RuntimeError as exc:  # the store's host (rank 0) is gone
+        return f"? (the store is unreachable: {exc})"
+
+
+def _collective(start: Callable[[], Any], what: str) -> None:
+    """Run the asynchronous collective ``start()`` and wait for it, polling for a failed rank
+    (module docstring); gloo's error for a peer that failed, left or timed out is a RunError."""
+    rank = rank_and_world()[0]
+    try:
+        work = start()
+        store, deadline, pause = _store(), time.monotonic() + timeout_s(), 1e-4
+        while not work.is_completed():
+            failed = _failed_rank(store)
+            if failed is not None:
+                raise PeerFailedError(f"rank {rank}: rank {failed} of the distributed run failed (see its error); "
+                               f"stopping this one too (during {what})")
+            if time.monotonic() > deadline:
+                raise PeerFailedError(f"rank {rank}: the other processes did not answer within {timeout_s():.0f} s "
+                               f"during {what} ($EVRTRL_DIST_TIMEOUT_S); stopping")
+            time.sleep(pause)
+            pause = min(2 * pause, 0.01)
+        work.wait()
     except RuntimeError as exc:
-        rank = rank_and_world()[0]
-        raise RunError(f"rank {rank}: another process of the distributed run failed, left or did not answer "
-                       f"within {timeout_s():.0f} s during {what}; stopping this one too ({exc})") from exc
+        if isinstance(exc, RunError):
+            raise
+        raise PeerFailedError(f"rank {rank}: another process of the distributed run failed or left during {what}; "
+                       f"stopping this one too ({exc})") from exc
 
 
 def _dist():
@@ -89,18 +127,19 @@ def init_from_env(backend: str | None = None) -> bool:
 
 def barrier() -> None:
     if rank_and_world()[1] > 1:
-        with _collective("a barrier"):
-            _dist().barrier()
+        _collective(lambda: _dist().barrier(async_op=True), "a barrier")
 
 
 def abort() -> None:
-    """Leave the process group at once (after an exception on this rank): the peers' pending
-    and next collectives fail instead of waiting for this process."""
+    """After an exception on this rank: announce the failure to the other ranks (their pending
+    and next collectives raise RunError) and leave the process group."""
     dist = _dist()
     if dist.is_available() and dist.is_initialized():
         try:
+            if rank_and_world()[1] > 1:
+                _store().set(_FAILED_KEY, str(rank_and_world()[0]))
             dist.destroy_process_group()
-        except RuntimeError:  # pragma: no cover - already broken
+        except RuntimeError:  # pragma: no cover - the group or its store is broken already
             pass
 
 
@@ -111,11 +150,10 @@ def agree(error: BaseException | None, what: str) -> None:
     if world > 1:
         flags = torch.zeros(world, dtype=torch.float64)
         flags[rank] = 1.0 if error is not None else 0.0
-        with _collective(what):
-            _dist().all_reduce(flags)
+        _collective(lambda: _dist().all_reduce(flags, async_op=True), what)
         failed = [r for r in range(world) if flags[r] > 0]
         if failed and error is None:
-            raise RunError(f"rank {rank}: rank(s) {failed} failed during {what} (see their error); stopping too")
+            raise PeerFailedError(f"rank {rank}: rank(s) {failed} failed during {what} (see their error); stopping too")
     if error is not None:
         raise error
 
@@ -125,8 +163,7 @@ def all_reduce_sum(values: Sequence[float], device: Any = "cpu") -> list[float]:
     if rank_and_world()[1] == 1:
         return [float(v) for v in values]
     t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=device)
-    with _collective("the metrics all-reduce"):
-        _dist().all_reduce(t)
+    _collective(lambda: _dist().all_reduce(t, async_op=True), "the metrics all-reduce")
     return t.tolist()
 
 
@@ -192,8 +229,7 @@ class AllReduceOptimizer:
                 + [torch.tensor([0.0 if p.grad is None else 1.0 for p in params],
                                 dtype=torch.float64, device=ref.device)]
             )
-            with _collective("the gradient all-reduce"):
-                _dist().all_reduce(flat)
+            _collective(lambda: _dist().all_reduce(flat, async_op=True), "the gradient all-reduce")
             has = flat[-len(params):]
             o = 0
             for i, p in enumerate(params):
