@@ -84,6 +84,33 @@ def test_zeroed_35_bytes_of_a_real_checkpoint_is_a_format_error_not_a_hang(tmp_p
     assert out.stdout.strip() == "['FormatError']"
 
 
+def test_a_real_libhdf5_loop_is_refused_even_behind_a_valid_seal(tmp_path, real_checkpoint, monkeypatch):
+    """Zeroing 35 bytes at offset 5810 of this checkpoint's HDF5 part makes libhdf5 loop
+    forever on an attribute read (found by a search over every 35-byte window; a plain h5py
+    read was still spinning after 40 s). A crafted file re-sealed after the damage, and the
+    same damage in an unsealed (legacy) copy, are refused by the forked probe, not hung on.
+    If the checkpoint layout changes, this offset may stop looping: then the message check
+    below fails and a new offset must be searched."""
+    from evrtrl.h5file import HDF5LoopError
+
+    monkeypatch.setenv("EVRTRL_H5_PROBE_S", "8")
+    raw = bytearray(real_checkpoint.read_bytes())
+    raw[USERBLOCK + 5810:USERBLOCK + 5845] = bytes(35)
+    crafted = tmp_path / "crafted.h5"
+    crafted.write_bytes(raw)
+    with pytest.raises(FormatError, match="content hash mismatch"):  # as damaged: the seal refuses it
+        load_checkpoint(crafted)
+    seal(crafted)
+    legacy = tmp_path / "legacy.h5"
+    _unsealed_copy(real_checkpoint, legacy)
+    leg = bytearray(legacy.read_bytes())
+    leg[5810:5845] = bytes(35)
+    legacy.write_bytes(leg)
+    for p in (crafted, legacy):
+        with pytest.raises(HDF5LoopError, match="did not finish parsing the file within 8 s"):
+            load_checkpoint(p)
+
+
 def test_external_and_soft_links_are_refused(tmp_path):
     other = tmp_path / "other.h5"
     with h5py.File(other, "w") as f:
