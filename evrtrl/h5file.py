@@ -35,7 +35,7 @@ with a recomputed seal (and the mutants of the fuzzer's ``+rehash`` rows) does r
 So, where the platform can fork, the verified bytes are first parsed in a **forked child**
 under a time limit (:func:`probe_time_limit`; every object, attribute and dataset is read,
 a superset of what the readers read). libhdf5 is deterministic on the same bytes, so a file
-that would loop or crash is refused with :class:`HDF5LoopError` (a FormatError) and only
+that would loop or crash is refused with :class:`HDF5GuardError` (a FormatError) and only
 files the child finished are parsed in the caller's process. Cost: one fork per read
 (~0.3 s for a checkpoint on a loaded 2-core machine, about as long as the read itself).
 
@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import io
 import json
 import os
 import signal
@@ -66,7 +65,7 @@ from evrtrl.errors import FormatError
 
 __all__ = ["DTYPES", "dtype_name", "write_h5", "open_h5", "read_h5", "seal", "seal_status", "write_header",
            "read_extra", "attr", "attr_str", "attr_int", "attr_float", "dataset", "group", "USERBLOCK",
-           "HDF5_SIGNATURE", "H5_ERRORS", "HDF5LoopError", "probe_time_limit"]
+           "HDF5_SIGNATURE", "H5_ERRORS", "HDF5GuardError", "probe_time_limit"]
 
 #: bytes reserved before the HDF5 superblock for the seal (the smallest HDF5 user block)
 USERBLOCK = 512
@@ -76,7 +75,7 @@ SEAL_MAGIC = b"evrtrl-sha256 1\n"
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
 
-class HDF5LoopError(FormatError):
+class HDF5GuardError(FormatError):
     """libhdf5 looped past the time limit, or crashed, parsing the file in a forked child."""
 
 
@@ -120,6 +119,15 @@ def _walk(f: Any) -> None:
             pass
 
 
+def _open_image(data: bytes) -> h5py.File:
+    """An h5py file on the in-memory image ``data`` (core driver, nothing written back; no
+    Python callbacks inside libhdf5, unlike a file object)."""
+    fapl = h5py.h5p.create(h5py.h5p.FILE_ACCESS)
+    fapl.set_fapl_core(backing_store=False)
+    fapl.set_file_image(data)
+    return h5py.File(h5py.h5f.open(f"evrtrl-image-{os.urandom(8).hex()}".encode(), h5py.h5f.ACC_RDONLY, fapl=fapl))
+
+
 def _probe(data: bytes, path: Path) -> None:
     """Parse ``data`` in a forked child under :func:`probe_time_limit` (module docstring)."""
     if not hasattr(os, "fork"):  # pragma: no cover - Windows: no probe
@@ -131,7 +139,7 @@ def _probe(data: bytes, path: Path) -> None:
     if pid == 0:  # pragma: no cover - the child
         code = 0
         try:
-            with h5py.File(io.BytesIO(data), "r") as f:
+            with _open_image(data) as f:
                 _walk(f)
         except BaseException:  # noqa: BLE001 - not openable: the parent meets the error itself
             code = 1
@@ -144,7 +152,7 @@ def _probe(data: bytes, path: Path) -> None:
         if time.monotonic() > deadline:
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
-            raise HDF5LoopError(f"{path}: libhdf5 did not finish parsing the file within {limit:.0f} s (parsed in "
+            raise HDF5GuardError(f"{path}: libhdf5 did not finish parsing the file within {limit:.0f} s (parsed in "
                                 "a child process, which was killed): a corrupt HDF5 file can make it loop forever; "
                                 "refused ($EVRTRL_H5_PROBE_S sets the limit)")
         time.sleep(pause)
@@ -152,7 +160,7 @@ def _probe(data: bytes, path: Path) -> None:
     if os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
         name = signal.Signals(sig).name if sig in signal.valid_signals() else str(sig)
-        raise HDF5LoopError(f"{path}: libhdf5 crashed parsing the file in a child process (signal {name}): "
+        raise HDF5GuardError(f"{path}: libhdf5 crashed parsing the file in a child process (signal {name}): "
                             "the file is corrupt; refused")
 
 #: torch dtypes by the name the files store
@@ -250,29 +258,35 @@ def write_h5(path: str | os.PathLike, write: Callable[[Any], None]) -> Path:
 
 
 def _refuse_links(f: h5py.File, path: Path) -> None:
-    """FormatError on anything that would make libhdf5 open another file or follow a soft link."""
-    bad: list[str] = []
+    """FormatError on anything that would make libhdf5 open another file or follow a soft link.
 
-    def visit(name: str, link: Any) -> None:
-        if not isinstance(link, h5py.HardLink):
-            kind = type(link).__name__
-            target = getattr(link, "filename", None) or getattr(link, "path", "")
-            bad.append(f"'/{name}' is a {kind} to {target!r}")
-            return
-        obj = f.get(name)
-        if isinstance(obj, h5py.Dataset):
-            if obj.is_virtual:
-                bad.append(f"'/{name}' is a virtual dataset (data from other files)")
-            elif obj.id.get_create_plist().get_external_count() > 0:
-                bad.append(f"'/{name}' keeps its data in external files")
-
+    Walks the group tree itself (no libhdf5 visit callback, in which h5py turns errors into
+    SystemError), through hard links only, each group once."""
+    seen: set[Any] = set()
+    stack: list[tuple[str, Any]] = [("", f)]
     try:
-        f.visititems_links(visit)
-    except (OSError, RuntimeError, KeyError, ValueError) as exc:
+        while stack:
+            prefix, g = stack.pop()
+            if g.id in seen:
+                continue
+            seen.add(g.id)
+            for name in list(g):
+                where = f"{prefix}/{name}"
+                link = g.get(name, getlink=True)
+                if not isinstance(link, h5py.HardLink):
+                    target = getattr(link, "filename", None) or getattr(link, "path", "")
+                    raise FormatError(f"{path}: '{where}' is a {type(link).__name__} to {target!r}; evrtrl files "
+                                      "hold hard links only (a file may not make the reader open another file)")
+                obj = g.get(name)
+                if isinstance(obj, h5py.Group):
+                    stack.append((where, obj))
+                elif isinstance(obj, h5py.Dataset):
+                    if obj.is_virtual:
+                        raise FormatError(f"{path}: '{where}' is a virtual dataset (data from other files); refused")
+                    if obj.id.get_create_plist().get_external_count() > 0:
+                        raise FormatError(f"{path}: '{where}' keeps its data in external files; refused")
+    except H5_ERRORS as exc:
         raise FormatError(f"{path}: the group tree is unreadable ({exc})") from exc
-    if bad:
-        raise FormatError(f"{path}: {bad[0]}; evrtrl files hold hard links only (a file may not make the "
-                          "reader open another file)")
 
 
 def read_h5(path: str | os.PathLike) -> h5py.File:
@@ -290,7 +304,7 @@ def read_h5(path: str | os.PathLike) -> h5py.File:
     status = seal_status(data, path)
     _probe(data, path)
     try:
-        f = h5py.File(io.BytesIO(data), "r")
+        f = _open_image(data)
     except (OSError, RuntimeError, ValueError) as exc:
         raise FormatError(f"{path}: not a readable HDF5 file ({exc})") from exc
     try:

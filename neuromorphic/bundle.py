@@ -153,7 +153,10 @@ def _read_bundle(f, path) -> Bundle:  # body indented as in the former `with f:`
             for k, wg in g["weights"].items():
                 shape = tuple(int(s) for s in wg.attrs["shape"])
                 indptr, indices, data = wg["indptr"][()], wg["indices"][()], wg["data"][()]
-                if indptr.shape != (shape[0] + 1,) or indices.shape != data.shape or indptr[-1] != data.size:
+                if (len(shape) != 2 or min(shape) < 0 or indptr.shape != (shape[0] + 1,)
+                        or indices.shape != data.shape or indptr[0] != 0 or indptr[-1] != data.size
+                        or (indptr.size > 1 and np.diff(indptr).min() < 0)
+                        or (indices.size and (indices.min() < 0 or indices.max() >= shape[1]))):
                     raise FormatError(f"{str(path)!r}: weight 'layers/{i}/weights/{k}' has inconsistent CSR arrays")
                 M = np.zeros(shape, data.dtype)
                 rows = np.repeat(np.arange(shape[0]), np.diff(indptr))

@@ -91,7 +91,7 @@ def test_a_real_libhdf5_loop_is_refused_even_behind_a_valid_seal(tmp_path, real_
     same damage in an unsealed (legacy) copy, are refused by the forked probe, not hung on.
     If the checkpoint layout changes, this offset may stop looping: then the message check
     below fails and a new offset must be searched."""
-    from evrtrl.h5file import HDF5LoopError
+    from evrtrl.h5file import HDF5GuardError
 
     monkeypatch.setenv("EVRTRL_H5_PROBE_S", "8")
     raw = bytearray(real_checkpoint.read_bytes())
@@ -107,7 +107,7 @@ def test_a_real_libhdf5_loop_is_refused_even_behind_a_valid_seal(tmp_path, real_
     leg[5810:5845] = bytes(35)
     legacy.write_bytes(leg)
     for p in (crafted, legacy):
-        with pytest.raises(HDF5LoopError, match="did not finish parsing the file within 8 s"):
+        with pytest.raises(HDF5GuardError, match="did not finish parsing the file within 8 s"):
             load_checkpoint(p)
 
 
