@@ -64,7 +64,7 @@ from evrtrl.atomic import atomic_write
 from evrtrl.errors import FormatError
 
 __all__ = ["DTYPES", "dtype_name", "write_h5", "open_h5", "read_h5", "seal", "seal_status", "write_header",
-           "read_extra", "attr", "attr_str", "attr_int", "attr_float", "dataset", "group", "USERBLOCK",
+           "read_extra", "attr", "attr_str", "attr_int", "attr_float", "dataset", "dataset_shape", "group", "USERBLOCK",
            "HDF5_SIGNATURE", "H5_ERRORS", "HDF5GuardError", "probe_time_limit"]
 
 #: bytes reserved before the HDF5 superblock for the seal (the smallest HDF5 user block)
@@ -413,6 +413,22 @@ def dataset(group: Any, name: str, path: Path) -> np.ndarray:
     if not present:
         raise FormatError(f"{path}: missing dataset '{full}'")
     return value
+
+
+def dataset_shape(group: Any, name: str, path: Path) -> tuple[int, ...]:
+    """The shape of dataset ``group/name`` without reading it (to check sizes before allocating)."""
+    full = f"{_where(group).rstrip('/')}/{name}"
+    try:
+        present = name in group
+        node = group[name] if present else None
+        if present and not isinstance(node, h5py.Dataset):
+            raise FormatError(f"{path}: '{full}' is a {type(node).__name__}, expected a dataset")
+        shape = tuple(node.shape) if present and node.shape is not None else ()
+    except H5_ERRORS as exc:
+        raise FormatError(f"{path}: dataset '{full}' is unreadable ({exc})") from exc
+    if not present:
+        raise FormatError(f"{path}: missing dataset '{full}'")
+    return shape
 
 
 def group(parent: Any, name: str, path: Path) -> Any:

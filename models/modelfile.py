@@ -43,8 +43,11 @@ from evrtrl.errors import ConfigError, FormatError
 from evrtrl.h5file import (
     DTYPES,
     attr,
+    attr_float,
+    attr_int,
     attr_str,
     dataset,
+    dataset_shape,
     dtype_name,
     group,
     open_h5,
@@ -89,11 +92,27 @@ def _write_layer(g: Any, layer: Any) -> None:
         g.create_dataset(f"mask_{name}", data=m.cpu().numpy())
 
 
+def _check_sizes(g: Any, path: Path, expected: dict[str, tuple[int, ...]]) -> None:
+    """The stored datasets' shapes must be the sizes the attributes claim, before anything of
+    that size is allocated (a crafted ``hidden_size`` must not ask for terabytes)."""
+    for name, shape in expected.items():
+        got = dataset_shape(g, name, path)
+        if got != shape:
+            raise FormatError(f"{path}: dataset '{g.name}/{name}' has shape {got}, expected {shape} from the "
+                              f"attributes of '{g.name}'")
+
+
 def _read_layer(g: Any, path: Path) -> Any:
     where = g.name
     cls = attr_str(g, "class", path, where)
-    d = int(attr(g, "input_size", path, where))
-    n = int(attr(g, "hidden_size", path, where))
+    d = attr_int(g, "input_size", path, where)
+    n = attr_int(g, "hidden_size", path, where)
+    if n < 1 or d < 1:
+        raise FormatError(f"{path}: attributes 'hidden_size'={n}, 'input_size'={d} at '{where}' must be >= 1")
+    if cls == "EGRU":
+        _check_sizes(g, path, {**{f"W_{c}": (n, d) for c in "urz"}, **{f"U_{c}": (n, n) for c in "urz"}})
+    elif cls == "LIF":
+        _check_sizes(g, path, {"W": (n, d)})
     stored_dtype = attr_str(g, "dtype", path, where)
     if stored_dtype not in DTYPES:
         raise FormatError(f"{path}: attribute 'dtype' at '{where}' is {stored_dtype!r}; expected one of {sorted(DTYPES)}")
@@ -103,15 +122,13 @@ def _read_layer(g: Any, path: Path) -> Any:
     if not (isinstance(pd_cls, type) and issubclass(pd_cls, surrogate.PseudoDerivative)):
         raise FormatError(f"{path}: attribute 'pd_kind' at '{where}' is {pd_kind!r}; expected a "
                           "pseudo-derivative of models.surrogate (Triangle, FastSigmoid)")
-    pd = pd_cls(gamma=float(attr(g, "pd_gamma", path, where)), width=float(attr(g, "pd_width", path, where)))
+    pd = pd_cls(gamma=attr_float(g, "pd_gamma", path, where), width=attr_float(g, "pd_width", path, where))
     if cls == "EGRU":
         names = [f"W_{c}" for c in "urz"] + [f"U_{c}" for c in "urz"]
         masks = {k: torch.from_numpy(np.asarray(dataset(g, f"mask_{k}", path))) for k in names}
         layer = EGRU(d, n, pseudo_derivative=pd, masks=masks, dtype=dtype)
     elif cls == "LIF":
-        kw = {k: attr(g, k, path, where) for k in _LIF_FIELDS}
-        kw = {k: (v.decode() if isinstance(v, bytes) else (str(v) if k in ("reset", "integration") else float(v)))
-              for k, v in kw.items()}
+        kw = {k: (attr_str if k in ("reset", "integration") else attr_float)(g, k, path, where) for k in _LIF_FIELDS}
         recurrent = bool(attr(g, "recurrent", path, where))
         names = ["W"] + (["U"] if recurrent else [])
         masks = {k: torch.from_numpy(np.asarray(dataset(g, f"mask_{k}", path))) for k in names}
@@ -152,7 +169,9 @@ def write_model(f: Any, model: Any, readout: Any | None) -> None:
 def read_model(f: Any, path: Path) -> tuple[Any, Any | None]:
     mg = group(f, "model", path)
     cls = attr_str(mg, "class", path, "/model")
-    n_layers = int(attr(mg, "n_layers", path, "/model"))
+    n_layers = attr_int(mg, "n_layers", path, "/model")
+    if n_layers < 1:
+        raise FormatError(f"{path}: attribute 'n_layers' at '/model' is {n_layers}, expected >= 1")
     lg = group(mg, "layers", path)
     layers = [_read_layer(group(lg, str(i), path), path) for i in range(n_layers)]
     if cls == "Stack":
@@ -164,9 +183,10 @@ def read_model(f: Any, path: Path) -> tuple[Any, Any | None]:
                           "expected 'Stack', or the class of its single layer")
     readout = None
     if "readout" in f:
-        rg = f["readout"]
-        n = int(attr(rg, "hidden_size", path, "/readout"))
-        n_out = int(attr(rg, "n_out", path, "/readout"))
+        rg = group(f, "readout", path)
+        n = attr_int(rg, "hidden_size", path, "/readout")
+        n_out = attr_int(rg, "n_out", path, "/readout")
+        _check_sizes(rg, path, {"weight": (n_out, n)})
         dtype = DTYPES.get(attr_str(rg, "dtype", path, "/readout"), torch.float32)
         readout = Readout(n, n_out, dtype=dtype)
         with torch.no_grad():

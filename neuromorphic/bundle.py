@@ -39,7 +39,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from evrtrl.errors import FormatError
-from evrtrl.h5file import H5_ERRORS, read_h5, write_h5
+from evrtrl.h5file import H5_ERRORS, group, read_h5, write_h5
 from .netspec import EGRULayer, LIFLayer, Network, network_from_model
 
 __all__ = ["BUNDLE_VERSION", "READABLE_VERSIONS", "Bundle", "export_bundle", "read_bundle"]
@@ -130,6 +130,8 @@ def read_bundle(path) -> Bundle:
     f = read_h5(path)
     try:
         return _read_bundle(f, path)
+    except FormatError:
+        raise
     except H5_ERRORS as e:  # what h5py raises on a damaged structure
         raise FormatError(f"{str(path)!r}: bundle structure unreadable ({type(e).__name__}: {e})") from e
     finally:
@@ -150,7 +152,8 @@ def _read_bundle(f, path) -> Bundle:  # body indented as in the former `with f:`
             g = f[f"layers/{i}"]
             kind = g.attrs["kind"]
             W, Q = {}, {}
-            for k, wg in g["weights"].items():
+            for k in list(g["weights"]):
+                wg = group(g["weights"], k, path)  # FormatError if a listed member cannot be opened
                 shape = tuple(int(s) for s in wg.attrs["shape"])
                 indptr, indices, data = wg["indptr"][()], wg["indices"][()], wg["data"][()]
                 if (len(shape) != 2 or min(shape) < 0 or indptr.shape != (shape[0] + 1,)
