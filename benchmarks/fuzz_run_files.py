@@ -4,7 +4,9 @@ One entry per format in :data:`RUN_FILE_FORMATS`: ``(name, suffix, seeds, read, 
 registered in the fuzzer with ``Format(*entry)``. ``rehash`` re-seals a mutant
 (:func:`evrtrl.h5file.seal`), so that the parser behind the content-hash check is fuzzed too.
 ``seeds(out_dir, shared_data_or_None) -> list[Path]`` writes small valid files with the
-library's writers (a real training run for the checkpoint).
+library's writers; the checkpoint's seeds come from the training wing itself
+(:func:`evrtrl.training.checkpoint.sample_checkpoints`, named by string: the benchmarks do not
+import the training wing).
 """
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["RUN_FILE_FORMATS", "seeds_checkpoint", "seeds_model", "seeds_bundle"]
+__all__ = ["RUN_FILE_FORMATS", "seeds_model", "seeds_bundle"]
 
 
 def _models():
@@ -23,19 +25,6 @@ def _models():
     lif = Stack(LIF(3, 4, tau_mem=0.02, tau_syn=0.005, dt=1e-3, generator=g),
                 LIF(4, 2, tau_mem=0.02, tau_syn=0.01, dt=1e-3, recurrent=False, generator=g))
     return [(egru, Readout(5, 2)), (lif, Readout(2, 2))]
-
-
-def seeds_checkpoint(out: Path, shared: Path | None = None) -> list[Path]:
-    """Checkpoints of two tiny training runs (EGRU with online updates, LIF)."""
-    from evrtrl.training import TrainConfig, train
-
-    paths = []
-    for i, kw in enumerate((dict(model="egru", k=5), dict(model="lif", data="synthetic:spikes,n=8,d=4,T=6"))):
-        cfg = TrainConfig(**{"data": "synthetic:rotation,n=8", "hidden": 4, "batch": 4, "epochs": 1,
-                             "eval_each_epoch": False, "log": ("json",), **kw})
-        train(cfg, out / f"run{i}", progress=False)
-        paths.append(out / f"run{i}" / "checkpoint.h5")
-    return paths
 
 
 def seeds_model(out: Path, shared: Path | None = None) -> list[Path]:
@@ -57,7 +46,8 @@ def seeds_bundle(out: Path, shared: Path | None = None) -> list[Path]:
 
 #: (name, suffix, seeds, read, rehash) per format
 RUN_FILE_FORMATS = (
-    ("checkpoint", ".h5", seeds_checkpoint, "evrtrl.training.checkpoint:load_checkpoint", "evrtrl.h5file:seal"),
+    ("checkpoint", ".h5", "evrtrl.training.checkpoint:sample_checkpoints", "evrtrl.training.checkpoint:load_checkpoint",
+     "evrtrl.h5file:seal"),
     ("model", ".h5", seeds_model, "evrtrl.models.modelfile:load_model", "evrtrl.h5file:seal"),
     ("bundle", ".h5", seeds_bundle, "evrtrl.neuromorphic.bundle:read_bundle", "evrtrl.h5file:seal"),
 )

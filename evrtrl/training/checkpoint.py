@@ -34,9 +34,10 @@ from evrtrl.errors import ConfigError, FormatError
 from evrtrl.finite import check_finite
 from evrtrl.h5file import (DTYPES, H5_ERRORS, attr_int, attr_str, dtype_name, group, open_h5, read_extra,
                            write_h5, write_header)
+from evrtrl.models import EGRU, LIF, Readout, Stack, random_masks
 from evrtrl.models.modelfile import FORMAT_VERSION, SUPPORTED_VERSIONS, read_model, write_model
 
-__all__ = ["Checkpoint", "save_checkpoint", "load_checkpoint", "previous_path"]
+__all__ = ["Checkpoint", "save_checkpoint", "load_checkpoint", "previous_path", "sample_checkpoints"]
 
 
 def _write_tree(parent: Any, name: str, obj: Any) -> None:
@@ -223,3 +224,27 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
             model, readout, optimizer_state=parts["optimizer"], counters=parts["counters"], rng=parts["rng"],
             metrics=parts["metrics"], extra=read_extra(f, path),
         )
+
+
+def sample_checkpoints(out: str | os.PathLike, shared: Any = None) -> list[Path]:
+    """Write two small valid checkpoints into ``out`` (EGRU with masks and Adam state after
+    two steps, a two-layer LIF stack) and return their paths: seeds of the mutation fuzzer
+    (``evrtrl.benchmarks.fuzz_run_files``). ``shared`` (the shared-data folder) is unused."""
+    out = Path(out)
+    g = torch.Generator().manual_seed(0)
+    models = [EGRU(3, 5, theta_init=0.1, generator=g, masks=random_masks(EGRU.weight_shapes(3, 5), 0.6, seed=1)),
+              Stack(LIF(3, 4, tau_mem=0.02, tau_syn=0.005, dt=1e-3, generator=g),
+                    LIF(4, 2, tau_mem=0.02, tau_syn=0.01, dt=1e-3, recurrent=False, generator=g))]
+    paths = []
+    for i, model in enumerate(models):
+        readout = Readout(model.hidden_size if hasattr(model, "hidden_size") else 2, 2)
+        opt = torch.optim.Adam(list(model.parameters()) + list(readout.parameters()), lr=1e-3)
+        for _ in range(2):
+            for p in opt.param_groups[0]["params"]:
+                p.grad = torch.randn(p.shape, generator=g)
+            opt.step()
+        metrics = [{"kind": "batch", "epoch": 0, "batch": b, "loss": 0.5 / (b + 1), "saving": None} for b in range(3)]
+        paths.append(save_checkpoint(out / f"checkpoint{i}.h5", model, readout, opt,
+                                     counters={"epoch": 1, "batch": 0, "global_batch": 3, "updates": 3},
+                                     metrics=metrics, run_id=f"{i:032x}"))
+    return paths
