@@ -86,37 +86,58 @@ def probe_time_limit(size: int) -> float:
     return float(env) if env else 30.0 + size / 20e6
 
 
+#: attribute names the library's readers look up by name (looked up in the probe too: by-name
+#: lookups in dense attribute storage take another path through libhdf5 than iteration)
+_LOOKED_UP = ("format_version", "kind", "extra", "evrtrl_version", "class", "n_layers", "input_size", "hidden_size",
+              "n_out", "dtype", "pd_kind", "pd_gamma", "pd_width", "recurrent", "tree", "keys", "length", "json",
+              "torch_dtype", "numpy", "format", "version", "shape", "bits", "mode", "gate")
+
+
 def _walk(f: Any) -> None:
-    """Read every link, object, attribute and dataset of ``f`` (errors skipped: only libhdf5
-    loops and crashes matter here)."""
+    """Read every link, object, attribute and dataset of ``f`` the way the readers do (member
+    lists, links, objects, attributes by iteration and by name, dataset values), going on past
+    errors: only libhdf5 loops and crashes matter in the probe; errors are met again in the
+    parent. A superset of what :func:`read_h5` and the readers touch."""
     def attrs(obj: Any) -> None:
         try:
-            for k in list(obj.attrs):
-                try:
+            names = list(obj.attrs)
+        except Exception:  # noqa: BLE001 - any error is fine in the probe
+            names = []
+        for k in set(names) | set(_LOOKED_UP):
+            try:
+                if k in obj.attrs:
                     obj.attrs[k]
-                except Exception:  # noqa: BLE001 - any error is fine in the probe; it is re-met in the parent
-                    pass
-        except Exception:  # noqa: BLE001
-            pass
+            except Exception:  # noqa: BLE001
+                pass
 
-    def visit(name: str, obj: Any) -> None:
-        attrs(obj)
+    seen: set[Any] = set()
+    stack = [f]
+    while stack:
+        g = stack.pop()
         try:
-            if isinstance(obj, h5py.Dataset):
-                obj.is_virtual
-                obj.id.get_create_plist().get_external_count()
-                obj[()]
-            else:
-                list(obj)
+            if g.id in seen:
+                continue
+            seen.add(g.id)
+            members = list(g)
         except Exception:  # noqa: BLE001
-            pass
-
-    attrs(f)
-    for step in (lambda: f.visititems_links(lambda n, l: None), lambda: f.visititems(visit)):
-        try:
-            step()
-        except Exception:  # noqa: BLE001
-            pass
+            continue
+        attrs(g)
+        for name in members:
+            try:
+                name in g
+                if not isinstance(g.get(name, getlink=True), h5py.HardLink):
+                    continue
+                obj = g.get(name)
+                if isinstance(obj, h5py.Group):
+                    stack.append(obj)
+                elif isinstance(obj, h5py.Dataset):
+                    attrs(obj)
+                    obj.shape
+                    obj.is_virtual
+                    obj.id.get_create_plist().get_external_count()
+                    obj[()]
+            except Exception:  # noqa: BLE001
+                pass
 
 
 def _open_image(data: bytes) -> h5py.File:
