@@ -22,10 +22,15 @@ def check_finite(named: Iterable[tuple[str, torch.Tensor | None]], what: str, wh
     what the tensors are (``"gradient of parameter"``); ``when``: where in the run, e.g.
     ``" at update 3 (step t=11)"``.
     """
-    for name, t in named:
-        if t is None or not (t.is_floating_point() or t.is_complex()):
-            continue
-        if bool(torch.isfinite(t).all()):
+    items = [(name, t) for name, t in named
+             if t is not None and (t.is_floating_point() or t.is_complex())]
+    if not items:
+        return
+    flags = [torch.isfinite(t).all() for _, t in items]
+    if bool(torch.stack([f.to(flags[0].device) for f in flags]).all()):  # one synchronisation
+        return
+    for (name, t), ok in zip(items, flags):
+        if bool(ok):
             continue
         n_nan = int(torch.isnan(t).sum())
         n_inf = int(torch.isinf(t).sum())

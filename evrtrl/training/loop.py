@@ -228,15 +228,21 @@ def build_model(cfg: TrainConfig, n_inputs: int, n_classes: int, dt_us: int | No
 class _Loss:
     """``loss_fn(y_t, t)`` for :class:`OnlineLearner`; collects logits for accuracy."""
 
-    def __init__(self, readout, labels: torch.Tensor, T: int, mode: str, global_batch: int):
+    def __init__(self, readout, labels: torch.Tensor, T: int, mode: str, global_batch: int,
+                 activity: bool = False):
         self.readout, self.labels, self.T, self.mode = readout, labels, T, mode
         self.scale = 1.0 / global_batch / (T if mode == "mean" else 1)
         self.logits: torch.Tensor | None = None
-        self.active, self.steps = 0.0, 0  # output activity alpha, for methods without engine stats
+        # output activity alpha (fraction of non-zero outputs, summed over steps), for methods
+        # without engine statistics (bptt)
+        self.activity = activity
+        self.active: torch.Tensor | float = 0.0
+        self.steps = 0
 
     def __call__(self, y: torch.Tensor, t: int):
-        self.active += float((y.detach() != 0).float().mean())
-        self.steps += 1
+        if self.activity:
+            self.active = self.active + (y.detach() != 0).float().mean()
+            self.steps += 1
         if self.mode == "last" and t != self.T - 1:
             return None
         o = self.readout(y)
@@ -245,8 +251,8 @@ class _Loss:
         return torch.nn.functional.cross_entropy(o, self.labels, reduction="sum") * self.scale
 
 
-def make_loss(readout, labels, T, mode="mean", global_batch=None) -> _Loss:
-    return _Loss(readout, labels, T, mode, global_batch or labels.numel())
+def make_loss(readout, labels, T, mode="mean", global_batch=None, activity=False) -> _Loss:
+    return _Loss(readout, labels, T, mode, global_batch or labels.numel(), activity)
 
 
 @torch.no_grad()
@@ -461,7 +467,7 @@ def _train(cfg, run, resume, progress, callbacks, train_data, test_data, echo) -
             x, labels = data.batch(idx, dtype)
             x, labels = x.to(cfg.device), labels.to(cfg.device)
             T = x.shape[0]
-            loss_fn = make_loss(readout, labels, T, cfg.loss, len(global_idx))
+            loss_fn = make_loss(readout, labels, T, cfg.loss, len(global_idx), activity=cfg.method == "bptt")
             learner = OnlineLearner(model, optimizer, loss_fn, k=cfg.k or T, method=cfg.method,
                                     extra_parameters=readout.parameters())
             t0 = time.perf_counter()
@@ -478,7 +484,7 @@ def _train(cfg, run, resume, progress, callbacks, train_data, test_data, echo) -
             macs_dense = dense_rtrl_macs(model, len(idx), T, loss_steps)
             vals = [loss_local, correct, macs_dense,
                     st["macs_total"] if st else float("nan"),
-                    st["alpha"] if st else loss_fn.active / max(1, loss_fn.steps),
+                    st["alpha"] if st else float(loss_fn.active) / max(1, loss_fn.steps),
                     st["beta"] if st else float("nan"),
                     st["gamma_final"] if st else float("nan"),
                     _m_density(learner.engine) if st else float("nan")]
