@@ -38,6 +38,8 @@ a superset of what the readers read). libhdf5 is deterministic on the same bytes
 that would loop or crash is refused with :class:`HDF5GuardError` (a FormatError) and only
 files the child finished are parsed in the caller's process. Cost: one fork per read
 (~0.3 s for a checkpoint on a loaded 2-core machine, about as long as the read itself).
+Where the platform cannot fork (Windows), or the fork fails (no memory for a child), the file
+is read without the probe.
 
 Links: the library writes hard links only. A file holding an external link (a reference
 into another file), a soft link, a dataset with external raw storage or a virtual dataset
@@ -156,7 +158,10 @@ def _probe(data: bytes, path: Path) -> None:
     limit = probe_time_limit(len(data))
     with warnings.catch_warnings():  # Python >= 3.12 warns about fork in a threaded process
         warnings.simplefilter("ignore", DeprecationWarning)
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError:  # pragma: no cover - no memory or process slot for a child: read unprobed
+            return
     if pid == 0:  # pragma: no cover - the child
         code = 0
         try:
