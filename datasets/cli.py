@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from evrtrl.cli_contract import positive_int
+from evrtrl.cli_contract import Parser, positive_int, run
 
 __all__ = ["main", "register"]
 
@@ -58,10 +58,9 @@ def _build(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Stand-alone entry (``python -m evrtrl.datasets.cli data build ...``)."""
-    parser = argparse.ArgumentParser(prog="evrtrl")
+    parser = Parser(prog="evrtrl")
     register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return int(args.func(args))
+    return run(parser, argv)  # the CLI error contract
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -64,6 +64,7 @@ def test_data_key_sparse_is_checked(tmp_path, capsys, value):
     (["bench", "--threads", "0"], "--threads"), (["bench", "--fuzz", "--fuzz-count", "0"], "--fuzz-count"),
     (["bench", "--kernel", "fast"], "--kernel"), (["doctor", "--build"], "--build"),
     (["data", "build", "spoken", "--out", "x", "--workers", "0"], "--workers"),
+    (["validate", "--model", "/nonexistent/m.h5"], "/nonexistent/m.h5"),
 ])
 def test_new_commands_refuse_bad_values(capsys, argv, needle):
     _one_error_line(*_cli(argv, capsys), needle)

@@ -143,7 +143,7 @@ def test_full_disk(tmp_path, capsys, monkeypatch):
 
 def test_missing_optional_extra(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if not installed
-    _one_error_line(*_cli(["plot", tmp_path], capsys), "'matplotlib' is not installed", "pip install")
+    _one_error_line(*_cli(["plot", tmp_path], capsys), "needs matplotlib, which is not installed", "pip install 'evrtrl[data]'")
 
 
 # ------------------------------------------------------------------------ evaluate / export

@@ -48,7 +48,10 @@ def test_bptt_logs_no_nan_and_draws_no_empty_figures(tmp_path, capsys):
         assert "NaN" not in text, name  # json.dumps(nan) writes NaN, which is not JSON
         for line in text.splitlines():
             rec = json.loads(line)
-            assert rec["saving"] is None and rec["alpha"] is not None and 0 <= rec["alpha"] <= 1
+            # no RTRL engine: no beta, no influence; saving compares BPTT's own counted multiply-adds
+            assert rec["beta"] is None and rec["m_density"] is None and rec["gamma"] is None
+            assert rec["saving"] is not None and rec["saving"] > 0
+            assert rec["alpha"] is not None and 0 <= rec["alpha"] <= 1
     with open(run / "batches.csv", newline="") as f:
         for row in csv.DictReader(f):
             assert all(v.lower() != "nan" for v in row.values()), row
