@@ -499,6 +499,7 @@ def _train(cfg, run, resume, progress, callbacks, train_data, test_data, allow_m
                    desc=f"train {cfg.model}-{cfg.method}", unit="batch", dynamic_ncols=True)
     dtype = _DT[cfg.dtype]
     on_cpu = torch.device(cfg.device).type == "cpu"
+    rtrl = cfg.method != "bptt"
     wall0 = counters["wall_s"]
     t_run = time.perf_counter()
 
@@ -561,8 +562,8 @@ def _train(cfg, run, resume, progress, callbacks, train_data, test_data, allow_m
                     sum(learner.layer_losses), n_seq] + beta_sums + [
                     st["alpha"] if st else float(loss_fn.active) / max(1, loss_fn.steps),
                     st["beta"] if st else float("nan"),
-                    st["gamma_final"] if st else float("nan"),
-                    learner.engine.influence_density() if st else float("nan")]
+                    st["gamma_final"] if st and rtrl else float("nan"),  # BPTT holds no influence
+                    learner.engine.influence_density() if st and rtrl else float("nan")]
             vals = sharded.reduce_metrics(grid, vals)
             vals[3] = sharded.sum_over_columns(grid, vals[3:4])[0]  # the shards split the work
             loss_g, correct_g, macs_d, macs_e, reg_g, n_seq_g = vals[:6]
