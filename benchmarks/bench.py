@@ -49,6 +49,8 @@ from typing import Any
 
 import torch
 
+from evrtrl.cli_contract import Parser, positive_int
+from evrtrl.cli_contract import run as run_cli
 from evrtrl.extras import require
 
 D_IN = 32
@@ -679,7 +681,7 @@ def register(subparsers) -> argparse.ArgumentParser:
                    help="only event vs dense for EGRU at n = 64, 128, 256 and beta ~0.1 and 1")
     p.add_argument("--json", metavar="PATH", help="write one record per configuration")
     p.add_argument("--plot", metavar="DIR", help="write PNG figures into DIR")
-    p.add_argument("--threads", type=int, default=1,
+    p.add_argument("--threads", type=positive_int, default=1,
                    help="torch threads for every engine and the matmul reference (default 1: "
                         "on a shared 2-core machine 2 threads oversubscribe, see docs)")
     p.add_argument("--kernel", choices=KERNEL_CHOICES, default=None,
@@ -699,13 +701,12 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["_child"]:
         print(json.dumps(run_config(json.loads(argv[1]))))
         return 0
-    parser = argparse.ArgumentParser(prog="evrtrl")
+    parser = Parser(prog="evrtrl")
     sub = parser.add_subparsers(dest="command", required=True)
     register(sub)
     if not argv or argv[0] != "bench":
         argv = ["bench"] + argv
-    args = parser.parse_args(argv)
-    return args.func(args)
+    return run_cli(parser, argv)  # the CLI error contract
 
 
 if __name__ == "__main__":

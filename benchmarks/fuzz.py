@@ -23,8 +23,8 @@ Adding a reader is one entry in :data:`FORMATS`; its functions are named as
 ``"module:function"`` strings (imported only in the worker) or given as
 module-level callables::
 
-    Format("checkpoint", ".h5", seeds="evrtrl.checkpoint:fuzz_seeds",
-           read="evrtrl.checkpoint:load_checkpoint", rehash="evrtrl.checkpoint:rehash_file")
+    Format("checkpoint", ".h5", seeds="evrtrl.training.checkpoint:sample_checkpoints",
+           read="evrtrl.training.checkpoint:load_checkpoint", rehash="evrtrl.h5file:seal")
 
 ``seeds(out_dir, shared_data_or_None) -> list[Path]`` writes the seed files,
 ``read(path)`` reads one file, ``rehash(path)`` rewrites its hash in place.
@@ -49,6 +49,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+
+from evrtrl.benchmarks.fuzz_run_files import RUN_FILE_FORMATS
+from evrtrl.cli_contract import Parser, positive_float, positive_int
+from evrtrl.cli_contract import run as run_cli
+from evrtrl.errors import ConfigError
 
 __all__ = ["FORMATS", "Format", "FuzzResult", "fuzz", "main", "mutate", "register"]
 
@@ -189,7 +194,7 @@ def read_nir_file(path: Path) -> None:
     network_from_nir_graph(read_graph(path, probe_timeout_s=PROBE_TIMEOUT_S), dt=1e-4)
 
 
-#: every fuzzed reader; checkpoint, model and bundle readers are added with one entry each
+#: every fuzzed reader; the checkpoint, model and bundle readers are registered below
 FORMATS: tuple[Format, ...] = (
     Format("nmnist", ".bin", seeds_nmnist, "evrtrl.datasets:read_nmnist"),
     Format("aedat2", ".aedat", seeds_aedat2, "evrtrl.datasets:read_aedat2"),
@@ -208,6 +213,10 @@ def register(formats: tuple[Format, ...], *extra: Format) -> tuple[Format, ...]:
     if len(set(names)) != len(names):
         raise ValueError(f"duplicate format names in {names}")
     return out
+
+
+#: the library's own sealed HDF5 formats: checkpoint, model, bundle (each with a +rehash row)
+FORMATS = register(FORMATS, *(Format(*f) for f in RUN_FILE_FORMATS))
 
 
 # --------------------------------------------------------------------------- mutations
@@ -415,7 +424,7 @@ def fuzz(count: int = 200, seed: int = 0, formats: tuple[Format, ...] = FORMATS,
     """Fuzz every format (or those in ``names``) with ``count`` seeded mutants; return one result per row."""
     chosen = [f for f in formats if names is None or f.name in names]
     if names is not None and len(chosen) != len(set(names)):
-        raise ValueError(f"unknown format in {names}; known: {[f.name for f in formats]}")
+        raise ConfigError(f"unknown format in {names}; known: {[f.name for f in formats]}")
     shared = shared if shared is not None else _shared_data()
     pool = _Pool(int(memory_gb * 2**30) if memory_gb else None)
     results = []
@@ -468,17 +477,19 @@ def table(results: list[FuzzResult]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m evrtrl.benchmarks.fuzz", description=__doc__.split("\n\n")[0])
+    p = Parser(prog="python -m evrtrl.benchmarks.fuzz", description=__doc__.split("\n\n")[0])
     add_arguments(p)
-    return run(p.parse_args(argv))
+    p.set_defaults(func=run)
+    return run_cli(p, argv)  # the CLI error contract: one error: line, exit status 2
 
 
 def add_arguments(p: argparse.ArgumentParser, prefix: str = "") -> None:
     """Fuzzer options (``prefix`` = ``"fuzz-"`` inside ``evrtrl bench``)."""
-    p.add_argument(f"--{prefix}count", type=int, default=200, help="mutants per format (default 200)")
+    p.add_argument(f"--{prefix}count", type=positive_int, default=200, help="mutants per format (default 200)")
     p.add_argument(f"--{prefix}seed", type=int, default=0, help="seed of the mutations (default 0)")
     p.add_argument(f"--{prefix}formats", default=None, help=f"comma-separated subset of {[f.name for f in FORMATS]}")
-    p.add_argument(f"--{prefix}timeout", type=float, default=60.0, help="seconds per mutant before 'hang' (default 60)")
+    p.add_argument(f"--{prefix}timeout", type=positive_float, default=60.0,
+                   help="seconds per mutant before 'hang' (default 60)")
     p.add_argument(f"--{prefix}json", metavar="PATH", default=None, help="write the counts and examples as JSON")
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import time
 
+from evrtrl.cli_contract import Parser, positive_int, run
+
 __all__ = ["main", "register"]
 
 
@@ -22,13 +24,13 @@ def register(subparsers: "argparse._SubParsersAction") -> argparse.ArgumentParse
     build.add_argument("kind", choices=["spoken", "saccades"],
                        help="spoken: espeak-ng digits in SHD h5 format; saccades: load_digits in N-MNIST format")
     build.add_argument("--out", required=True, help="output folder")
-    build.add_argument("--per-class", type=int, default=None,
+    build.add_argument("--per-class", type=positive_int, default=None,
                        help="training samples per class (default: spoken 20, saccades 100)")
-    build.add_argument("--test-per-class", type=int, default=None, help="test samples per class")
+    build.add_argument("--test-per-class", type=positive_int, default=None, help="test samples per class")
     build.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    build.add_argument("--channels", type=int, default=700, help="cochlear channels for spoken (default 700)")
+    build.add_argument("--channels", type=positive_int, default=700, help="cochlear channels for spoken (default 700)")
     build.add_argument("--languages", default="de,en", help="spoken languages, comma separated (default de,en)")
-    build.add_argument("--workers", type=int, default=None, help="worker processes (default: all CPUs)")
+    build.add_argument("--workers", type=positive_int, default=None, help="worker processes (default: all CPUs)")
     build.add_argument("--quiet", action="store_true", help="no progress bar")
     build.set_defaults(func=_build)
     return data
@@ -56,10 +58,9 @@ def _build(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Stand-alone entry (``python -m evrtrl.datasets.cli data build ...``)."""
-    parser = argparse.ArgumentParser(prog="evrtrl")
+    parser = Parser(prog="evrtrl")
     register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return int(args.func(args))
+    return run(parser, argv)  # the CLI error contract
 
 
 if __name__ == "__main__":  # pragma: no cover

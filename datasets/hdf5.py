@@ -23,14 +23,11 @@ from typing import Sequence
 import numpy as np
 
 from evrtrl.errors import FormatError
+from evrtrl.h5file import H5_ERRORS, probe_file, refuse_links
 from .events import audio_events
-from .h5guard import probe_hdf5
 
 __all__ = ["SpikeH5", "read_shd", "write_shd"]
 
-
-#: what h5py raises on a corrupt or unexpected file (h5py turns libhdf5 errors into these)
-H5_ERRORS = (OSError, KeyError, ValueError, TypeError, RuntimeError, IndexError)
 
 #: spike times are converted to int64 microseconds: seconds at or above this would overflow
 MAX_TIME_S = float(2**63) / 1e6
@@ -48,7 +45,7 @@ class SpikeH5:
         (otherwise units must fit int32).
     probe_timeout_s : float, optional
         Time limit of the child process that reads the whole file once before
-        this process opens it (:func:`evrtrl.datasets.h5guard.probe_hdf5`).
+        this process opens it (:func:`evrtrl.h5file.probe_file`).
 
     Notes
     -----
@@ -88,13 +85,14 @@ class SpikeH5:
             st = self.path.stat()  # a missing file raises FileNotFoundError, as for every reader
             signature = (st.st_size, st.st_mtime_ns, st.st_ino)
             if self._probed != signature:
-                probe_hdf5(self.path, self.probe_timeout_s)
+                probe_file(self.path, self.probe_timeout_s)
                 self._probed = signature
             try:
                 f = h5py.File(self.path, "r")
             except H5_ERRORS as exc:
                 raise self._fail("/", "not a readable HDF5 file", exc) from exc
             try:
+                refuse_links(f, self.path, soft=False)  # no external links, storage or virtual datasets
                 self._n_classes = self._check_layout(f, h5py)
             except BaseException:
                 f.close()

@@ -10,10 +10,11 @@ import torch
 from evrtrl.bptt import BPTT
 from evrtrl.dense_engine import DenseRTRL
 from evrtrl.engine import Engine, LayerLossFn, LossFn, run_engine
-from evrtrl.errors import UnknownMethodError
+from evrtrl.errors import UnknownMethodError, UnsupportedError
 from evrtrl.event_engine import EventRTRL
 from evrtrl.events import InputSequence, check_input, step_input
-from evrtrl.network import Unroll, check_parameters
+from evrtrl.finite import check_finite
+from evrtrl.network import Unroll, check_parameters, layers_of
 from evrtrl.shards import ColumnShard
 from evrtrl.stats import EngineStats
 
@@ -104,8 +105,19 @@ def make_engine(model: Any, batch: int, method: str = "event", *,
     RTRL methods: ``shard`` tracks only one column shard (:mod:`evrtrl.shards`);
     ``allow_memory`` skips the refusal of an influence matrix above the memory available
     (:mod:`evrtrl.memory`).
+
+    float16 models are refused for ``"event"`` (:class:`~evrtrl.errors.UnsupportedError`): its
+    lazy transforms keep factors up to 2^(+-40), outside float16's range, and the
+    gradients turned NaN after 11-20 steps (docs/reliability.md); bfloat16 (float32's range)
+    stays within 1-2.4x of bfloat16 BPTT's own error, float32 within 0.7-7x of float32 BPTT's.
     """
     if method == "event":
+        dtype = layers_of(model)[0].layer.dtype
+        if dtype == torch.float16:
+            raise UnsupportedError(
+                "the event engine does not support float16 parameters: its lazy transforms need "
+                "float32's exponent range (float16 gradients become NaN after ~11 steps); use "
+                "model.to(torch.bfloat16) or model.float() (or method='dense'/'bptt' in float16)")
         return EventRTRL(model, batch, shard=shard, allow_memory=allow_memory)
     if method in ("dense", "dense-live"):
         return DenseRTRL(model, batch, columns="all" if method == "dense" else "live", shard=shard,
@@ -131,6 +143,8 @@ def gradients(model: Any, x: InputSequence, loss_fn: LossFn, method: str = "even
     exactly 0 at masked entries) with the engine's statistics in ``.stats``.
     ``shard`` (RTRL methods): only that column shard's entries, exactly 0 elsewhere; the
     gradients of all shards of one partition sum to the unsharded gradient.
+    A NaN or inf gradient (a NaN loss, exploding states) raises
+    :class:`~evrtrl.errors.NonFiniteError` naming the parameter (checked once, at the end).
     """
     if method not in METHODS:
         raise UnknownMethodError(f"unknown method {method!r}; expected one of {METHODS}")
@@ -138,4 +152,6 @@ def gradients(model: Any, x: InputSequence, loss_fn: LossFn, method: str = "even
     check_parameters(model)
     engine = make_engine(model, x.shape[1], method, shard=shard, allow_memory=allow_memory)
     run_engine(engine, x, loss_fn, layer_loss=layer_loss)
-    return Gradients(engine.gradients(), engine.stats)
+    result = Gradients(engine.gradients(), engine.stats)
+    check_finite(result.items(), "gradient of parameter", f" ({method}, {x.shape[0]} steps)")
+    return result

@@ -7,6 +7,9 @@ The commands come from the packages that own them and are imported only when the
 line is built: ``validate`` (evrtrl.validation.validate), ``bench`` (evrtrl.benchmarks),
 ``demo``/``train``/``evaluate``/``plot`` (evrtrl.training), ``data build`` (evrtrl.datasets),
 ``export``/``targets`` (evrtrl.neuromorphic).
+
+Errors follow one contract (:mod:`evrtrl.cli_contract`): one ``error: ...`` line on stderr
+and exit status 2, never a traceback.
 """
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ from typing import Sequence
 import evrtrl.models  # noqa: F401  (registers the cells' compiled steps, for doctor)
 from evrtrl import __version__
 from evrtrl import kernels
-from evrtrl.errors import MissingExtraError
+from evrtrl.cli_contract import Parser, run
 
 #: (module, attribute) of each ``register(subparsers)`` that adds commands
 REGISTRARS = (
@@ -31,7 +34,7 @@ REGISTRARS = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="evrtrl",
         description="Exact, event-driven RTRL for activity-sparse recurrent and spiking networks.",
     )
@@ -87,16 +90,7 @@ def doctor(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
-    try:
-        return int(args.func(args) or 0)
-    except MissingExtraError as exc:  # one line naming what to install, no traceback
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return run(build_parser(), argv)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -46,3 +46,12 @@ class MissingExtraError(EvrtrlError, ImportError):
 
 class MemoryBudgetError(EvrtrlError, MemoryError):
     """A planned allocation (the influence matrix) exceeds the memory the machine has."""
+
+
+class RunError(EvrtrlError, RuntimeError):
+    """A training run cannot start or go on: its directory is in use or holds another run, a
+    checkpoint belongs to another run, or another process of a distributed run failed."""
+
+
+class PeerFailedError(RunError):
+    """Another process of a distributed run failed, left or stopped answering; this one stops too."""

@@ -77,7 +77,7 @@ import numpy as np
 import torch
 
 from evrtrl.engine import nonzero_fraction
-from evrtrl.errors import NonFiniteError, ShapeError
+from evrtrl.errors import ShapeError
 from evrtrl.events import SparseStep
 from evrtrl.influence import ColumnBlock, choose_layout
 from evrtrl.kernels import COMPILED_LAYOUT, CompiledStep, kernel_module
@@ -636,18 +636,15 @@ class EventRTRL:
     def gradients(self) -> dict[str, torch.Tensor]:
         """Accumulated gradient, ``{parameter name: tensor of its shape}``.
 
-        Raises :class:`NonFiniteError` naming the first parameter whose gradient holds NaN
-        or inf (the once-per-update check).
+        Not checked here: :func:`evrtrl.gradients` and :class:`evrtrl.OnlineLearner` check it
+        once per update (:func:`evrtrl.finite.check_finite`, naming parameter, update and step),
+        as for every engine.
         """
         out: dict[str, torch.Tensor] = {}
         for blk, g in zip(self.blocks, self.grad):
             flat = torch.zeros(blk.p_total, dtype=self.dtype, device=self.device)
             flat[blk.order[: blk.p_born]] = g[: blk.p_born]
             out.update(blk.unflatten(flat))
-        bad = [name for name, v in out.items() if not bool(torch.isfinite(v).all())]
-        if bad:
-            raise NonFiniteError(f"the gradient of parameter '{bad[0]}' holds NaN or inf "
-                                 "(diverged weights or non-finite inputs)")
         return out
 
     def zero_grad(self) -> None:

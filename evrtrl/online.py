@@ -9,6 +9,13 @@ exactly). With ``method="bptt"`` it runs truncated BPTT over windows of ``k`` st
 
 Parameters outside the recurrent model (a readout inside ``loss_fn``) are passed as
 ``extra_parameters``: their gradient is exact from the current step alone.
+
+Finite numbers or a named error: at every update (not every step) the gradients are checked
+before the optimizer sees them, and the parameters after it stepped; NaN or inf raises
+:class:`~evrtrl.errors.NonFiniteError` naming the parameter, the update and the step.
+With an optimizer that sums gradients over processes (``all_reduce_gradients()``, as
+:class:`evrtrl.training.distributed.AllReduceOptimizer`), the check runs on the summed
+gradients, so every process raises the same error.
 """
 from __future__ import annotations
 
@@ -20,6 +27,7 @@ from evrtrl.api import METHODS, make_engine
 from evrtrl.engine import Engine, LayerLossFn, run_engine
 from evrtrl.errors import ConfigError, UnknownMethodError
 from evrtrl.events import InputSequence, check_input
+from evrtrl.finite import check_finite
 from evrtrl.network import check_parameters, layers_of
 
 __all__ = ["OnlineLearner"]
@@ -72,17 +80,29 @@ class OnlineLearner:
         }
         self.updates = 0
         self._t = 0
+        self._t_last = 0  # the last step run (named by the finite check)
         self.active: torch.Tensor | None = None
         self.layer_losses: list[float] = []
         self.engine: Engine | None = None
         self.stats: list[Any] = []
 
     def _apply(self) -> None:
-        """Hand the accumulated gradient to the optimizer, update the weights, go on."""
+        """Hand the accumulated gradient to the optimizer, update the weights, go on.
+
+        Gradients (after an all-reduce, where the optimizer does one) and the updated
+        weights are checked once per update (:class:`~evrtrl.errors.NonFiniteError` naming
+        the parameter, the update and the step)."""
         assert self.engine is not None
         for name, g in self.engine.gradients().items():
             self.params[name].grad = g.to(self.params[name].dtype)
+        reduce = getattr(self.optimizer, "all_reduce_gradients", None)
+        if reduce is not None:
+            reduce()
+        named = list(self.params.items()) + [(f"extra_parameters[{i}]", p) for i, p in enumerate(self.extra)]
+        when = f" at update {self.updates + 1} (after step t={self._t_last})"
+        check_finite(((n, p.grad) for n, p in named), "gradient of parameter", when + "; weights not updated")
         self.optimizer.step()
+        check_finite(named, "parameter", when + " after the optimizer step (learning rate too large?)")
         self.optimizer.zero_grad(set_to_none=True)
         self.updates += 1
         self.engine.zero_grad()
@@ -111,6 +131,7 @@ class OnlineLearner:
         terms: list[Any] = []
 
         def on_step(t: int, layer_term: Any) -> None:
+            self._t_last = t
             if seq_active is not None:
                 active.append(torch.stack(seq_active.fget(engine)))
             terms.append(layer_term)

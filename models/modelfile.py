@@ -47,9 +47,13 @@ import torch
 from evrtrl.errors import ConfigError, FormatError, MaskError, ShapeError
 from evrtrl.h5file import (
     DTYPES,
+    H5_ERRORS,
     attr,
+    attr_float,
+    attr_int,
     attr_str,
     dataset,
+    dataset_shape,
     dtype_name,
     group,
     open_h5,
@@ -81,7 +85,7 @@ def _read_pd(g: Any, path: Path, where: str) -> surrogate.PseudoDerivative:
     if not (isinstance(pd_cls, type) and issubclass(pd_cls, surrogate.PseudoDerivative)):
         raise FormatError(f"{path}: attribute 'pd_kind' at '{where}' is {pd_kind!r}; expected a "
                           "pseudo-derivative of evrtrl.models.surrogate (Triangle, FastSigmoid)")
-    return pd_cls(gamma=float(attr(g, "pd_gamma", path, where)), width=float(attr(g, "pd_width", path, where)))
+    return pd_cls(gamma=attr_float(g, "pd_gamma", path, where), width=attr_float(g, "pd_width", path, where))
 
 
 def _write_layer(g: Any, layer: Any) -> None:
@@ -114,6 +118,16 @@ def _write_layer(g: Any, layer: Any) -> None:
         g.create_dataset(f"mask_{name}", data=m.cpu().numpy())
 
 
+def _check_sizes(g: Any, path: Path, expected: dict[str, tuple[int, ...]]) -> None:
+    """The stored datasets' shapes must be the sizes the attributes claim, before anything of
+    that size is allocated (a crafted ``hidden_size`` must not ask for terabytes)."""
+    for name, shape in expected.items():
+        got = dataset_shape(g, name, path)
+        if got != shape:
+            raise FormatError(f"{path}: dataset '{g.name}/{name}' has shape {got}, expected {shape} from the "
+                              f"attributes of '{g.name}'")
+
+
 def _read_layer(g: Any, path: Path) -> Layer:
     where = g.name
     cls = attr_str(g, "class", path, where)
@@ -122,16 +136,20 @@ def _read_layer(g: Any, path: Path) -> Layer:
     except ConfigError:
         raise FormatError(f"{path}: attribute 'class' at '{where}' is {cls!r}; expected one of the "
                           f"registered cells {list(registered_cells())}") from None
-    d = int(attr(g, "input_size", path, where))
-    n = int(attr(g, "hidden_size", path, where))
+    d = attr_int(g, "input_size", path, where)
+    n = attr_int(g, "hidden_size", path, where)
+    if n < 1 or d < 1:
+        raise FormatError(f"{path}: attributes 'hidden_size'={n}, 'input_size'={d} at '{where}' must be >= 1")
     stored_dtype = attr_str(g, "dtype", path, where)
     if stored_dtype not in DTYPES:
         raise FormatError(f"{path}: attribute 'dtype' at '{where}' is {stored_dtype!r}; expected one of {sorted(DTYPES)}")
     pd = _read_pd(g, path, where)
     try:
         config = spec.check_config(_stored_hyper(g, spec, path, where, n), where=f"{path}: '{where}'")
-        masks = {k: torch.from_numpy(np.asarray(dataset(g, f"mask_{k}", path)))
-                 for k in spec.weight_shapes(d, n, config)}
+        shapes = spec.weight_shapes(d, n, config)
+        _check_sizes(g, path, {**{k: tuple(s) for k, s in shapes.items()},
+                               **{f"mask_{k}": tuple(s) for k, s in shapes.items()}})
+        masks = {k: torch.from_numpy(np.asarray(dataset(g, f"mask_{k}", path))) for k in shapes}
         layer = spec.from_config(d, n, config, pseudo_derivative=pd, masks=masks, dtype=DTYPES[stored_dtype])
     except (ConfigError, MaskError, ShapeError) as exc:
         raise FormatError(f"{path}: bad {spec.name} layer at '{where}': {exc}") from exc
@@ -150,12 +168,14 @@ def _stored_hyper(g: Any, spec: Any, path: Path, where: str, n: int) -> dict[str
     attribute), the others from attributes; a missing one takes its registered default."""
     out: dict[str, Any] = {}
     for h in spec.hyper:
-        if h.per_neuron and h.name in g:
-            v = np.asarray(dataset(g, h.name, path))
-            if v.shape != (n,):
-                raise FormatError(f"{path}: dataset '{where}/{h.name}' has shape {v.shape}, expected ({n},)")
-            out[h.name] = v
-        elif h.name in g.attrs:
+        try:
+            as_dataset, as_attr = h.per_neuron and h.name in g, h.name in g.attrs
+        except H5_ERRORS as exc:
+            raise FormatError(f"{path}: the members of '{where}' are unreadable ({exc})") from exc
+        if as_dataset:
+            _check_sizes(g, path, {h.name: (n,)})
+            out[h.name] = np.asarray(dataset(g, h.name, path))
+        elif as_attr:
             out[h.name] = attr(g, h.name, path, where)
         elif not h.required:
             out[h.name] = h.default
@@ -185,7 +205,9 @@ def write_model(f: Any, model: Any, readout: Any | None) -> None:
 def read_model(f: Any, path: Path) -> tuple[Any, Any | None]:
     mg = group(f, "model", path)
     cls = attr_str(mg, "class", path, "/model")
-    n_layers = int(attr(mg, "n_layers", path, "/model"))
+    n_layers = attr_int(mg, "n_layers", path, "/model")
+    if n_layers < 1:
+        raise FormatError(f"{path}: attribute 'n_layers' at '/model' is {n_layers}, expected >= 1")
     lg = group(mg, "layers", path)
     layers = [_read_layer(group(lg, str(i), path), path) for i in range(n_layers)]
     if cls == "Stack":
@@ -197,9 +219,10 @@ def read_model(f: Any, path: Path) -> tuple[Any, Any | None]:
                           "expected 'Stack', or the class of its single layer")
     readout = None
     if "readout" in f:
-        rg = f["readout"]
-        n = int(attr(rg, "hidden_size", path, "/readout"))
-        n_out = int(attr(rg, "n_out", path, "/readout"))
+        rg = group(f, "readout", path)
+        n = attr_int(rg, "hidden_size", path, "/readout")
+        n_out = attr_int(rg, "n_out", path, "/readout")
+        _check_sizes(rg, path, {"weight": (n_out, n)})
         dtype = DTYPES.get(attr_str(rg, "dtype", path, "/readout"), torch.float32)
         readout = Readout(n, n_out, dtype=dtype)
         with torch.no_grad():

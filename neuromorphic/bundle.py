@@ -30,6 +30,9 @@ targets (Loihi 2 microcode, SpiNNaker 2 ARM cores). Format version 3::
     /readout/               optional (a trained models.Readout): datasets weight (n_out, n_last),
                             bias (n_out,): y_t = weight z_t + bias of the last layer's spikes
 
+The file is sealed with a content hash that :func:`read_bundle` checks before libhdf5 parses
+it, and links to other files are refused (:mod:`evrtrl.h5file`).
+
 Readers must reject a ``version`` they do not know (:func:`read_bundle` does).
 Version 1 and 2 files are still read: v2 only adds optional groups (a v1 file is a v2 file
 without EGRU codes and ``params/hw``), v3 per-neuron datasets, ``bias`` (absent: 0),
@@ -42,8 +45,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from evrtrl.atomic import atomic_write
 from evrtrl.errors import ConfigError, FormatError, ShapeError
+from evrtrl.h5file import H5_ERRORS, group, read_h5, write_h5
 from evrtrl.models.lif import SPEC as LIF_SPEC
 
 from .netspec import EGRU_UNIT_PARAMETERS, EGRULayer, LIFLayer, Network, network_from_model
@@ -76,13 +79,10 @@ def _csr(M: np.ndarray):
 
 def export_bundle(model, path, mapping=None, readout=None) -> None:
     """Write ``model`` (cells/Stack/Network, LIF or EGRU), optionally a MappingReport and the trained
-    ``readout`` (``models.Readout``), atomically."""
-    import h5py
-
+    ``readout`` (``models.Readout``), atomically and sealed (:func:`evrtrl.h5file.write_h5`)."""
     net = network_from_model(model)
 
-    def write(tmp):
-        with h5py.File(tmp, "w") as f:
+    def write(f):  # body indented as in the former `with h5py.File(...)` block
             f.attrs.update(format=_FORMAT, version=BUNDLE_VERSION, n_layers=len(net.layers),
                            input_size=net.input_size, created_by="evrtrl.neuromorphic")
             for i, L in enumerate(net.layers):
@@ -142,7 +142,7 @@ def export_bundle(model, path, mapping=None, readout=None) -> None:
                 rg.create_dataset("weight", data=readout.weight.detach().cpu().numpy())
                 rg.create_dataset("bias", data=readout.bias.detach().cpu().numpy())
 
-    atomic_write(path, write)
+    write_h5(path, write)
 
 
 def _lif_params(pg, path, i: int) -> dict:
@@ -169,13 +169,18 @@ def _lif_params(pg, path, i: int) -> dict:
 
 def read_bundle(path) -> Bundle:
     """Read a bundle written by :func:`export_bundle`; unknown versions raise :class:`FormatError`."""
-    import h5py
-
+    f = read_h5(path)
     try:
-        f = h5py.File(path, "r")
-    except OSError as e:
-        raise FormatError(f"{str(path)!r} is not an HDF5 bundle: {e}") from e
-    with f:
+        return _read_bundle(f, path)
+    except FormatError:
+        raise
+    except H5_ERRORS as e:  # what h5py raises on a damaged structure
+        raise FormatError(f"{str(path)!r}: bundle structure unreadable ({type(e).__name__}: {e})") from e
+    finally:
+        f.close()
+
+
+def _read_bundle(f, path) -> Bundle:  # body indented as in the former `with f:` block
         if f.attrs.get("format") != _FORMAT:
             raise FormatError(f"{str(path)!r}: attribute 'format' is {f.attrs.get('format')!r}, expected {_FORMAT!r}")
         version = int(f.attrs.get("version", -1))
@@ -189,10 +194,14 @@ def read_bundle(path) -> Bundle:
             g = f[f"layers/{i}"]
             kind = g.attrs["kind"]
             W, Q = {}, {}
-            for k, wg in g["weights"].items():
+            for k in list(g["weights"]):
+                wg = group(g["weights"], k, path)  # FormatError if a listed member cannot be opened
                 shape = tuple(int(s) for s in wg.attrs["shape"])
                 indptr, indices, data = wg["indptr"][()], wg["indices"][()], wg["data"][()]
-                if indptr.shape != (shape[0] + 1,) or indices.shape != data.shape or indptr[-1] != data.size:
+                if (len(shape) != 2 or min(shape) < 0 or indptr.shape != (shape[0] + 1,)
+                        or indices.shape != data.shape or indptr[0] != 0 or indptr[-1] != data.size
+                        or (indptr.size > 1 and np.diff(indptr).min() < 0)
+                        or (indices.size and (indices.min() < 0 or indices.max() >= shape[1]))):
                     raise FormatError(f"{str(path)!r}: weight 'layers/{i}/weights/{k}' has inconsistent CSR arrays")
                 M = np.zeros(shape, data.dtype)
                 rows = np.repeat(np.arange(shape[0]), np.diff(indptr))
@@ -219,5 +228,13 @@ def read_bundle(path) -> Bundle:
             quant.append(Q)
             place.append(g["placement"][()] if "placement" in g else None)
         mapping = json.loads(f["mapping/report_json"][()]) if "mapping" in f else None
-        readout = {k: f[f"readout/{k}"][()] for k in ("weight", "bias")} if "readout" in f else None
-    return Bundle(Network(layers), version, quant, place, mapping, readout)
+        readout = None
+        if "readout" in f:
+            rg = group(f, "readout", path)
+            readout = {k: rg[k][()] for k in ("weight", "bias")}
+            w, b = readout["weight"], readout["bias"]
+            n_last = layers[-1].n if layers else 0
+            if w.ndim != 2 or w.shape[1] != n_last or b.shape != (w.shape[0],):
+                raise FormatError(f"{str(path)!r}: readout weight {w.shape} and bias {b.shape} do not match the "
+                                  f"last layer's {n_last} units (expected (n_out, {n_last}) and (n_out,))")
+        return Bundle(Network(layers), version, quant, place, mapping, readout)

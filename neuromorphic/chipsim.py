@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from evrtrl.errors import ConfigError, FormatError, ShapeError
+from evrtrl.h5file import H5_ERRORS, read_h5
 
 __all__ = ["simulate_export", "simulate_xylo", "simulate_loihi", "ChipRun", "read_netx", "NetxLayer"]
 
@@ -196,38 +197,42 @@ class NetxLayer:
 
 
 def read_netx(path) -> list:
-    """Read the ``layer/<i>`` groups of a netx HDF5 file (dense and dense_rec with CUBA neurons)."""
-    import h5py
+    """Read the ``layer/<i>`` groups of a netx HDF5 file (dense and dense_rec with CUBA neurons).
 
+    Through :func:`evrtrl.h5file.read_h5`: a file written by :func:`export_netx` is sealed and
+    checked; one written by lava-dl is read as an unsealed file. Both are parsed in a
+    time-limited child first and may not link to other files."""
     p = Path(path)
     layers = []
+    f = read_h5(p)
     try:
-        f = h5py.File(p, "r")
-    except OSError as e:
-        raise FormatError(f"{str(p)!r} is not a readable HDF5 file: {e}") from e
-    with f:
-        if "layer" not in f:
-            raise FormatError(f"{str(p)!r} has no 'layer' group: not a lava-dl netx file")
-        g = f["layer"]
-        for i in range(len(g)):
-            lg = g[str(i)]
-            typ = lg["type"][()]
-            typ = (typ[0] if np.ndim(typ) else typ)
-            typ = typ.decode("ascii") if isinstance(typ, bytes) else str(typ)
-            if typ == "input":
-                continue
-            if typ not in ("dense", "dense_rec"):
-                raise FormatError(f"{str(p)!r} layer/{i}: type {typ!r}; the simulation knows dense and dense_rec")
-            ng = lg["neuron"]
-            nt = ng["type"][()]
-            nt = (nt[0] if np.ndim(nt) else nt)
-            nt = nt.decode("ascii") if isinstance(nt, bytes) else str(nt)
-            if nt not in ("CUBA", "LOIHI"):
-                raise FormatError(f"{str(p)!r} layer/{i}/neuron: type {nt!r}; expected CUBA")
-            w = lg["weight"][()].astype(np.int64)
-            wr = lg["weight_rec"][()].astype(np.int64) if typ == "dense_rec" else None
-            layers.append(NetxLayer(w, wr, int(ng["iDecay"][()]), int(ng["vDecay"][()]), int(ng["vThMant"][()]),
-                                    bool(ng["gradedSpike"][()]) if "gradedSpike" in ng else False))
+        with f:
+            if "layer" not in f:
+                raise FormatError(f"{str(p)!r} has no 'layer' group: not a lava-dl netx file")
+            g = f["layer"]
+            for i in range(len(g)):
+                lg = g[str(i)]
+                typ = lg["type"][()]
+                typ = (typ[0] if np.ndim(typ) else typ)
+                typ = typ.decode("ascii") if isinstance(typ, bytes) else str(typ)
+                if typ == "input":
+                    continue
+                if typ not in ("dense", "dense_rec"):
+                    raise FormatError(f"{str(p)!r} layer/{i}: type {typ!r}; the simulation knows dense and dense_rec")
+                ng = lg["neuron"]
+                nt = ng["type"][()]
+                nt = (nt[0] if np.ndim(nt) else nt)
+                nt = nt.decode("ascii") if isinstance(nt, bytes) else str(nt)
+                if nt not in ("CUBA", "LOIHI"):
+                    raise FormatError(f"{str(p)!r} layer/{i}/neuron: type {nt!r}; expected CUBA")
+                w = lg["weight"][()].astype(np.int64)
+                wr = lg["weight_rec"][()].astype(np.int64) if typ == "dense_rec" else None
+                layers.append(NetxLayer(w, wr, int(ng["iDecay"][()]), int(ng["vDecay"][()]), int(ng["vThMant"][()]),
+                                        bool(ng["gradedSpike"][()]) if "gradedSpike" in ng else False))
+    except FormatError:
+        raise
+    except H5_ERRORS as e:  # what h5py raises on a damaged structure
+        raise FormatError(f"{str(p)!r}: netx structure unreadable ({type(e).__name__}: {e})") from e
     if not layers:
         raise FormatError(f"{str(p)!r} holds no dense layers")
     return layers

@@ -41,9 +41,10 @@ from pathlib import Path
 
 import numpy as np
 
-from evrtrl.errors import ConfigError, FormatError, ShapeError, UnsupportedError
 from evrtrl.atomic import atomic_write
+from evrtrl.errors import ConfigError, FormatError, ShapeError, UnsupportedError
 from evrtrl.extras import require
+from evrtrl.h5file import H5_ERRORS, probe_file, refuse_links
 
 from .netspec import LIFLayer, Network, model_from_network, network_from_model
 
@@ -326,14 +327,23 @@ def import_nir(path, *, dt: float | None = None, integration: str = "euler", res
 
 def read_graph(path, *, probe_timeout_s: float | None = None):
     """Read a NIR graph; the file is first read whole in a time-limited child process
-    (:func:`evrtrl.datasets.h5guard.probe_hdf5`), so a corrupt file cannot hang or crash the caller."""
-    from evrtrl.datasets.h5guard import probe_hdf5
+    (:func:`evrtrl.h5file.probe_file`), so a corrupt file cannot hang or crash the caller; a
+    file that would make the reader open other files (external links, external storage,
+    virtual datasets) is refused."""
+    import h5py
 
     nir = _nir()
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"NIR file {str(p)!r} does not exist")
-    probe_hdf5(p, probe_timeout_s)
+    probe_file(p, probe_timeout_s)
+    try:
+        with h5py.File(p, "r") as f:
+            refuse_links(f, p, soft=False)
+    except FormatError:
+        raise
+    except H5_ERRORS as e:
+        raise FormatError(f"{str(p)!r} is not a readable NIR file: {type(e).__name__}: {e}") from e
     try:
         try:
             return nir.read(p)

@@ -31,16 +31,23 @@ Kinds
     Random spike-pattern classification: each class has a fixed random template of
     firing probabilities (``rate`` on average, a few channels per step much higher);
     a sample is a Bernoulli draw from its class template. Sparse 0/1 input.
-``shd:PATH[,dt_us=10000,duration_ms=1000,channels=700,factor=1,sparse=1]``
+``shd:PATH[,dt_us=10000,duration_ms=1000,channels=700,factor=1,test=PATH,sparse=1]``
     Spiking Heidelberg Digits layout (``spikes/times`` in seconds, ``spikes/units``,
-    ``labels``, optional ``extra/keys``). ``PATH`` is a ``.h5`` file (used for every
-    split) or a directory holding ``*train*.h5`` and ``*test*.h5``. ``factor`` merges
-    neighbouring channels (``unit // factor``; SHD 700 -> 140 with ``factor=5``).
-``nmnist:PATH[,dt_us=10000,duration_ms=300,size=34x34,pool=1,sparse=1]``
-    N-MNIST ``.bin`` tree: ``PATH/Train/<class>/*.bin`` and ``PATH/Test/<class>/*.bin``
-    (or ``PATH/<class>/*.bin`` for every split); classes are the sorted folder names.
+    ``labels``, optional ``extra/keys``). ``PATH`` is a directory holding ``*train*.h5``
+    and ``*test*.h5``, or one ``.h5`` file: the train split; its test split is the file
+    named by ``test=`` (one file is never used as both). ``factor`` merges neighbouring
+    channels (``unit // factor``; SHD 700 -> 140 with ``factor=5``).
+``nmnist:PATH[,dt_us=10000,duration_ms=300,size=34x34,pool=1,test=PATH,sparse=1]``
+    N-MNIST ``.bin`` tree: ``PATH/Train/<class>/*.bin`` and ``PATH/Test/<class>/*.bin``,
+    or ``PATH/<class>/*.bin``: the train split, whose test split is the tree named by
+    ``test=``; classes are the sorted folder names.
     Channel ``(p * height + y) * width + x``, ``n_inputs = 2 * width * height``;
     ``pool=k`` pools ``k x k`` pixels into one (``x // k``, ``y // k``).
+
+Unknown keys and out-of-range values (``n=0``, ``T=0``, ``duration_ms=0``, ``factor=0``,
+...) are refused with :class:`~evrtrl.errors.ConfigError` naming the key. ``open_data(...,
+whole_set=True)`` (used by ``evaluate --data``) lets a single file or tree serve the split
+asked for.
 
 Expectations of the ``datasets`` package (imported lazily, only for ``shd``/``nmnist``)
 ---------------------------------------------------------------------------------------
@@ -69,9 +76,16 @@ from evrtrl import datasets as ds
 from evrtrl.errors import ConfigError, UnknownMethodError
 from evrtrl.events import SPARSE_INPUT_METHODS, InputSequence, SparseSequence
 
-__all__ = ["DataSpec", "parse_data_spec", "open_data", "SequenceData", "KINDS", "learner_batch"]
+__all__ = ["DataSpec", "parse_data_spec", "open_data", "SequenceData", "KINDS", "OPTIONS", "learner_batch"]
 
 KINDS = ("synthetic", "shd", "nmnist")
+#: the option keys of each kind (synthetic: per task)
+OPTIONS = {
+    "rotation": ("n", "seed", "T", "noise"),
+    "spikes": ("n", "seed", "T", "d", "classes", "rate"),
+    "shd": ("dt_us", "duration_ms", "channels", "factor", "test", "sparse"),
+    "nmnist": ("dt_us", "duration_ms", "size", "pool", "test", "sparse"),
+}
 _OPT = re.compile(r",([A-Za-z_]+)=([^,]*)$")
 
 
@@ -106,17 +120,29 @@ def parse_data_spec(spec: str) -> DataSpec:
         rest = rest[: m.start()]
     if not rest:
         raise ConfigError(f"--data {spec!r}: empty PATH")
+    known = OPTIONS.get(rest if kind == "synthetic" else kind)
+    if known is not None:
+        unknown = [k for k in opts if k not in known]
+        if unknown:
+            raise ConfigError(f"--data {spec!r}: unknown key(s) {unknown}; {kind}:"
+                              f"{rest if kind == 'synthetic' else 'PATH'} takes {list(known)}")
     return DataSpec(kind, rest, dict(reversed(list(opts.items()))))
 
 
-def _opt(spec: DataSpec, name: str, default: Any, cast=int) -> Any:
+def _opt(spec: DataSpec, name: str, default: Any, cast=int, low: float | None = None,
+         high: float | None = None) -> Any:
+    """Option ``name`` cast to ``cast``, required to lie in ``[low, high]`` (when given)."""
     if name not in spec.options:
         return default
     try:
-        return cast(spec.options[name])
+        v = cast(spec.options[name])
     except ValueError as exc:
         raise ConfigError(f"--data {spec}: option {name}={spec.options[name]!r} is not a "
                           f"valid {cast.__name__}") from exc
+    if not math.isfinite(v) or (low is not None and v < low) or (high is not None and v > high):
+        bounds = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise ConfigError(f"--data {spec}: option {name}={spec.options[name]} must be {bounds}")
+    return v
 
 
 class SequenceData:
@@ -240,10 +266,17 @@ class _BinnedData(SequenceData):
 
 
 def _sparse_opt(spec: DataSpec) -> bool:
-    v = _opt(spec, "sparse", 1)
-    if v not in (0, 1):
-        raise ConfigError(f"--data {spec}: option sparse={v} must be 0 or 1")
-    return bool(v)
+    return bool(_opt(spec, "sparse", 1, low=0, high=1))
+
+
+def _single_set(spec: DataSpec, split: str, whole_set: bool) -> Path:
+    """The path of ``split`` when PATH holds one set (a file, or a tree without Train/Test)."""
+    if split == "train" or whole_set:
+        return Path(spec.path)
+    if "test" in spec.options:
+        return Path(spec.options["test"])
+    raise ConfigError(f"--data {spec}: {spec.path} holds one set; it would be both the train and the test "
+                      "split. Give the test set with ,test=PATH, a directory holding both splits, or --no-eval")
 
 
 def _split_file(path: Path, split: str, pattern: str) -> Path:
@@ -257,11 +290,12 @@ def _split_file(path: Path, split: str, pattern: str) -> Path:
     return hits[0]
 
 
-def _open_shd(spec: DataSpec, split: str, dt_us: int) -> SequenceData:
-    f = _split_file(Path(spec.path), split, ".h5")
-    factor = _opt(spec, "factor", 1)
-    d = -(-_opt(spec, "channels", 700) // factor)
-    T = math.ceil(_opt(spec, "duration_ms", 1000, float) * 1000 / dt_us)
+def _open_shd(spec: DataSpec, split: str, dt_us: int, whole_set: bool) -> SequenceData:
+    path = Path(spec.path)
+    f = _split_file(_single_set(spec, split, whole_set) if path.is_file() else path, split, ".h5")
+    factor = _opt(spec, "factor", 1, low=1)
+    d = -(-_opt(spec, "channels", 700, low=1) // factor)
+    T = math.ceil(_opt(spec, "duration_ms", 1000, float, low=1e-3) * 1000 / dt_us)
     h5 = ds.SpikeH5(f)
     n = len(h5)
     labels = [int(h5.label(i)) for i in range(n)]
@@ -270,11 +304,13 @@ def _open_shd(spec: DataSpec, split: str, dt_us: int) -> SequenceData:
                        ds.DownsampleChannels(factor) if factor > 1 else None, _sparse_opt(spec))
 
 
-def _open_nmnist(spec: DataSpec, split: str, dt_us: int) -> SequenceData:
+def _open_nmnist(spec: DataSpec, split: str, dt_us: int, whole_set: bool) -> SequenceData:
     root = Path(spec.path)
     base = root / {"train": "Train", "test": "Test"}[split]
     if not base.is_dir():
-        base = root
+        if (root / "Train").is_dir() or (root / "Test").is_dir():
+            raise FileNotFoundError(f"{root}: has no {base.name}/ folder for the {split} split")
+        base = _single_set(spec, split, whole_set)
     if not base.is_dir():
         raise FileNotFoundError(f"{root}: no such directory")
     classes = sorted(p.name for p in base.iterdir() if p.is_dir())
@@ -286,33 +322,43 @@ def _open_nmnist(spec: DataSpec, split: str, dt_us: int) -> SequenceData:
     if not files:
         raise FileNotFoundError(f"{base}: no <class>/*.bin files")
     w, _, h = spec.options.get("size", "34x34").partition("x")
-    w, h = int(w), int(h or w)
-    pool = ds.SpatialPool(_opt(spec, "pool", 1))
+    try:
+        w, h = int(w), int(h or w)
+    except ValueError:
+        w = h = 0
+    if w < 1 or h < 1:
+        raise ConfigError(f"--data {spec}: option size={spec.options['size']!r}: expected WIDTHxHEIGHT, "
+                          "positive integers (e.g. 34x34)")
+    pool = ds.SpatialPool(_opt(spec, "pool", 1, low=1))
     w, h = pool.pooled_size(w, h)
-    T = math.ceil(_opt(spec, "duration_ms", 300, float) * 1000 / dt_us)
+    T = math.ceil(_opt(spec, "duration_ms", 300, float, low=1e-3) * 1000 / dt_us)
     return _BinnedData(ds, len(files), labels, len(classes), T, 2 * w * h, dt_us,
                        lambda i: ds.read_nmnist(files[i]), {"sensor_size": (w, h, 2)},
                        pool if pool.kx > 1 else None, _sparse_opt(spec))
 
 
-def open_data(spec: str | DataSpec, split: str = "train", *, dt_us: int | None = None) -> SequenceData:
-    """Open the ``split`` ("train" or "test") of the data set named by ``spec``."""
+def open_data(spec: str | DataSpec, split: str = "train", *, dt_us: int | None = None,
+              whole_set: bool = False) -> SequenceData:
+    """Open the ``split`` ("train" or "test") of the data set named by ``spec``.
+
+    ``whole_set``: a PATH holding one set (a file, a tree without Train/Test) serves any
+    split (``evaluate --data``); otherwise it is the train split only (module docstring).
+    """
     spec = parse_data_spec(spec)
     if split not in ("train", "test"):
         raise ConfigError(f"split must be 'train' or 'test', got {split!r}")
     if spec.kind == "synthetic":
         seed = _opt(spec, "seed", 0) + (0 if split == "train" else 10_007)
-        n = _opt(spec, "n", 256 if split == "train" else 128)
+        n = _opt(spec, "n", 256 if split == "train" else 128, low=1)
+        T = _opt(spec, "T", 17 if spec.path == "rotation" else 20, low=1)
         if spec.path == "rotation":
-            return rotation_task(n, seed, T=_opt(spec, "T", 17), noise=_opt(spec, "noise", 0.0, float))
+            return rotation_task(n, seed, T=T, noise=_opt(spec, "noise", 0.0, float, low=0))
         if spec.path == "spikes":
-            return spike_task(n, seed, T=_opt(spec, "T", 20), d=_opt(spec, "d", 16),
-                              classes=_opt(spec, "classes", 4), rate=_opt(spec, "rate", 0.1, float))
+            return spike_task(n, seed, T=T, d=_opt(spec, "d", 16, low=1),
+                              classes=_opt(spec, "classes", 4, low=2), rate=_opt(spec, "rate", 0.1, float, 0, 1))
         raise UnknownMethodError(f"--data {spec}: unknown synthetic task {spec.path!r}; "
                                  "expected 'rotation' or 'spikes'")
-    dt = _opt(spec, "dt_us", dt_us or 10_000)
-    if dt <= 0:
-        raise ConfigError(f"--data {spec}: dt_us must be > 0, got {dt}")
+    dt = _opt(spec, "dt_us", dt_us or 10_000, low=1)
     if spec.kind == "shd":
-        return _open_shd(spec, split, dt)
-    return _open_nmnist(spec, split, dt)
+        return _open_shd(spec, split, dt, whole_set)
+    return _open_nmnist(spec, split, dt, whole_set)

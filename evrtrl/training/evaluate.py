@@ -1,7 +1,6 @@
 """``evaluate(run_or_model, data) -> accuracy`` on the test split of a data set."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -9,7 +8,7 @@ from evrtrl.errors import ConfigError
 from evrtrl.models.modelfile import LoadedModel, load_model
 from evrtrl.network import layers_of
 from evrtrl.training.data import DataSpec, SequenceData, open_data
-from evrtrl.training.loop import _accuracy
+from evrtrl.training.loop import _accuracy, load_run_config
 
 __all__ = ["evaluate", "resolve_model"]
 
@@ -26,10 +25,9 @@ def resolve_model(run_or_model: Any) -> tuple[Any, Any, dict[str, Any]]:
     path = Path(run_or_model)
     info: dict[str, Any] = {}
     if path.is_dir():
-        cfg = path / "config.json"
-        if cfg.exists():
-            c = json.loads(cfg.read_text())
-            info.update(loss_mode=c.get("loss"), data=c.get("data"), dt_us=c.get("dt_us"))
+        if (path / "config.json").exists():
+            c, _ = load_run_config(path)
+            info.update(loss_mode=c.loss, data=c.data, dt_us=c.dt_us)
         path = path / "model.h5"
     lm = load_model(path)
     info = {**lm.extra, **{k: v for k, v in info.items() if v is not None}}
@@ -44,16 +42,19 @@ def evaluate(run_or_model: Any, data: str | DataSpec | SequenceData | None = Non
 
     The prediction rule follows the run's loss (``mean``: argmax of the time-summed
     readout logits; ``last``: of the last step's), read from the file or ``loss_mode``.
+    ``data`` given explicitly may name a single file or tree: it is evaluated whole.
     """
-
+    if batch < 1:
+        raise ConfigError(f"evaluate: batch must be >= 1, got {batch}")
     model, readout, info = resolve_model(run_or_model)
     mode = loss_mode or info.get("loss_mode") or "mean"
+    whole_set = data is not None
     if data is None:
         data = info.get("data")
         if data is None:
             raise ConfigError("evaluate: no data given and none recorded with the model")
     if not isinstance(data, SequenceData):
-        data = open_data(data, split, dt_us=info.get("dt_us"))
+        data = open_data(data, split, dt_us=info.get("dt_us"), whole_set=whole_set)
     if data.n_inputs != model_input_size(model):
         raise ConfigError(f"evaluate: data has {data.n_inputs} input channels, the model expects "
                           f"{model_input_size(model)}")

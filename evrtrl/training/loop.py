@@ -20,6 +20,20 @@ batch, global batch count, updates), the torch RNG state and every metrics recor
 far. The data order of epoch ``e`` is a permutation drawn from a generator seeded with
 ``(seed, e)``, so it needs no state. A run resumed from a checkpoint therefore ends with
 the same weights, bit for bit, as an uninterrupted one (tests/training).
+
+Runs that cannot mix (:mod:`evrtrl.training.rundir`): the run directory is locked for the
+run; a fresh run refuses a non-empty directory unless ``overwrite``; a random run id is
+shared by ``config.json``, every checkpoint and ``model.h5``, and ``resume`` refuses a
+checkpoint of another run. On resume the stored ``config.json`` rules: options in
+:data:`RESUME_MAY_CHANGE` may differ from it (each change is stated in
+``TrainResult.notes``), any other difference is refused with :class:`ConfigError`. The
+previous checkpoint is kept as ``checkpoint.prev.h5``; when ``checkpoint.h5`` is unreadable
+the run resumes from it, and says so.
+
+Finite numbers: a NaN or inf gradient or weight stops the run with
+:class:`~evrtrl.errors.NonFiniteError` naming the parameter, the epoch, the batch and the
+update (checked once per update by :class:`evrtrl.OnlineLearner`); non-finite weights are
+never checkpointed.
 """
 from __future__ import annotations
 
@@ -36,7 +50,7 @@ import torch
 
 from evrtrl.api import METHODS, simulate
 from evrtrl.atomic import atomic_write_text
-from evrtrl.errors import ConfigError, UnknownMethodError
+from evrtrl.errors import ConfigError, EvrtrlError, FormatError, NonFiniteError, RunError, UnknownMethodError
 from evrtrl.memory import check_memory, plan_memory
 from evrtrl.models import Readout, Stack, Triangle, cell_spec, random_masks, registered_cells
 from evrtrl.models.modelfile import save_model
@@ -45,13 +59,21 @@ from evrtrl.online import OnlineLearner
 from evrtrl.regularizers import ActivityRegularizer
 from evrtrl.training import distributed as ddp
 from evrtrl.training import sharded
-from evrtrl.training.checkpoint import load_checkpoint, save_checkpoint
+from evrtrl.training.checkpoint import Checkpoint, load_checkpoint, previous_path, save_checkpoint
 from evrtrl.training.data import SequenceData, learner_batch, open_data, parse_data_spec
 from evrtrl.training.metrics import (
     MetricsLog, data_lengths, dense_rtrl_macs, measure_beta, sequence_beta,
 )
+from evrtrl.training.rundir import new_run_id, prepare_run_dir
 
-__all__ = ["TrainConfig", "TrainResult", "train", "build_model", "make_loss", "predict_logits"]
+__all__ = ["TrainConfig", "TrainResult", "train", "build_model", "make_loss", "predict_logits",
+           "load_run_config", "RESUME_MAY_CHANGE"]
+
+#: options that may differ from the stored config.json on resume (each change is stated):
+#: run control and placement; the process grid's column split leaves the exact gradient
+#: unchanged (up to summation order), like the number of processes
+RESUME_MAY_CHANGE = ("epochs", "checkpoint_every", "eval_each_epoch", "eval_batch", "device",
+                     "shard_columns", "shard_partition")
 
 _DT = {"float32": torch.float32, "float64": torch.float64}
 #: config fields that are never cell keywords, even where a cell's constructor has that name
@@ -109,10 +131,11 @@ class TrainConfig:
     max_batches: int | None = None  # per epoch, for quick runs
     shard_columns: int = 1  # influence-column shards (evrtrl.training.sharded); grid data x this
     shard_partition: str = "strided"  # evrtrl.shards: "strided" | "contiguous"
+    device: str = "cpu"
 
     def validate(self) -> None:
         """Check every field; fill the model's defaults where a field is None."""
-        parse_data_spec(self.data)
+        spec = parse_data_spec(self.data)
         keys = [c.lower() for c in registered_cells()]
         if self.model not in keys:
             raise UnknownMethodError(f"--model {self.model!r}: expected one of {keys}")
@@ -125,21 +148,49 @@ class TrainConfig:
             raise UnknownMethodError(f"loss {self.loss!r}: expected 'mean' or 'last'")
         if self.dtype not in _DT:
             raise UnknownMethodError(f"--dtype {self.dtype!r}: expected one of {sorted(_DT)}")
-        for name in ("hidden", "layers", "epochs", "batch"):
+        for name in ("hidden", "layers", "epochs", "batch", "eval_batch", "shard_columns"):
             if int(getattr(self, name)) < 1:
-                raise ConfigError(f"--{name} must be >= 1, got {getattr(self, name)}")
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.k < 0:
             raise ConfigError(f"--k must be >= 0 (0: one update per sequence), got {self.k}")
-        if self.activity < 0 or self.activity_target < 0:
-            raise ConfigError(f"--activity {self.activity} and --activity-target "
-                              f"{self.activity_target} must be >= 0")
-        if self.pd_width <= 0 or self.pd_gamma <= 0:
-            raise ConfigError(f"--width {self.pd_width} and --gamma {self.pd_gamma} must be > 0")
+        if self.checkpoint_every < 0:
+            raise ConfigError(f"--checkpoint-every must be >= 0 (0: at epoch ends only), got {self.checkpoint_every}")
+        if self.max_batches is not None and self.max_batches < 1:
+            raise ConfigError(f"--max-batches must be >= 1 (or absent: every batch), got {self.max_batches}")
+        if self.dt_us is not None and self.dt_us < 1:
+            raise ConfigError(f"--dt-us must be >= 1 microsecond, got {self.dt_us}")
         if not (0 < self.density <= 1):
             raise ConfigError(f"--density must be in (0, 1], got {self.density}")
+        positive = {"lr": "--lr", "pd_gamma": "--gamma", "pd_width": "--width", "tau_mem": "tau_mem",
+                    "tau_syn": "tau_syn", "weight_scale": "weight_scale"}
+        for name, flag in positive.items():
+            v = float(getattr(self, name))
+            if not (math.isfinite(v) and v > 0):
+                raise ConfigError(f"{flag} must be a finite number > 0, got {v}")
+        for name, flag in {"activity": "--activity", "activity_target": "--activity-target"}.items():
+            v = float(getattr(self, name))
+            if not (math.isfinite(v) and v >= 0):
+                raise ConfigError(f"{flag} must be a finite number >= 0, got {v}")
+        for name, flag in {"theta_init": "--theta-init", "v_th": "v_th"}.items():
+            if not math.isfinite(float(getattr(self, name))):
+                raise ConfigError(f"{flag} must be finite, got {getattr(self, name)}")
         bad = set(self.log) - {"csv", "json"}
         if bad:
             raise UnknownMethodError(f"--log {sorted(bad)}: expected csv and/or json")
+        if self.dt_us is not None:
+            if spec.kind == "synthetic" and "dt" not in cell_spec(self.model).hyper_names:
+                raise ConfigError(f"--dt-us has no effect here: synthetic data is not binned and a "
+                                  f"{self.model} cell has no time step; drop it (it sets the binning of "
+                                  "shd/nmnist data and the LIF dt)")
+            if "dt_us" in spec.options and spec.options["dt_us"] != str(self.dt_us):
+                raise ConfigError(f"--dt-us {self.dt_us} contradicts dt_us={spec.options['dt_us']} in --data "
+                                  f"{self.data}; give the step once")
+        try:
+            device = torch.device(self.device)
+        except (RuntimeError, ValueError) as exc:
+            raise ConfigError(f"--device {self.device!r}: not a torch device (cpu, cuda, cuda:1, ...)") from exc
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError(f"--device {self.device}: torch finds no CUDA device on this machine")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
@@ -152,6 +203,25 @@ class TrainConfig:
         return cls(**kw)
 
 
+def load_run_config(run_dir: str | os.PathLike) -> tuple[TrainConfig, str | None]:
+    """``(config, run id)`` stored in ``run_dir/config.json`` (run id None: written by evrtrl 0.1.0)."""
+    path = Path(run_dir) / "config.json"
+    try:
+        d = json.loads(path.read_text())
+    except UnicodeDecodeError as exc:
+        raise FormatError(f"{path}: not UTF-8 text") from exc
+    except ValueError as exc:
+        raise FormatError(f"{path}: not valid JSON ({exc})") from exc
+    if not isinstance(d, dict):
+        raise FormatError(f"{path}: holds a JSON {type(d).__name__}, expected an object")
+    try:
+        cfg = TrainConfig.from_dict(d)
+    except TypeError as exc:
+        raise FormatError(f"{path}: not a training configuration ({exc})") from exc
+    run_id = d.get("run_id")
+    return cfg, (str(run_id) if run_id is not None else None)
+
+
 @dataclass
 class TrainResult:
     """What :func:`train` returns."""
@@ -162,6 +232,9 @@ class TrainResult:
     batches: list[dict[str, Any]] = field(default_factory=list)
     epochs: list[dict[str, Any]] = field(default_factory=list)
     wall_s: float = 0.0
+    run_id: str | None = None
+    #: what the run stated on the way (resume changes, checkpoint fallback)
+    notes: list[str] = field(default_factory=list)
 
 
 # ----------------------------------------------------------------------- building
@@ -182,7 +255,7 @@ def build_model(cfg: TrainConfig, n_inputs: int, n_classes: int, dt_us: int | No
     options = {f.name: getattr(cfg, f.name) for f in fields(cfg)
                if f.name in accepted and f.name not in _NOT_CELL_OPTIONS}
     if "dt" in spec.hyper_names:
-        options["dt"] = (dt_us or 1000) * 1e-6
+        options["dt"] = (dt_us or cfg.dt_us or 1000) * 1e-6
     options.update(cfg.cell)
     config = {k: options.pop(k) for k in spec.hyper_names if k in options}
     layers = []
@@ -196,18 +269,27 @@ def build_model(cfg: TrainConfig, n_inputs: int, n_classes: int, dt_us: int | No
     model = layers[0] if len(layers) == 1 else Stack(*layers)
     torch.manual_seed(cfg.seed)
     readout = Readout(cfg.hidden, n_classes, dtype=dtype)
-    return model, readout
+    return model.to(cfg.device), readout.to(cfg.device)
 
 
 class _Loss:
     """``loss_fn(y_t, t)`` for :class:`OnlineLearner`; collects logits for accuracy."""
 
-    def __init__(self, readout, labels: torch.Tensor, T: int, mode: str, global_batch: int):
+    def __init__(self, readout, labels: torch.Tensor, T: int, mode: str, global_batch: int,
+                 activity: bool = False):
         self.readout, self.labels, self.T, self.mode = readout, labels, T, mode
         self.scale = 1.0 / global_batch / (T if mode == "mean" else 1)
         self.logits: torch.Tensor | None = None
+        # output activity alpha (fraction of non-zero outputs, summed over steps), for methods
+        # without engine statistics (bptt)
+        self.activity = activity
+        self.active: torch.Tensor | float = 0.0
+        self.steps = 0
 
     def __call__(self, y: torch.Tensor, t: int):
+        if self.activity:
+            self.active = self.active + (y.detach() != 0).float().mean()
+            self.steps += 1
         if self.mode == "last" and t != self.T - 1:
             return None
         o = self.readout(y)
@@ -216,14 +298,14 @@ class _Loss:
         return torch.nn.functional.cross_entropy(o, self.labels, reduction="sum") * self.scale
 
 
-def make_loss(readout, labels, T, mode="mean", global_batch=None) -> _Loss:
-    return _Loss(readout, labels, T, mode, global_batch or labels.numel())
+def make_loss(readout, labels, T, mode="mean", global_batch=None, activity=False) -> _Loss:
+    return _Loss(readout, labels, T, mode, global_batch or labels.numel(), activity)
 
 
 @torch.no_grad()
 def predict_logits(model, readout, x: torch.Tensor, mode: str = "mean") -> torch.Tensor:
     """Summed (``mean``) or last-step (``last``) readout logits ``(B, classes)``."""
-    out = simulate(model, x.to(readout.weight.dtype)).outputs  # (T, B, n)
+    out = simulate(model, x.to(readout.weight.dtype).to(readout.weight.device)).outputs  # (T, B, n)
     if mode == "last":
         return readout(out[-1])
     return readout(out).sum(0)
@@ -235,13 +317,13 @@ def _accuracy(model, readout, data: SequenceData, mode: str, batch: int) -> floa
     for lo in range(0, len(data), batch):
         idx = list(range(lo, min(len(data), lo + batch)))
         x, y = data.batch(idx, dtype)
-        correct += int((predict_logits(model, readout, x, mode).argmax(-1) == y).sum())
+        correct += int((predict_logits(model, readout, x, mode).argmax(-1).cpu() == y).sum())
     return correct / max(1, len(data))
 
 
-def _test_beta(model, data: SequenceData, batch: int, dtype) -> dict[str, float]:
+def _test_beta(model, data: SequenceData, batch: int, dtype, device: Any = "cpu") -> dict[str, float]:
     """Per-sequence beta on the test split, from the event engine (forward only)."""
-    batches = (data.batch(list(range(lo, min(len(data), lo + batch))), dtype)[0]
+    batches = (data.batch(list(range(lo, min(len(data), lo + batch))), dtype)[0].to(device)
                for lo in range(0, len(data), batch))
     return {"test_" + k: v for k, v in measure_beta(model, batches).items()}
 
@@ -255,49 +337,124 @@ def _write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, default=str))
 
 
+def _nan_to_none(v: float) -> float | None:
+    return None if v != v else v
+
+
+def _resolve(cfg: TrainConfig, run: Path, resume: bool) -> tuple[TrainConfig, str, Checkpoint | None, list[str]]:
+    """The run's config, id and checkpoint (read only; every rank does the same)."""
+    cfg_path, ckpt_path = run / "config.json", run / "checkpoint.h5"
+    prev_path = previous_path(ckpt_path)
+    notes: list[str] = []
+    if not (resume and cfg_path.exists()):
+        if resume and (ckpt_path.exists() or prev_path.exists()):
+            raise RunError(f"{run}: holds a checkpoint but no config.json; cannot tell which run it belongs to: "
+                           "resume refused (--overwrite starts anew)")
+        if resume:
+            notes.append(f"nothing to resume in {run}: a new run starts")
+        cfg.validate()
+        return cfg, new_run_id(), None, notes
+    stored, run_id = load_run_config(run)
+    # a None (the model's default, filled by validate) leaves the stored value
+    changes = {f.name: (getattr(stored, f.name), getattr(cfg, f.name)) for f in fields(TrainConfig)
+               if getattr(cfg, f.name) is not None and getattr(stored, f.name) != getattr(cfg, f.name)}
+    refused = [k for k in changes if k not in RESUME_MAY_CHANGE]
+    if refused:
+        shown = ", ".join(f"{k} {changes[k][1]!r} (stored {changes[k][0]!r})" for k in refused)
+        raise ConfigError(f"--resume continues the run in {run} with its config.json, but these options differ "
+                          f"from it: {shown}; drop them, or start a new run (another --out, or --overwrite)")
+    for k, (old, new) in changes.items():
+        setattr(stored, k, new)
+        notes.append(f"resume: {k} changed from {old!r} to {new!r}")
+    stored.validate()
+    state = None
+    for cand in (ckpt_path, prev_path):
+        if not cand.exists():
+            continue
+        try:
+            st = load_checkpoint(cand)
+        except FormatError as exc:
+            if cand == ckpt_path and prev_path.exists():
+                notes.append(f"resume: {cand.name} is unreadable ({exc}); resuming from {prev_path.name}")
+                continue
+            raise
+        got = st.extra.get("run_id")
+        if got != run_id:
+            raise RunError(f"{cand}: belongs to run {got or '(none: evrtrl 0.1.0)'}, but {cfg_path} to run "
+                           f"{run_id or '(none: evrtrl 0.1.0)'}; the directory mixes two runs: resume refused "
+                           "(--overwrite starts anew)")
+        state = st
+        break
+    if state is None:
+        notes.append(f"resume: {run} holds no checkpoint yet: the run starts from its beginning "
+                     f"(same config, run id {run_id})")
+    return stored, run_id or new_run_id(), state, notes
+
+
 # ------------------------------------------------------------------------- train
 def train(
     cfg: TrainConfig,
     out: str | os.PathLike,
     *,
     resume: bool = False,
+    overwrite: bool = False,
     progress: bool = True,
     callbacks: Sequence[Callable[[dict[str, Any]], None]] = (),
     train_data: SequenceData | None = None,
     test_data: SequenceData | None = None,
     allow_memory: bool = False,
+    echo: Callable[[str], None] | None = None,
 ) -> TrainResult:
     """Train per ``cfg`` into the run directory ``out`` (see module docstring).
 
     ``resume=True`` continues from ``out/checkpoint.h5`` with the run's stored
-    ``config.json`` (only ``epochs`` may be raised). ``callbacks`` are called after each
-    batch (after any checkpoint) with the batch record; an exception raised there stops
-    the run as a kill would. Runs distributed when a ``torch.distributed`` group is
-    initialised (:mod:`evrtrl.training.distributed`); ``cfg.shard_columns > 1`` splits the
-    influence columns too (:mod:`evrtrl.training.sharded`). The influence memory per process
-    is planned first and a plan above the memory available is refused unless ``allow_memory``.
+    ``config.json`` (``cfg`` may differ from it only in :data:`RESUME_MAY_CHANGE`);
+    ``overwrite=True`` replaces a run already in ``out`` (without it a non-empty ``out`` is
+    refused). ``callbacks`` are called after each batch (after any checkpoint) with the
+    batch record; an exception raised there stops the run as a kill would. ``echo``, if
+    given, receives one line per epoch end and every note. Runs distributed when a
+    ``torch.distributed`` group is initialised (:mod:`evrtrl.training.distributed`); an
+    exception on any rank stops every rank. ``cfg.shard_columns > 1`` splits the influence
+    columns too (:mod:`evrtrl.training.sharded`). The influence memory per process is
+    planned first and a plan above the memory available is refused unless ``allow_memory``.
     """
+    rank, world = ddp.rank_and_world()
+    lock = None
+    try:
+        err = None
+        if rank == 0:
+            try:
+                lock = prepare_run_dir(out, resume=resume, overwrite=overwrite)
+            except (EvrtrlError, OSError) as exc:
+                err = exc
+        ddp.agree(err, "the run-directory setup")
+        return _train(cfg, Path(out), resume, progress, callbacks, train_data, test_data, allow_memory, echo)
+    except BaseException:
+        if world > 1:
+            ddp.abort()
+        raise
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(cfg, run, resume, progress, callbacks, train_data, test_data, allow_memory, echo) -> TrainResult:
     t_start = time.perf_counter()
     rank = ddp.rank_and_world()[0]
-    run = Path(out)
     ckpt_path, cfg_path = run / "checkpoint.h5", run / "config.json"
-    state = None
-    if resume and ckpt_path.exists():
-        stored = TrainConfig.from_dict(json.loads(cfg_path.read_text()))
-        if cfg.epochs > stored.epochs:
-            stored.epochs = cfg.epochs
-        cfg = stored
-    cfg.validate()
+    cfg, run_id, state, notes = _resolve(cfg, run, resume)
+    say = echo if (echo is not None and rank == 0) else (lambda line: None)
+    for n in notes:
+        say("note: " + n)
     grid = sharded.setup_grid(cfg.shard_columns, cfg.shard_partition)
     if grid.columns > 1 and cfg.method == "bptt":
         raise ConfigError("--shard-columns splits the RTRL influence matrix; --method bptt has none")
-    if rank == 0:
-        run.mkdir(parents=True, exist_ok=True)
-    ddp.barrier()
 
     data = train_data or open_data(cfg.data, "train", dt_us=cfg.dt_us)
     if test_data is None and cfg.eval_each_epoch:
         test_data = open_data(cfg.data, "test", dt_us=cfg.dt_us)
+    if len(data) == 0:
+        raise ConfigError(f"--data {cfg.data}: the train split holds no samples")
     if cfg.batch < grid.data:
         raise ConfigError(f"--batch {cfg.batch} is smaller than the {grid.data} data processes")
 
@@ -305,9 +462,8 @@ def train(
                 "train_s": 0.0}
     batch_log = MetricsLog(run, "batches", cfg.log if rank == 0 else ())
     epoch_log = MetricsLog(run, "epochs", cfg.log if rank == 0 else ())
-    if resume and ckpt_path.exists():
-        state = load_checkpoint(ckpt_path)
-        model, readout = state.model, state.readout
+    if state is not None:
+        model, readout = state.model.to(cfg.device), state.readout.to(cfg.device)
         counters.update(state.counters)
         if "torch" in state.rng:
             torch.set_rng_state(state.rng["torch"])
@@ -320,7 +476,7 @@ def train(
             batch_log.reset([])
             epoch_log.reset([])
     if rank == 0:
-        _write_json(cfg_path, {**asdict(cfg), "data_info": data.describe()})
+        _write_json(cfg_path, {**asdict(cfg), "run_id": run_id, "data_info": data.describe()})
 
     params = list(model.parameters()) + list(readout.parameters())
     base_opt = torch.optim.Adam(params, lr=cfg.lr)
@@ -329,7 +485,7 @@ def train(
     optimizer = grid.wrap_optimizer(base_opt, model, cfg.method)
     if cfg.method != "bptt":
         check_memory(plan_memory(model, cfg.batch, cfg.method, data=grid.data,
-                                 columns=grid.columns), allow=allow_memory)
+                                 columns=grid.columns), allow=allow_memory, device=cfg.device)
 
     n_batches = math.ceil(len(data) / cfg.batch)
     if cfg.max_batches:
@@ -342,6 +498,8 @@ def train(
         bar = tqdm(total=total, initial=counters["epoch"] * n_batches + counters["batch"],
                    desc=f"train {cfg.model}-{cfg.method}", unit="batch", dynamic_ncols=True)
     dtype = _DT[cfg.dtype]
+    on_cpu = torch.device(cfg.device).type == "cpu"
+    rtrl = cfg.method != "bptt"
     wall0 = counters["wall_s"]
     t_run = time.perf_counter()
 
@@ -350,8 +508,8 @@ def train(
         sharded.sync_state(optimizer)  # owners' optimizer state (collective)
         if rank == 0:
             save_checkpoint(ckpt_path, model, readout, base_opt, counters=dict(counters),
-                            rng={"torch": torch.get_rng_state()},
-                            metrics=batch_log.records + epoch_log.records, config=asdict(cfg))
+                            rng={"torch": torch.get_rng_state()}, keep_previous=True,
+                            metrics=batch_log.records + epoch_log.records, config=asdict(cfg), run_id=run_id)
 
     while counters["epoch"] < cfg.epochs:
         epoch = counters["epoch"]
@@ -361,9 +519,13 @@ def train(
             b = counters["batch"]
             global_idx = order[b * cfg.batch:(b + 1) * cfg.batch]
             idx = grid.data_shard(global_idx)
-            x, labels = learner_batch(data, idx, dtype, cfg.method)  # sparse for the event engine
+            if on_cpu:  # sparse for the event engine
+                x, labels = learner_batch(data, idx, dtype, cfg.method)
+            else:  # another device: dense batches moved there
+                x, labels = data.batch(idx, dtype)
+                x, labels = x.to(cfg.device), labels.to(cfg.device)
             T = x.shape[0]
-            loss_fn = make_loss(readout, labels, T, cfg.loss, len(global_idx))
+            loss_fn = make_loss(readout, labels, T, cfg.loss, len(global_idx), activity=cfg.method == "bptt")
             reg = (ActivityRegularizer(cfg.activity, cfg.activity_target,
                                        scale=1.0 / (len(global_idx) * T))
                    if cfg.activity > 0 else None)
@@ -371,7 +533,11 @@ def train(
                                     extra_parameters=readout.parameters(), layer_loss=reg,
                                     engine_options=grid.engine_options(allow_memory))
             t0 = time.perf_counter()
-            losses = learner.run(x)
+            try:
+                losses = learner.run(x)
+            except NonFiniteError as exc:
+                raise NonFiniteError(f"epoch {epoch}, batch {b} (global batch {counters['global_batch'] + 1}): "
+                                     f"{exc}") from exc
             dt_batch = time.perf_counter() - t0
             train_s += dt_batch
             counters["train_s"] += dt_batch
@@ -394,9 +560,10 @@ def train(
             vals = [loss_local, correct, macs_dense,
                     st["macs_total"] if st else float("nan"),
                     sum(learner.layer_losses), n_seq] + beta_sums + [
-                    st["alpha"] if st else float("nan"), st["beta"] if st else float("nan"),
-                    st["gamma_final"] if st else float("nan"),
-                    learner.engine.influence_density() if st else float("nan")]
+                    st["alpha"] if st else float(loss_fn.active) / max(1, loss_fn.steps),
+                    st["beta"] if st else float("nan"),
+                    st["gamma_final"] if st and rtrl else float("nan"),  # BPTT holds no influence
+                    learner.engine.influence_density() if st and rtrl else float("nan")]
             vals = sharded.reduce_metrics(grid, vals)
             vals[3] = sharded.sum_over_columns(grid, vals[3:4])[0]  # the shards split the work
             loss_g, correct_g, macs_d, macs_e, reg_g, n_seq_g = vals[:6]
@@ -405,15 +572,16 @@ def train(
             counters["batch"] += 1
             counters["global_batch"] += 1
             counters["updates"] += learner.updates
+            # metrics an engine without RTRL (bptt) does not have are None (null / empty), never NaN
             rec = {
                 "kind": "batch", "epoch": epoch, "batch": b, "global_batch": counters["global_batch"],
                 "updates": counters["updates"], "loss": loss_g, "reg_loss": reg_g,
                 "acc": correct_g / len(global_idx),
-                "alpha": alpha, "beta": betas[0],
-                **{f"beta_l{l}": v for l, v in enumerate(betas[1:])},
-                "beta_all_steps": beta_all_steps, "gamma": gamma, "m_density": mdens,
-                "macs_event": macs_e, "macs_dense": macs_d,
-                "saving": macs_d / macs_e if macs_e and macs_e == macs_e else float("nan"),
+                "alpha": alpha, "beta": _nan_to_none(betas[0]),
+                **{f"beta_l{l}": _nan_to_none(v) for l, v in enumerate(betas[1:])},
+                "beta_all_steps": _nan_to_none(beta_all_steps), "gamma": _nan_to_none(gamma),
+                "m_density": _nan_to_none(mdens), "macs_event": _nan_to_none(macs_e), "macs_dense": macs_d,
+                "saving": macs_d / macs_e if macs_e and macs_e == macs_e else None,
                 "batch_s": dt_batch,
             }
             if rank == 0:
@@ -423,8 +591,12 @@ def train(
                 checkpoint()
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(loss=f"{loss_g:.3f}", acc=f"{rec['acc']:.2f}", alpha=f"{alpha:.3f}",
-                                beta=f"{betas[0]:.3f}", saving=f"{rec['saving']:.1f}x")
+                post = {"loss": f"{loss_g:.3f}", "acc": f"{rec['acc']:.2f}", "alpha": f"{alpha:.3f}"}
+                if rec["beta"] is not None:
+                    post["beta"] = f"{rec['beta']:.3f}"
+                if rec["saving"] is not None:
+                    post["saving"] = f"{rec['saving']:.1f}x"
+                bar.set_postfix(**post)
             for cb in callbacks:
                 cb(rec)
         # epoch end
@@ -436,25 +608,33 @@ def train(
             keys = ["loss", "reg_loss", "acc", "alpha", "beta", "beta_all_steps", "gamma", "m_density",
                     "saving"] + [k for k in recs[0] if k.startswith("beta_l")]
             for k in keys:
-                erec[k] = sum(r[k] for r in recs) / len(recs)
+                vs = [r[k] for r in recs if r.get(k) is not None]
+                erec[k] = sum(vs) / len(vs) if vs else None
         erec["train_s"] = train_s
         if cfg.eval_each_epoch and test_data is not None:
             erec["test_acc"] = _accuracy(model, readout, test_data, cfg.loss, cfg.eval_batch)
             if cfg.model == "egru" or cfg.method == "event":
-                erec.update(_test_beta(model, test_data, cfg.eval_batch, dtype))
+                erec.update(_test_beta(model, test_data, cfg.eval_batch, dtype, cfg.device))
         counters["epoch"] += 1
         counters["batch"] = 0
         if rank == 0:
             epoch_log.write(erec)
             save_model(model, run / "model.h5", readout=readout, epoch=epoch + 1, loss_mode=cfg.loss,
-                       data=cfg.data, test_acc=erec.get("test_acc"))
+                       data=cfg.data, test_acc=erec.get("test_acc"), run_id=run_id)
         checkpoint()
+        if rank == 0 and echo is not None:
+            line = _epoch_line(erec, cfg.epochs)
+            if bar is not None:
+                bar.clear()
+            say(line)
+            if bar is not None:
+                bar.refresh()
     if bar is not None:
         bar.close()
     wall = time.perf_counter() - t_start
     if rank == 0:
         _write_json(run / "summary.json", {
-            "epochs": counters["epoch"], "updates": counters["updates"],
+            "epochs": counters["epoch"], "updates": counters["updates"], "run_id": run_id,
             "wall_s": wall0 + time.perf_counter() - t_run,
             # the training loop alone (OnlineLearner.run of every batch): no data loading,
             # no evaluation, no checkpoints
@@ -462,4 +642,15 @@ def train(
             "last_epoch": epoch_log.records[-1] if epoch_log.records else None,
         })
     ddp.barrier()
-    return TrainResult(run, model, readout, list(batch_log.records), list(epoch_log.records), wall)
+    return TrainResult(run, model, readout, list(batch_log.records), list(epoch_log.records), wall, run_id, notes)
+
+
+def _epoch_line(erec: dict[str, Any], epochs: int) -> str:
+    """``epoch 2/6: loss 0.4123 acc 0.812 test_acc 0.850 alpha 0.31 saving 4.2x 12.3 s`` (absent metrics left out)."""
+    parts = [f"epoch {erec['epoch'] + 1}/{epochs}:"]
+    for k, fmt in (("loss", "{:.4f}"), ("acc", "{:.3f}"), ("test_acc", "{:.3f}"), ("alpha", "{:.3f}"),
+                   ("saving", "{:.1f}x")):
+        if erec.get(k) is not None:
+            parts.append(f"{k} " + fmt.format(erec[k]))
+    parts.append(f"{erec['wall_s']:.1f} s")
+    return " ".join(parts)

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 import torch
 
-from evrtrl.errors import EvrtrlError, MemoryBudgetError
+from evrtrl.cli_contract import fraction, positive_float, positive_int
+from evrtrl.errors import MemoryBudgetError
 from evrtrl.memory import LayerSize, available_memory, check_memory, format_bytes, plan_memory
 from evrtrl.models import EGRU, LIF
 
@@ -46,31 +46,28 @@ def register(subparsers) -> None:
         description="Influence-matrix bytes per process for a model, batch and data x columns "
                     "process grid; exits 1 when the plan exceeds the memory available here.")
     p.add_argument("--model", choices=sorted(_CELLS), default="egru")
-    p.add_argument("--inputs", type=int, default=64, help="input channels d")
-    p.add_argument("--hidden", type=int, default=1024, help="units per layer n")
-    p.add_argument("--layers", type=int, default=1)
-    p.add_argument("--density", type=float, default=1.0, help="fraction of live weights")
-    p.add_argument("--batch", type=int, default=16, help="global batch")
+    p.add_argument("--inputs", type=positive_int, default=64, help="input channels d")
+    p.add_argument("--hidden", type=positive_int, default=1024, help="units per layer n")
+    p.add_argument("--layers", type=positive_int, default=1)
+    p.add_argument("--density", type=fraction, default=1.0, help="fraction of live weights")
+    p.add_argument("--batch", type=positive_int, default=16, help="global batch")
     p.add_argument("--method", choices=("event", "dense", "dense-live"), default="event")
-    p.add_argument("--data-procs", type=int, default=1, help="processes on the data axis")
-    p.add_argument("--shard-columns", type=int, default=1, help="processes on the column axis")
+    p.add_argument("--data-procs", type=positive_int, default=1, help="processes on the data axis")
+    p.add_argument("--shard-columns", type=positive_int, default=1, help="processes on the column axis")
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
-    p.add_argument("--available", type=float, default=None,
+    p.add_argument("--available", type=positive_float, default=None,
                    help="memory per process in GiB (default: what this machine has available)")
     p.add_argument("--json", action="store_true", help="print a JSON object")
     p.set_defaults(func=cmd_plan)
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    try:
-        sizes = sizes_for(args.model, inputs=args.inputs, hidden=args.hidden,
-                          layers=args.layers, density=args.density)
-        plan = plan_memory(sizes, args.batch, args.method, data=args.data_procs,
-                           columns=args.shard_columns,
-                           dtype=torch.float64 if args.dtype == "float64" else torch.float32)
-    except EvrtrlError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    # a library error (e.g. more column shards than columns) is one error: line, rc 2 (cli_contract)
+    sizes = sizes_for(args.model, inputs=args.inputs, hidden=args.hidden,
+                      layers=args.layers, density=args.density)
+    plan = plan_memory(sizes, args.batch, args.method, data=args.data_procs,
+                       columns=args.shard_columns,
+                       dtype=torch.float64 if args.dtype == "float64" else torch.float32)
     avail = int(args.available * 2**30) if args.available is not None else available_memory()
     try:
         check_memory(plan, available=avail)

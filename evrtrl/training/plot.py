@@ -10,7 +10,8 @@ Writes into ``run_dir/figures/``:
   :mod:`evrtrl.training.metrics`);
 * ``influence.png`` influence-matrix density per batch: gamma (born fraction of the live
   columns at the end of the sequence) and the fraction of non-zero entries of the event
-  engine's M tensors at the end of the sequence;
+  engine's M tensors at the end of the sequence (not drawn for BPTT runs, which have no
+  influence matrix; their activity figure shows alpha alone);
 * ``raster.png``    input events and hidden spikes of the first test sample, when the
   run's data and ``model.h5`` can be opened (skipped with a note otherwise).
 """
@@ -20,8 +21,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from evrtrl.training.data import open_data
+from evrtrl.errors import EvrtrlError
 from evrtrl.extras import require
+from evrtrl.training.data import open_data
 from evrtrl.training.evaluate import resolve_model
 from evrtrl.training.metrics import read_records
 
@@ -38,6 +40,11 @@ def _series(recs, key):
         v = r.get(key)
         out.append(float("nan") if v is None else float(v))
     return out
+
+
+def _has(recs, key) -> bool:
+    """Whether any record holds a number for ``key`` (BPTT runs have no beta, gamma, saving)."""
+    return any(v == v for v in _series(recs, key))
 
 
 def plot(run_dir: str | os.PathLike, *, sample: int = 0) -> list[Path]:
@@ -76,9 +83,12 @@ def plot(run_dir: str | os.PathLike, *, sample: int = 0) -> list[Path]:
     a2.legend(loc="lower right")
     save(fig, "curves.png")
 
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.6))
+    engine = _has(batches, "saving")
+    fig, axes = plt.subplots(1, 2 if engine else 1, figsize=(10 if engine else 5.5, 3.6), squeeze=False)
+    a1 = axes[0][0]
     a1.plot(x, _series(batches, "alpha"), label="alpha (output non-zero)")
-    a1.plot(x, _series(batches, "beta"), label="beta (active set K, per sequence)")
+    if _has(batches, "beta"):
+        a1.plot(x, _series(batches, "beta"), label="beta (active set K, per sequence)")
     if epochs and any(e.get("test_beta") is not None for e in epochs):
         ex = [(e["epoch"] + 1) * per_epoch for e in epochs]
         a1.plot(ex, _series(epochs, "test_beta"), "o-", label="beta on the test set")
@@ -86,11 +96,15 @@ def plot(run_dir: str | os.PathLike, *, sample: int = 0) -> list[Path]:
     a1.set_ylabel("fraction of units (mean over steps)")
     a1.set_ylim(0, 1.02)
     a1.legend()
-    a2.plot(x, _series(batches, "saving"))
-    a2.set_xlabel("batch")
-    a2.set_ylabel("MAC saving: dense / event")
+    if engine:
+        a2 = axes[0][1]
+        a2.plot(x, _series(batches, "saving"))
+        a2.set_xlabel("batch")
+        a2.set_ylabel("MAC saving: dense / event")
     save(fig, "activity.png")
 
+    if not (_has(batches, "gamma") or _has(batches, "m_density")):
+        return written + _raster_or_note(run, figdir, sample, plt)
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     ax.plot(x, _series(batches, "gamma"), label="gamma: born live columns")
     ax.plot(x, _series(batches, "m_density"), label="non-zero entries of M")
@@ -99,14 +113,16 @@ def plot(run_dir: str | os.PathLike, *, sample: int = 0) -> list[Path]:
     ax.set_ylim(0, 1.02)
     ax.legend()
     save(fig, "influence.png")
+    return written + _raster_or_note(run, figdir, sample, plt)
 
+
+def _raster_or_note(run: Path, figdir: Path, sample: int, plt) -> list[Path]:
     try:
         p = _raster(run, figdir, sample, plt)
-        if p is not None:
-            written.append(p)
-    except (FileNotFoundError, ImportError, OSError) as exc:
+        return [p] if p is not None else []
+    except (FileNotFoundError, EvrtrlError) as exc:
         (figdir / "raster.txt").write_text(f"raster skipped: {exc}\n")
-    return written
+        return []
 
 
 def _raster(run: Path, figdir: Path, sample: int, plt) -> Path | None:

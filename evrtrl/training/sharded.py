@@ -124,7 +124,8 @@ class ColumnOwnership:
         mine[: self.owned[rank].numel()] = flat[self.owned[rank]]
         parts = [torch.empty_like(mine) for _ in self.owned]
         t0 = time.perf_counter()
-        torch.distributed.all_gather(parts, mine, group=group)
+        ddp.collective(lambda: torch.distributed.all_gather(parts, mine, group=group, async_op=True),
+                       f"the {kind}")
         if log is not None:
             log.add(kind, _nbytes(mine), _nbytes(mine) * (len(parts) - 1),
                     time.perf_counter() - t0)
@@ -250,19 +251,22 @@ class ShardedOptimizer(ddp.OptimizerWrapper):
         recurrent = {id(p) for p in self.own.params}
         self.extra = [p for g in optimizer.param_groups for p in g["params"] if id(p) not in recurrent]
 
-
     def _reduce(self, group: Any, kind: str) -> None:
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
         red = ddp.AllReduceOptimizer(self.optimizer, group=group)
         t0 = time.perf_counter()
-        red.reduce()
+        red.all_reduce_gradients()
         nbytes = 8 * (sum(p.numel() for p in params) + len(params))
         self.grid.log.add(kind, nbytes, nbytes, time.perf_counter() - t0)
 
     @torch.no_grad()
-    def step(self, closure=None):
-        if closure is not None:
-            raise ConfigError("ShardedOptimizer.step: closures are not supported")
+    def all_reduce_gradients(self) -> None:
+        """Step (1) now, once until the next ``step``/``zero_grad``: the gradients summed over
+        the data axis (``exchange="weights"``) or over all processes (``"gradients"``), so
+        the learner's finite check sees what the optimizer will see."""
+        if self._reduced:
+            return
+        self._reduced = True
         g = self.grid
         if self.exchange == "gradients":
             if g.column_rank != 0:  # the readout's gradient is replicated over the columns
@@ -270,9 +274,18 @@ class ShardedOptimizer(ddp.OptimizerWrapper):
                     if p.grad is not None:
                         p.grad.zero_()
             self._reduce(None, "all_reduce_grad")
-            return self.optimizer.step()
-        if g.data_group is not _ALONE:
+        elif g.data_group is not _ALONE:
             self._reduce(g.data_group, "all_reduce_grad_data")
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        if closure is not None:
+            raise ConfigError("ShardedOptimizer.step: closures are not supported")
+        self.all_reduce_gradients()
+        self._reduced = False
+        if self.exchange == "gradients":
+            return self.optimizer.step()
+        g = self.grid
         out = self.optimizer.step()
         flat = self.own.gather(self.own.flat(self.own.params), g.column_rank, g.column_group,
                                g.log, "all_gather_weights")

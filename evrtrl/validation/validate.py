@@ -25,6 +25,8 @@ import torch
 from evrtrl.models import EGRU, LIF, Stack
 from evrtrl.models.modelfile import load_model
 
+from evrtrl.cli_contract import Parser
+from evrtrl.cli_contract import run as run_cli
 from evrtrl.extras import available, install_hint
 from evrtrl.network import layers_of
 from evrtrl.validation.brian2_bridge import run_brian2
@@ -224,15 +226,13 @@ def format_table(results: list[CheckResult]) -> str:
 
 def main(args: argparse.Namespace | list[str] | None = None) -> int:
     """Print the table; return 0 when every check passes (skips allowed), 1 otherwise."""
-    if not isinstance(args, argparse.Namespace):
-        p = argparse.ArgumentParser(prog="evrtrl validate")
+    if not isinstance(args, argparse.Namespace):  # stand-alone: the CLI error contract
+        p = Parser(prog="evrtrl validate")
         _add_arguments(p)
-        args = p.parse_args(args)
-    try:
-        results = run_validation(getattr(args, "model", None), bool(getattr(args, "quick", False)))
-    except Exception as e:  # e.g. --model without a loader
-        print(f"evrtrl validate: {type(e).__name__}: {e}")
-        return 2
+        p.set_defaults(func=main)
+        return run_cli(p, args)
+    # a bad --model (missing, corrupt) raises; the CLI prints its one error: line (cli_contract)
+    results = run_validation(getattr(args, "model", None), bool(getattr(args, "quick", False)))
     print(format_table(results))
     failed = [r for r in results if r.passed is False]
     print(f"\n{len(results) - len(failed)}/{len(results)} checks passed or skipped"

@@ -8,6 +8,7 @@ import torch
 
 import evrtrl
 from evrtrl.errors import FormatError
+from evrtrl.h5file import seal
 from evrtrl.models import LIF, Readout, Stack, load_model, save_model
 
 from .helpers import lif, spikes_in
@@ -83,6 +84,7 @@ def test_bad_neuron_values_are_named(tmp_path):
     with h5py.File(p, "a") as f:
         del f["model/layers/0/v_leak"]
         f["model/layers/0/v_leak"] = np.zeros(3)
+    seal(p)  # a crafted file: the seal is valid, the field is not
     with pytest.raises(FormatError, match=r"v_leak.*shape \(3,\), expected \(7,\)"):
         load_model(p)
     _write_v1(tmp_path / "bad.h5", tau_syn=-1.0)

@@ -103,8 +103,8 @@ def test_shd_is_probed_once_per_file_version(tmp_path, monkeypatch):
     from evrtrl.datasets import hdf5 as mod
 
     calls = []
-    real = mod.probe_hdf5
-    monkeypatch.setattr(mod, "probe_hdf5", lambda *a, **k: calls.append(a) or real(*a, **k))
+    real = mod.probe_file
+    monkeypatch.setattr(mod, "probe_file", lambda *a, **k: calls.append(a) or real(*a, **k))
     p = _shd(tmp_path / "s.h5", [[0.1], [0.2]], [[1], [2]], [0, 1])
     r = SpikeH5(p)
     r[0], r[1], r.close(), r[0]

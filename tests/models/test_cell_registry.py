@@ -14,6 +14,7 @@ import torch.nn.functional as F
 import evrtrl
 from evrtrl.benchmarks.funcrtrl import FuncRTRL
 from evrtrl.errors import ConfigError, FormatError
+from evrtrl.h5file import seal
 from evrtrl.layer import Layer, LocalJacobian, Projection
 from evrtrl.models import (
     CellSpec, HyperParameter, Readout, Stack, Triangle, cell_spec, heaviside, load_model,
@@ -170,6 +171,7 @@ def test_toy_cell_model_file_round_trip(tmp_path):
     # a bad stored hyper-parameter is a FormatError naming the file and the group
     with h5py.File(path, "r+") as f:
         f["model/layers/1"].attrs["leak"] = "slow"
+    seal(path)  # a crafted file: the seal is valid, the field is not
     with pytest.raises(FormatError, match="'/model/layers/1'.*'leak' must be a float"):
         load_model(path)
 

@@ -156,6 +156,11 @@ def test_bundle_round_trip_egru_and_lif(tmp_path):
         assert f["layers/1/weights/W/data"].shape[0] == int(net.layers[1].masks["W"].sum())
     with h5py.File(p, "a") as f:
         f.attrs["version"] = 99
+    with pytest.raises(FormatError, match="content hash"):  # an edit without re-sealing is corruption
+        N.read_bundle(p)
+    from evrtrl.h5file import seal
+
+    seal(p)
     with pytest.raises(FormatError, match="version"):
         N.read_bundle(p)
 
@@ -243,6 +248,9 @@ def test_bundle_v2_egru_codes_round_trip_and_v1_still_read(tmp_path):
         for k in ("W_u", "W_r", "W_z", "U_u", "U_r", "U_z"):
             del f[f"layers/0/weights/{k}/q"]
         del f["layers/1/params/hw"]
+    from evrtrl.h5file import seal
+
+    seal(p)  # edited in place: seal again
     b1 = N.read_bundle(p)
     assert b1.version == 1 and b1.quantized[0] == {} and "hw" not in b1.quantized[1]
     np.testing.assert_array_equal(b1.network.layers[0].params["W_u"], b.network.layers[0].params["W_u"])

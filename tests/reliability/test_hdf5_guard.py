@@ -1,6 +1,8 @@
-"""HDF5 files the library did not write are read in a time-limited child first (datasets/h5guard.py)."""
+"""HDF5 files the library did not write are read in a time-limited child first (evrtrl/h5file.py,
+probe_file: the same forked walk that guards the library's own files)."""
 from __future__ import annotations
 
+import os
 import sys
 import time
 
@@ -9,9 +11,10 @@ import pytest
 
 h5py = pytest.importorskip("h5py")
 
-from evrtrl.datasets import SpikeH5, h5guard  # noqa: E402
-from evrtrl.datasets.h5guard import HDF5GuardError, probe_hdf5  # noqa: E402
+from evrtrl import h5file as h5f  # noqa: E402
+from evrtrl.datasets import SpikeH5  # noqa: E402
 from evrtrl.errors import FormatError  # noqa: E402
+from evrtrl.h5file import HDF5GuardError, probe_file, refuse_links  # noqa: E402
 
 
 @pytest.fixture()
@@ -25,69 +28,88 @@ def h5file(tmp_path):
     return p
 
 
-def test_probe_reports_links_and_reads_everything(h5file):
-    rep = probe_hdf5(h5file)
-    assert rep["opened"] and rep["soft_links"] == ["g/soft"] and rep["external_links"] == [] and rep["errors"] == []
+def test_probe_reads_everything_and_soft_links_pass(h5file, monkeypatch):
+    """The child walks every dataset (counted through the block reader); a soft link inside the
+    file is allowed for a foreign file, refused for the library's own."""
+    probe_file(h5file)  # finishes: no error
+    read = []
+    real = h5f._read_dataset
+    monkeypatch.setattr(h5f, "_read_dataset", lambda ds, cap: read.append(ds.name) or real(ds, cap))
+    with h5py.File(h5file, "r") as f:
+        h5f._walk(f, 1 << 28)  # in this process, to see what the child reads
+        refuse_links(f, h5file, soft=False)
+        with pytest.raises(FormatError, match="'/g/soft' is a soft link"):
+            refuse_links(f, h5file)
+    assert sorted(read) == ["/a", "/g/b"]
+
+
+def test_external_links_are_refused_for_foreign_files(tmp_path, h5file):
+    p = tmp_path / "ext.h5"
+    with h5py.File(p, "w") as f:
+        f["spikes/times"] = np.zeros(1)
+        f["elsewhere"] = h5py.ExternalLink(str(h5file), "/a")
+    with pytest.raises(FormatError, match="'/elsewhere' is an external link"):
+        len(SpikeH5(p))
 
 
 def test_probe_of_a_non_hdf5_file_defers_to_the_reader(tmp_path):
     p = tmp_path / "x.h5"
     p.write_bytes(b"\x89HDF\r\n\x1a\n" + b"\x00" * 100)
-    rep = probe_hdf5(p)
-    assert rep["opened"] is False
+    probe_file(p)  # the child cannot open it: no verdict, the reader's own open reports it
     with pytest.raises(FormatError, match="x.h5"):
         len(SpikeH5(p))
 
 
-def _fake_walker(tmp_path, body: str):
-    script = tmp_path / "walker.py"
-    script.write_text("import os, sys, time\n" + body + "\n")
-    return script
+def _loop(f, cap):
+    while True:
+        pass
 
 
-def test_a_looping_libhdf5_becomes_a_format_error_in_time(tmp_path, h5file, monkeypatch):
+def _abort(f, cap):
+    os.abort()
+
+
+def test_a_looping_libhdf5_becomes_a_format_error_in_time(h5file, monkeypatch):
     """Stand-in for a libhdf5 infinite loop: the child never answers; the caller gets HDF5GuardError."""
-    monkeypatch.setattr(h5guard, "_WALKER", _fake_walker(tmp_path, "while True: pass"))
+    monkeypatch.setattr(h5f, "_walk", _loop)
     t0 = time.perf_counter()
-    with pytest.raises(HDF5GuardError, match=r"did not finish reading the file within 2 s") as err:
-        probe_hdf5(h5file, timeout_s=2)
+    with pytest.raises(HDF5GuardError, match=r"did not finish parsing the file within 2 s") as err:
+        probe_file(h5file, timeout_s=2)
     assert time.perf_counter() - t0 < 10 and isinstance(err.value, FormatError)
 
 
-def test_a_crashing_libhdf5_becomes_a_format_error(tmp_path, h5file, monkeypatch):
-    monkeypatch.setattr(h5guard, "_WALKER", _fake_walker(tmp_path, "os.abort()"))
+def test_a_crashing_libhdf5_becomes_a_format_error(h5file, monkeypatch):
+    monkeypatch.setattr(h5f, "_walk", _abort)
     with pytest.raises(HDF5GuardError, match="crashed.*SIGABRT"):
-        probe_hdf5(h5file)
+        probe_file(h5file)
 
 
-def test_shd_reader_goes_through_the_guard(tmp_path, h5file, monkeypatch):
-    monkeypatch.setattr(h5guard, "_WALKER", _fake_walker(tmp_path, "while True: pass"))
+def test_shd_reader_goes_through_the_guard(h5file, monkeypatch):
+    monkeypatch.setattr(h5f, "_walk", _loop)
     with pytest.raises(HDF5GuardError):
         len(SpikeH5(h5file, probe_timeout_s=1))
 
 
-def test_nir_reader_goes_through_the_guard(tmp_path, shared_data, monkeypatch):
+def test_nir_reader_goes_through_the_guard(shared_data, monkeypatch):
     pytest.importorskip("nir")
     from evrtrl.neuromorphic.nir_io import read_graph
 
     path = shared_data / "nir" / "lif_norse.nir"
     assert read_graph(path) is not None
-    monkeypatch.setattr(h5guard, "_WALKER", _fake_walker(tmp_path, "while True: pass"))
+    monkeypatch.setattr(h5f, "_walk", _loop)
     with pytest.raises(HDF5GuardError):
         read_graph(path, probe_timeout_s=1)
 
 
-def test_walker_runs_without_evrtrl_or_torch(h5file):
-    """The child must start fast: it imports h5py and numpy only."""
-    import subprocess
-
-    code = ("import runpy, sys; sys.argv = ['h5walk', %r]; "
-            "import h5py, numpy; before = set(sys.modules)\n"
-            "try:\n    runpy.run_path(%r, run_name='__main__')\nexcept SystemExit:\n    pass\n"
-            "print('torch' in sys.modules, any(m.startswith('evrtrl') for m in sys.modules))"
-            % (str(h5file), str(h5guard._WALKER)))
-    out = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip().splitlines()[-1] == "False False"
+def test_probe_reads_a_crafted_huge_dataset_in_bounded_blocks(tmp_path):
+    """A dataset that declares far more bytes than the file holds (chunked, unwritten) is read
+    in blocks only up to the cap: the probe finishes quickly instead of allocating it."""
+    p = tmp_path / "big.h5"
+    with h5py.File(p, "w") as f:
+        f.create_dataset("huge", shape=(2**20, 1024), dtype="f8", chunks=(1, 1024))
+    t0 = time.perf_counter()
+    probe_file(p)
+    assert time.perf_counter() - t0 < 30
 
 
 def _checkpoint_like(path):

@@ -167,7 +167,7 @@ def test_training_refuses_a_plan_above_the_memory(tmp_path, monkeypatch):
     import evrtrl.training.loop as loop
 
     monkeypatch.setattr(loop, "check_memory",
-                        lambda plan, allow=False: None if allow else (_ for _ in ()).throw(
+                        lambda plan, allow=False, **kw: None if allow else (_ for _ in ()).throw(
                             MemoryBudgetError(f"needs {plan.total_bytes}")))
     with pytest.raises(MemoryBudgetError):
         train(_cfg(max_batches=1, checkpoint_every=0), tmp_path / "a", progress=False)

@@ -127,8 +127,13 @@ def test_failed_write_leaves_previous_file_intact(tmp_path, monkeypatch):
 
 
 def _corrupt(path: Path, edit) -> None:
+    """Edit a sealed file with h5py and seal it again (as a crafted file would be), so that
+    the field checks behind the content hash are exercised."""
+    from evrtrl.h5file import seal
+
     with h5py.File(path, "a") as f:
         edit(f)
+    seal(path)
 
 
 def test_corrupt_files_raise_format_error_naming_file_and_field(tmp_path):
@@ -137,8 +142,8 @@ def test_corrupt_files_raise_format_error_naming_file_and_field(tmp_path):
     data = good.read_bytes()
 
     cases = {
-        "garbage.h5": (lambda p: p.write_bytes(b"not an hdf5 file at all" * 10), "not a readable HDF5"),
-        "truncated.h5": (lambda p: p.write_bytes(data[: len(data) // 3]), "not a readable HDF5"),
+        "garbage.h5": (lambda p: p.write_bytes(b"not an hdf5 file at all" * 10), "neither an evrtrl file"),
+        "truncated.h5": (lambda p: p.write_bytes(data[: len(data) // 3]), "truncated"),
         "noversion.h5": (lambda p: (p.write_bytes(data), _corrupt(p, lambda f: f.attrs.__delitem__("format_version"))),
                          "format_version"),
         "future.h5": (lambda p: (p.write_bytes(data), _corrupt(p, lambda f: f.attrs.__setitem__("format_version", 99))),
