@@ -19,8 +19,30 @@
 #include <cstdint>
 #include <cstring>
 #include <vector>
+#ifdef EVRTRL_PROFILE
+#include <chrono>
+#endif
 
 namespace {
+
+// -DEVRTRL_PROFILE builds (benchmarks/kernel_profile.py) time the phases of layer_update and
+// accumulate; profile() returns the seconds spent in each since the last call
+#ifdef EVRTRL_PROFILE
+constexpr const char* PHASES[] = {"diag", "phis", "coupling", "immediate", "emission", "accumulate"};
+double phase_s[6] = {0, 0, 0, 0, 0, 0};
+struct PhaseTimer {
+  std::chrono::steady_clock::time_point t0 = std::chrono::steady_clock::now();
+  void lap(int phase) {
+    const auto t1 = std::chrono::steady_clock::now();
+    phase_s[phase] += std::chrono::duration<double>(t1 - t0).count();
+    t0 = t1;
+  }
+};
+#define EVRTRL_LAP(timer, phase) timer.lap(phase)
+#else
+struct PhaseTimer {};
+#define EVRTRL_LAP(timer, phase) (void)timer
+#endif
 
 constexpr double T_LO = 0x1p-40, T_HI = 0x1p40, T_OFF = 0x1p8;
 constexpr double R_LO = 0x1p-20, R_HI = 0x1p20, R_OFF = 0x1p4;
@@ -231,6 +253,7 @@ py::tuple layer_update_impl(std::vector<Tensor> M, bool cols, std::vector<int64_
   const int64_t nd = diag.size(2), GM = phis_in.size(2), G = GM / m;
   const int64_t l = static_cast<int64_t>(M.size()) - 1;
   std::vector<int64_t> macs(4, 0);  // diag, immediate, coupling, emission
+  PhaseTimer timer;
   S* t = T.data_ptr<S>();
   const int64_t mm = m * m;
   // 1. lazy diagonal pass
@@ -304,6 +327,7 @@ py::tuple layer_update_impl(std::vector<Tensor> M, bool cols, std::vector<int64_
         }
     }
   }
+  EVRTRL_LAP(timer, 0);
   // 2. phis <- T^{-1} phis (upper triangular back substitution per unit and group)
   Tensor phis = torch::empty({B, n, GM}, phis_in.options());
   {
@@ -322,11 +346,13 @@ py::tuple layer_update_impl(std::vector<Tensor> M, bool cols, std::vector<int64_
       }
   }
   macs[1] += B * n * G * nd;
+  EVRTRL_LAP(timer, 1);
   // 3. coupling: recurrent (previous step of this layer), input (this step of the layer below)
   if (krec > 0 && n_rec > 0)
     couple<S>(M, cols, phis, 0, Wrec, source_of(Krec, krec, Nrec), B, n, m, macs);
   if (klow > 0 && n_in > 0)
     couple<S>(M, cols, phis, n_rec, Win, source_of(Klow, klow, Nlow), B, n, m, macs);
+  EVRTRL_LAP(timer, 2);
   // 4. immediate table
   {
     const int64_t E = dest.size(0), d = x.size(1);
@@ -350,6 +376,7 @@ py::tuple layer_update_impl(std::vector<Tensor> M, bool cols, std::vector<int64_
     }
     macs[1] += B * E;
   }
+  EVRTRL_LAP(timer, 3);
   // 5. emission: active units per sequence, rows K of N
   const int64_t U = gdirect.size(0);
   auto ga = gain.accessor<S, 3>();
@@ -373,7 +400,10 @@ py::tuple layer_update_impl(std::vector<Tensor> M, bool cols, std::vector<int64_
   }
   Tensor Kp = torch::empty({B, k}, torch::dtype(torch::kLong));
   std::vector<Tensor> Ns;
-  if (!k) return py::make_tuple(Kp, 0, Ns, count, alpha, macs);
+  if (!k) {
+    EVRTRL_LAP(timer, 4);
+    return py::make_tuple(Kp, 0, Ns, count, alpha, macs);
+  }
   int64_t* K = Kp.data_ptr<int64_t>();
   for (int64_t b = 0; b < B; ++b) {  // pad with inactive units (their rows of N are zero)
     int64_t q = 0;
@@ -443,6 +473,7 @@ py::tuple layer_update_impl(std::vector<Tensor> M, bool cols, std::vector<int64_
       macs[3] += B * k;
     }
   }
+  EVRTRL_LAP(timer, 4);
   return py::make_tuple(Kp, k, Ns, count, alpha, macs);
 }
 
@@ -471,6 +502,7 @@ py::tuple layer_update(std::vector<Tensor> M, bool cols, std::vector<int64_t> P_
 // grad[j][:P] += sum_{b, kk} e[b, K[b, kk]] N_j[b, kk, :]
 void accumulate(std::vector<Tensor> grad, Tensor e, Tensor Kp, int64_t k, std::vector<Tensor> Ns) {
   const int64_t B = Kp.size(0);
+  PhaseTimer timer;
   AT_DISPATCH_FLOATING_TYPES(grad[0].scalar_type(), "evrtrl_accumulate", [&] {
     using S = scalar_t;
     Tensor ee = e.to(grad[0].scalar_type()).contiguous();
@@ -491,11 +523,26 @@ void accumulate(std::vector<Tensor> grad, Tensor e, Tensor Kp, int64_t k, std::v
         }
     }
   });
+  EVRTRL_LAP(timer, 5);
 }
+
+#ifdef EVRTRL_PROFILE
+py::dict profile() {
+  py::dict out;
+  for (int i = 0; i < 6; ++i) {
+    out[PHASES[i]] = phase_s[i];
+    phase_s[i] = 0;
+  }
+  return out;
+}
+#endif
 
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("layer_update", &layer_update, "one layer's event-RTRL influence update (one step)");
   m.def("accumulate", &accumulate, "gradient accumulation e^T N over the active rows");
+#ifdef EVRTRL_PROFILE
+  m.def("profile", &profile, "seconds per phase since the last call (profiling builds only)");
+#endif
 }
