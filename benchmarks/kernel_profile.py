@@ -6,7 +6,7 @@ kernel built several ways at once: each ``--variant NAME=FLAGS`` is a build of
 ``evrtrl/kernels/engine_kernel.cpp`` with extra compiler flags (``-DEVRTRL_PROFILE`` is
 always added: the kernel then times its phases). All variants step the same model on the
 same input in lockstep, one step each in turn, so machine load hits them alike. Prints per
-variant the median ms per step of ``step + accumulate``, the share of each phase
+variant the median ms per step of ``step + accumulate`` (wall and thread CPU time), the share of each phase
 (lazy transforms, ``T^{-1} phi``, coupling, immediate table, emission, gradient
 accumulation, and the rest: the cell step and Python), the step's ``floor_ms`` (as
 ``evrtrl bench``: matmul rate and stream bandwidth measured in this run) and the largest
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["EVRTRL_KERNEL"] = "compiled"
     from evrtrl.event_engine import EventRTRL
     variants = [v.split("=", 1) for v in (a.variant or ["base="])]
-    mods = {name: build_variant(name, flags.split()) for name, flags in variants}
+    mods = {name: build_variant(name, flags.replace(",", " ").split()) for name, flags in variants}
     if a.theta is None:
         theta, width = bench.calibrate(a.cell, a.n, 0.2, 0.1)
     else:
@@ -73,18 +73,20 @@ def main(argv: list[str] | None = None) -> int:
         eng.compiled.mod = mod
         engs[name] = eng
     times: dict[str, list[float]] = {name: [] for name in engs}
+    cpu: dict[str, list[float]] = {name: [] for name in engs}
     phases: dict[str, dict[str, float]] = {name: {} for name in engs}
     warm = a.steps // 3
     for t in range(a.steps):
         for name, eng in engs.items():
             mods[name].profile()
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.thread_time()
             eng.step(x[t])
             eng.accumulate(r[t])
-            dt = time.perf_counter() - t0
+            dt, dc = time.perf_counter() - t0, time.thread_time() - c0
             prof = mods[name].profile()
             if t >= warm:
                 times[name].append(dt)
+                cpu[name].append(dc)
                 prof["rest"] = dt - sum(prof.values())
                 for k, v in prof.items():
                     phases[name][k] = phases[name].get(k, 0.0) + v
@@ -105,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
         share = ", ".join(f"{k} {100 * v / tot:.0f}%" for k, v in phases[name].items())
         g = torch.cat([gg.flatten() for gg in eng.grad])
         diff = float((g - g0).abs().max() / g0.abs().max())
-        print(f"{name:12s} {med:8.3f} ms/step = {med / floor:5.2f}x floor | {share} | "
+        print(f"{name:12s} {med:8.3f} ms/step = {med / floor:5.2f}x floor "
+              f"(cpu {1e3 * statistics.median(cpu[name]):.3f} ms) | {share} | "
               f"grad rel diff {diff:.1e}")
     return 0
 
