@@ -13,7 +13,7 @@ accumulation, and the rest: the cell step and Python), the step's ``floor_ms`` (
 relative difference of the gradients against the first variant::
 
     python -m evrtrl.benchmarks.kernel_profile [--n 256] [--steps 200] \
-        [--variant base= --variant other=-DSOMETHING] [--layout rows]
+        [--variant new= --variant old=@/tmp/engine_kernel_old.cpp --variant x=-DFLAG] [--layout rows]
 """
 from __future__ import annotations
 
@@ -29,8 +29,8 @@ from evrtrl.benchmarks import bench
 __all__ = ["main", "build_variant"]
 
 
-def build_variant(name: str, flags: list[str]):
-    """The engine kernel compiled with ``-DEVRTRL_PROFILE`` and ``flags`` (cached per name)."""
+def build_variant(name: str, flags: list[str], source: str | None = None):
+    """The engine kernel (``source``, default this tree's) built with ``-DEVRTRL_PROFILE`` and ``flags``."""
     from torch.utils import cpp_extension
 
     from evrtrl.kernels.build import CFLAGS, cache_dir
@@ -38,7 +38,7 @@ def build_variant(name: str, flags: list[str]):
     mod_name = f"evrtrl_engine_profile_{name}"
     build = cache_dir() / mod_name
     build.mkdir(parents=True, exist_ok=True)
-    return cpp_extension.load(name=mod_name, sources=[str(ENGINE_SOURCE)],
+    return cpp_extension.load(name=mod_name, sources=[source or str(ENGINE_SOURCE)],
                               extra_cflags=CFLAGS + ["-DEVRTRL_PROFILE"] + flags,
                               build_directory=str(build), verbose=False)
 
@@ -50,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--layout", default="rows", choices=["rows", "cols"])
     p.add_argument("--variant", action="append", default=[],
-                   help="NAME=FLAGS (space-separated compiler flags); default: one build, no flags")
+                   help="NAME=FLAGS[@SOURCE] (comma-separated compiler flags; SOURCE: another "
+                        "engine_kernel.cpp, e.g. an older commit's); default: one build, no flags")
     p.add_argument("--theta", type=float, default=None, help="skip calibration (with --width)")
     p.add_argument("--width", type=float, default=None)
     a = p.parse_args(argv)
@@ -58,7 +59,10 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["EVRTRL_KERNEL"] = "compiled"
     from evrtrl.event_engine import EventRTRL
     variants = [v.split("=", 1) for v in (a.variant or ["base="])]
-    mods = {name: build_variant(name, flags.replace(",", " ").split()) for name, flags in variants}
+    mods = {}
+    for name, spec in variants:
+        flags, _, source = spec.partition("@")
+        mods[name] = build_variant(name, flags.replace(",", " ").split(), source or None)
     if a.theta is None:
         theta, width = bench.calibrate(a.cell, a.n, 0.2, 0.1)
     else:
@@ -78,12 +82,13 @@ def main(argv: list[str] | None = None) -> int:
     warm = a.steps // 3
     for t in range(a.steps):
         for name, eng in engs.items():
-            mods[name].profile()
+            prof_of = getattr(mods[name], "profile", dict)  # kernels before the timers: none
+            prof_of()
             t0, c0 = time.perf_counter(), time.thread_time()
             eng.step(x[t])
             eng.accumulate(r[t])
             dt, dc = time.perf_counter() - t0, time.thread_time() - c0
-            prof = mods[name].profile()
+            prof = prof_of()
             if t >= warm:
                 times[name].append(dt)
                 cpu[name].append(dc)
@@ -104,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, eng in engs.items():
         med = 1e3 * statistics.median(times[name])
         tot = sum(phases[name].values())
-        share = ", ".join(f"{k} {100 * v / tot:.0f}%" for k, v in phases[name].items())
+        share = ", ".join(f"{k} {100 * v / tot:.0f}%" for k, v in phases[name].items()
+                          if len(phases[name]) > 1)
         g = torch.cat([gg.flatten() for gg in eng.grad])
         diff = float((g - g0).abs().max() / g0.abs().max())
         print(f"{name:12s} {med:8.3f} ms/step = {med / floor:5.2f}x floor "
