@@ -11,6 +11,9 @@
 //   4. the immediate table: M.view(B, -1)[dest] += phis[phi_idx] * src[src_idx];
 //   5. the output influence rows N_j[K_b] = (G T)[K_b] Mt[K_b] (+ the direct gains).
 //
+// A single coupling source in the row layout with m = 1 (one EGRU layer) runs 4 before 3 and
+// writes the rows K of N inside the coupling pass (Emit), so M is read and written once.
+//
 // plus the gradient accumulation e^T N. Python keeps the column bookkeeping (births).
 #include <torch/extension.h>
 
