@@ -2,9 +2,12 @@ r"""Phase profile of the compiled event step and interleaved A/B timing of kerne
 
 Runs the event engine on the benchmark's EGRU layer (``rho = 0.2``, ``beta ~ 0.1``, B = 1,
 float32, 1 thread; the ``evrtrl bench --quick`` configuration) with the compiled engine
-kernel built several ways at once: each ``--variant NAME=FLAGS`` is a build of
-``evrtrl/kernels/engine_kernel.cpp`` with extra compiler flags (``-DEVRTRL_PROFILE`` is
-always added: the kernel then times its phases). All variants step the same model on the
+kernel built several ways at once: each ``--variant NAME=FLAGS[@SOURCE]`` is a build of
+``evrtrl/kernels/engine_kernel.cpp`` (or of SOURCE, e.g. an older commit's copy) with extra
+compiler flags, comma-separated (``-DEVRTRL_PROFILE`` is always added: the kernel then
+times its phases; a source without the timers gives no phases). With the fused emission
+(one EGRU layer) the emission's rows are written inside the coupling phase and the active
+set is found in the immediate phase. All variants step the same model on the
 same input in lockstep, one step each in turn, so machine load hits them alike. Prints per
 variant the median ms per step of ``step + accumulate`` (wall and thread CPU time), the share of each phase
 (lazy transforms, ``T^{-1} phi``, coupling, immediate table, emission, gradient
