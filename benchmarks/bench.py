@@ -31,7 +31,7 @@ holds the ``beta`` the engine itself measured.
 
 Usage::
 
-    python -m evrtrl.benchmarks.bench [--quick] [--json PATH] [--plot DIR]
+    python -m evrtrl.benchmarks.bench [--quick] [--only TOKEN ...] [--json PATH] [--plot DIR]
 """
 from __future__ import annotations
 
@@ -60,7 +60,7 @@ KERNEL_CHOICES = ("auto", "torch", "compiled")
 #: steps counted with a TorchFunctionMode after the timed ones (torch_calls_per_step)
 COUNTED_STEPS = 100
 
-__all__ = ["main", "register", "build_model", "run_config", "analytic_event_macs"]
+__all__ = ["main", "register", "build_model", "run_config", "analytic_event_macs", "select"]
 
 
 # --------------------------------------------------------------------------- models
@@ -419,6 +419,29 @@ def plan(quick: bool, core: bool = False) -> list[dict[str, Any]]:
     return cfgs
 
 
+def select(cfgs: list[dict[str, Any]], only: list[str] | None) -> list[dict[str, Any]]:
+    """The configurations of ``cfgs`` that ``only`` names (``--only``; all when empty).
+
+    Tokens ``n<int>`` (e.g. ``n256``) pick sizes, ``egru``/``lif`` cells, engine names
+    (``event``, ``bptt``, ``dense``, ...) engines, any other token a sweep (``headline``,
+    ``n``, ``beta``, ...); a configuration is kept when it matches one token of every kind given.
+    """
+    if not only:
+        return cfgs
+    kinds: dict[str, set] = {}
+    engines = {"event", "dense", "dense-live", "func", "bptt"}
+    for tok in only:
+        if tok[:1] == "n" and tok[1:].isdigit():
+            kinds.setdefault("n", set()).add(int(tok[1:]))
+        elif tok in ("egru", "lif"):
+            kinds.setdefault("cell", set()).add(tok)
+        elif tok in engines:
+            kinds.setdefault("engine", set()).add(tok)
+        else:
+            kinds.setdefault("sweep", set()).add(tok)
+    return [c for c in cfgs if all(c[k] in v for k, v in kinds.items())]
+
+
 # --------------------------------------------------------------------------- report
 def _find(recs, **kw):
     out = [r for r in recs if all(r.get(k) == v for k, v in kw.items())]
@@ -621,7 +644,7 @@ def run(args: argparse.Namespace) -> int:
 
         return run_fuzz(args, prefix="fuzz-")
     t_start = time.time()
-    cfgs = plan(args.quick, getattr(args, "core", False))
+    cfgs = select(plan(args.quick, getattr(args, "core", False)), getattr(args, "only", None))
     cal: dict[tuple, tuple[float, float]] = {}
     recs = []
     torch.set_num_threads(args.threads)
@@ -631,8 +654,10 @@ def run(args: argparse.Namespace) -> int:
         with torch.no_grad():
             for cell in ("egru", "lif"):
                 evrtrl.EventRTRL(build_model(cell, 8, 1.0, 0.5), 1, kernel=kernel)
-    mm, bw = matmul_gmacs(), stream_gbs()
-    print(f"dense matmul: {mm:.1f} GMAC/s; stream copy: {bw:.1f} GB/s", flush=True)
+    # the stream copy runs after the configurations only: its 512 MB stay in this process's
+    # RSS and would enter every child's ru_maxrss (it survives fork + exec)
+    mm = matmul_gmacs()
+    print(f"dense matmul: {mm:.1f} GMAC/s", flush=True)
     for c in cfgs:
         key = (c["cell"], c["n"], c["rho"], c["beta_target"])
         if key not in cal:
@@ -679,6 +704,10 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="headline configurations only (< 10 min)")
     p.add_argument("--core", action="store_true",
                    help="only event vs dense for EGRU at n = 64, 128, 256 and beta ~0.1 and 1")
+    p.add_argument("--only", nargs="+", metavar="TOKEN",
+                   help="run only the configurations these tokens name: n<int> (size), egru/lif, "
+                        "engine names, sweep names (e.g. --only n256 n event bptt: the n = 256 "
+                        "row of the n sweep)")
     p.add_argument("--json", metavar="PATH", help="write one record per configuration")
     p.add_argument("--plot", metavar="DIR", help="write PNG figures into DIR")
     p.add_argument("--threads", type=positive_int, default=1,

@@ -11,6 +11,9 @@
 //   4. the immediate table: M.view(B, -1)[dest] += phis[phi_idx] * src[src_idx];
 //   5. the output influence rows N_j[K_b] = (G T)[K_b] Mt[K_b] (+ the direct gains).
 //
+// A single coupling source in the row layout with m = 1 (one EGRU layer) runs 4 before 3 and
+// writes the rows K of N inside the coupling pass (Emit), so M is read and written once.
+//
 // plus the gradient accumulation e^T N. Python keeps the column bookkeeping (births).
 #include <torch/extension.h>
 
@@ -19,8 +22,30 @@
 #include <cstdint>
 #include <cstring>
 #include <vector>
+#ifdef EVRTRL_PROFILE
+#include <chrono>
+#endif
 
 namespace {
+
+// -DEVRTRL_PROFILE builds (benchmarks/kernel_profile.py) time the phases of layer_update and
+// accumulate; profile() returns the seconds spent in each since the last call
+#ifdef EVRTRL_PROFILE
+constexpr const char* PHASES[] = {"diag", "phis", "coupling", "immediate", "emission", "accumulate"};
+double phase_s[6] = {0, 0, 0, 0, 0, 0};
+struct PhaseTimer {
+  std::chrono::steady_clock::time_point t0 = std::chrono::steady_clock::now();
+  void lap(int phase) {
+    const auto t1 = std::chrono::steady_clock::now();
+    phase_s[phase] += std::chrono::duration<double>(t1 - t0).count();
+    t0 = t1;
+  }
+};
+#define EVRTRL_LAP(timer, phase) timer.lap(phase)
+#else
+struct PhaseTimer {};
+#define EVRTRL_LAP(timer, phase) (void)timer
+#endif
 
 constexpr double T_LO = 0x1p-40, T_HI = 0x1p40, T_OFF = 0x1p8;
 constexpr double R_LO = 0x1p-20, R_HI = 0x1p20, R_OFF = 0x1p4;
@@ -107,19 +132,41 @@ void coupling_matrix(const S* phis, int64_t GM, int64_t g0, const S* W, int64_t 
 
 // Mt[b][:, :P] += A[b] (R x k) N[b] (k x P), rows layout (row stride C). A is sparse (the
 // projections are masked, phi has zeros): per row only its non-zero entries are used, and the
-// product runs in register-sized column chunks (N's chunk stays in L1 across the rows).
+// product runs in register-sized column chunks over panels of N's columns that stay in L1
+// (k x PC words, about EVRTRL_PANEL_BYTES) while every live row streams its segment of M;
+// the segment EVRTRL_PF live rows ahead is prefetched (M does not fit the caches at large n).
+// Measured with benchmarks/kernel_profile.py (docs/benchmarks.md, "compiled path"): the
+// former 256 KB (L2) panels without prefetch were 1.2-1.25x slower at n = 256.
+#ifndef EVRTRL_PANEL_BYTES
+#define EVRTRL_PANEL_BYTES 24576
+#endif
+#ifndef EVRTRL_PF
+#define EVRTRL_PF 4
+#endif
+// The emission fused into the row-layout coupling pass (m = 1): the rows K of N are written
+// while their segment of M is in registers, N_j[b, s, p] = M[b, K[s], p] * g[b, s].
+template <typename S>
+struct Emit {
+  S* N;               // (B, k, Pn) output rows of N_j
+  int64_t k, Pn;      // rows per sequence, row stride (the born columns)
+  const int64_t* slot;  // (B, R): position of a row in K_b, -1 if not active
+  const S* g;         // (B, k): the gain times the transform of each active row
+  char* covered;      // (B, R) out: 1 where the row's columns [0, P) were written here
+};
+
 template <typename S>
 void rank_update_rows(S* M, int64_t C, const S* A, const S* N, int64_t B, int64_t R, int64_t k,
-                      int64_t P) {
+                      int64_t P, const Emit<S>* emit) {
   constexpr int LANES = VBYTES / sizeof(S), NV = 8;  // eight registers of accumulators
   constexpr int64_t CH = LANES * NV;
-  std::vector<int64_t> ptr(R + 1), idx(R * k);
+  std::vector<int64_t> ptr(R + 1), idx(R * k), live;
   std::vector<S> val(R * k);
   for (int64_t b = 0; b < B; ++b) {
     const S* Ab = A + b * R * k;
     const S* Nb = N + b * k * P;
     S* Mb = M + b * R * C;
     int64_t nz = 0;
+    live.clear();
     for (int64_t r = 0; r < R; ++r) {
       ptr[r] = nz;
       for (int64_t kk = 0; kk < k; ++kk) {
@@ -129,18 +176,32 @@ void rank_update_rows(S* M, int64_t C, const S* A, const S* N, int64_t B, int64_
           val[nz++] = f;
         }
       }
+      if (nz > ptr[r]) {
+        live.push_back(r);
+        if (emit && emit->slot[b * R + r] >= 0) emit->covered[b * R + r] = 1;
+      }
     }
     ptr[R] = nz;
     if (!nz) continue;
-    // panels of N (k x PC, about 256 KB) stay in L2 while every row streams its panel of M
-    const int64_t PC = std::max<int64_t>(CH, (int64_t(1) << 18) / (sizeof(S) * std::max<int64_t>(k, 1)) / CH * CH);
+    const int64_t L = static_cast<int64_t>(live.size());
+    const int64_t PC = std::max<int64_t>(CH, int64_t(EVRTRL_PANEL_BYTES) / (sizeof(S) * std::max<int64_t>(k, 1)) / CH * CH);
     for (int64_t c0 = 0; c0 < P; c0 += PC) {
       const int64_t c1 = std::min(P, c0 + PC);
       const int64_t full = c0 + (c1 - c0) / CH * CH;
-      for (int64_t r = 0; r < R; ++r) {
+      for (int64_t li = 0; li < L; ++li) {
+        const int64_t r = live[li];
         const int64_t e0 = ptr[r], e1 = ptr[r + 1];
-        if (e0 == e1) continue;
         S* mrow = Mb + r * C;
+#if EVRTRL_PF > 0
+        if (li + EVRTRL_PF < L) {
+          const char* nx = reinterpret_cast<const char*>(Mb + live[li + EVRTRL_PF] * C + c0);
+          const int64_t bytes = (c1 - c0) * static_cast<int64_t>(sizeof(S));
+          for (int64_t o = 0; o < bytes; o += 64) __builtin_prefetch(nx + o, 1, 3);
+        }
+#endif
+        const int64_t s_out = emit ? emit->slot[b * R + r] : -1;
+        S* out = s_out >= 0 ? emit->N + (b * emit->k + s_out) * emit->Pn : nullptr;
+        const S g = s_out >= 0 ? emit->g[b * emit->k + s_out] : S(0);
         for (int64_t p0 = c0; p0 < full; p0 += CH) {
           Vec<S> acc[NV];
           for (int v = 0; v < NV; ++v) std::memcpy(&acc[v], mrow + p0 + v * LANES, sizeof(Vec<S>));
@@ -154,12 +215,19 @@ void rank_update_rows(S* M, int64_t C, const S* A, const S* N, int64_t B, int64_
             }
           }
           for (int v = 0; v < NV; ++v) std::memcpy(mrow + p0 + v * LANES, &acc[v], sizeof(Vec<S>));
+          if (out)
+            for (int v = 0; v < NV; ++v) {
+              const Vec<S> o = acc[v] * g;
+              std::memcpy(out + p0 + v * LANES, &o, sizeof(Vec<S>));
+            }
         }
         for (int64_t e = e0; e < e1; ++e) {
           const S f = val[e];
           const S* nrow = Nb + idx[e];
           for (int64_t p = full; p < c1; ++p) mrow[p] += f * nrow[p];
         }
+        if (out)
+          for (int64_t p = full; p < c1; ++p) out[p] = mrow[p] * g;
       }
     }
   }
@@ -188,9 +256,12 @@ void rank_update_cols(S* M, int64_t C, const S* A, const S* N, int64_t B, int64_
   }
 }
 
+// emit (rows layout, m = 1; else nullptr): per block j the fused emission of its N_j, and
+// Pc[j] <- the columns coupled in block j
 template <typename S>
 void couple(std::vector<Tensor>& M, bool cols, const Tensor& phis, int64_t g0, const Tensor& W,
-            const Source& src, int64_t B, int64_t n, int64_t m, std::vector<int64_t>& macs) {
+            const Source& src, int64_t B, int64_t n, int64_t m, std::vector<int64_t>& macs,
+            std::vector<Emit<S>>* emit, std::vector<int64_t>* Pc) {
   const int64_t G = W.size(0), nsrc = W.size(2), k = src.k, R = n * m;
   Tensor A = torch::empty({B, R, k}, phis.options());
   coupling_matrix<S>(phis.data_ptr<S>(), phis.size(2), g0, W.data_ptr<S>(), G, nsrc,
@@ -204,7 +275,9 @@ void couple(std::vector<Tensor>& M, bool cols, const Tensor& phis, int64_t g0, c
     Tensor& Mj = M[j];
     const int64_t C = cols ? Mj.size(1) : Mj.size(2);
     if (!cols) {
-      rank_update_rows<S>(Mj.data_ptr<S>(), C, A.data_ptr<S>(), Nj.data_ptr<S>(), B, R, k, P);
+      rank_update_rows<S>(Mj.data_ptr<S>(), C, A.data_ptr<S>(), Nj.data_ptr<S>(), B, R, k, P,
+                          emit ? &(*emit)[j] : nullptr);
+      if (Pc) (*Pc)[j] = P;
     } else if (B * R * k * P >= BLAS_FROM) {
       Mj.narrow(1, 0, P).baddbmm_(Nj.transpose(1, 2), A.transpose(1, 2));
     } else {
@@ -231,6 +304,7 @@ py::tuple layer_update_impl(std::vector<Tensor> M, bool cols, std::vector<int64_
   const int64_t nd = diag.size(2), GM = phis_in.size(2), G = GM / m;
   const int64_t l = static_cast<int64_t>(M.size()) - 1;
   std::vector<int64_t> macs(4, 0);  // diag, immediate, coupling, emission
+  PhaseTimer timer;
   S* t = T.data_ptr<S>();
   const int64_t mm = m * m;
   // 1. lazy diagonal pass
@@ -271,7 +345,11 @@ py::tuple layer_update_impl(std::vector<Tensor> M, bool cols, std::vector<int64_
         for (int64_t b = 0; b < B; ++b)
           for (int64_t i : rows) {
             const S* ti = t + (b * n + i) * mm;
-            if (!cols) {
+            if (!cols && m == 1) {  // one contiguous row: M[i, :P] *= T_i
+              S* row = Mj + (b * R + i) * C;
+              const S f = ti[0];
+              for (int64_t p = 0; p < P; ++p) row[p] = f * row[p];
+            } else if (!cols) {
               S* base = Mj + (b * R + i * m) * C;
               for (int64_t p = 0; p < P; ++p) {
                 for (int64_t c = 0; c < m; ++c) old[c] = base[c * C + p];
@@ -304,6 +382,7 @@ py::tuple layer_update_impl(std::vector<Tensor> M, bool cols, std::vector<int64_
         }
     }
   }
+  EVRTRL_LAP(timer, 0);
   // 2. phis <- T^{-1} phis (upper triangular back substitution per unit and group)
   Tensor phis = torch::empty({B, n, GM}, phis_in.options());
   {
@@ -322,35 +401,35 @@ py::tuple layer_update_impl(std::vector<Tensor> M, bool cols, std::vector<int64_
       }
   }
   macs[1] += B * n * G * nd;
-  // 3. coupling: recurrent (previous step of this layer), input (this step of the layer below)
-  if (krec > 0 && n_rec > 0)
-    couple<S>(M, cols, phis, 0, Wrec, source_of(Krec, krec, Nrec), B, n, m, macs);
-  if (klow > 0 && n_in > 0)
-    couple<S>(M, cols, phis, n_rec, Win, source_of(Klow, klow, Nlow), B, n, m, macs);
-  // 4. immediate table
+  EVRTRL_LAP(timer, 1);
+  // 3.-5. in this order: coupling, immediate table, emission; with one coupling source in the
+  // rows layout and m = 1 instead: immediate table, then the coupling pass that also writes
+  // the rows K of N (the additions to M commute; one pass over M instead of two)
+  auto immediate = [&]() {
   {
-    const int64_t E = dest.size(0), d = x.size(1);
-    const int64_t* pi = phi_idx.data_ptr<int64_t>();
-    const int64_t* si = src_idx.data_ptr<int64_t>();
-    const int64_t* de = dest.data_ptr<int64_t>();
-    const S* ph = phis.data_ptr<S>();
-    S* Ml = M[l].data_ptr<S>();
-    const int64_t per = M[l].numel() / B;
-    auto xa = x.accessor<S, 2>();
-    auto ya = y_prev.accessor<S, 2>();
-    for (int64_t b = 0; b < B; ++b) {
-      const S* phb = ph + b * n * GM;
-      S* Mb = Ml + b * per;
-      for (int64_t e = 0; e < E; ++e) {
-        const int64_t s = si[e];
-        const S v = s < d ? xa[b][s] : (s < d + n ? ya[b][s - d] : S(1));
-        if (v == S(0)) continue;  // adds an exact zero
-        Mb[de[e]] += phb[pi[e]] * v;
+      const int64_t E = dest.size(0), d = x.size(1);
+      const int64_t* pi = phi_idx.data_ptr<int64_t>();
+      const int64_t* si = src_idx.data_ptr<int64_t>();
+      const int64_t* de = dest.data_ptr<int64_t>();
+      const S* ph = phis.data_ptr<S>();
+      S* Ml = M[l].data_ptr<S>();
+      const int64_t per = M[l].numel() / B;
+      auto xa = x.accessor<S, 2>();
+      auto ya = y_prev.accessor<S, 2>();
+      for (int64_t b = 0; b < B; ++b) {
+        const S* phb = ph + b * n * GM;
+        S* Mb = Ml + b * per;
+        for (int64_t e = 0; e < E; ++e) {
+          const int64_t s = si[e];
+          const S v = s < d ? xa[b][s] : (s < d + n ? ya[b][s - d] : S(1));
+          if (v == S(0)) continue;  // adds an exact zero
+          Mb[de[e]] += phb[pi[e]] * v;
+        }
       }
+      macs[1] += B * E;
     }
-    macs[1] += B * E;
-  }
-  // 5. emission: active units per sequence, rows K of N
+  };
+  // active units per sequence (rows K of N): known from the gains before the coupling
   const int64_t U = gdirect.size(0);
   auto ga = gain.accessor<S, 3>();
   const S* gd = gdirect.data_ptr<S>();
@@ -372,8 +451,6 @@ py::tuple layer_update_impl(std::vector<Tensor> M, bool cols, std::vector<int64_
     for (int64_t i = 0; i < y_new.numel(); ++i) alpha += yn[i] != S(0);
   }
   Tensor Kp = torch::empty({B, k}, torch::dtype(torch::kLong));
-  std::vector<Tensor> Ns;
-  if (!k) return py::make_tuple(Kp, 0, Ns, count, alpha, macs);
   int64_t* K = Kp.data_ptr<int64_t>();
   for (int64_t b = 0; b < B; ++b) {  // pad with inactive units (their rows of N are zero)
     int64_t q = 0;
@@ -392,10 +469,45 @@ py::tuple layer_update_impl(std::vector<Tensor> M, bool cols, std::vector<int64_
         gT[(b * k + kk) * m + c] = acc;
       }
     }
+  std::vector<Tensor> Ns;
+  for (size_t j = 0; j < M.size() && k; ++j) Ns.push_back(torch::empty({B, k, P_born[j]}, phis.options()));
+  const bool rec = krec > 0 && n_rec > 0, low = klow > 0 && n_in > 0;
+#ifndef EVRTRL_FUSE  // -DEVRTRL_FUSE=0: the unfused order, for A/B timing (kernel_profile.py)
+#define EVRTRL_FUSE 1
+#endif
+  const bool fuse = EVRTRL_FUSE && !cols && m == 1 && k > 0 && rec != low;
+  std::vector<Emit<S>> emit;
+  std::vector<int64_t> Pc(M.size(), 0), slot;
+  std::vector<std::vector<char>> covered;
+  if (fuse) {
+    slot.assign(static_cast<size_t>(B * R), -1);
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t kk = k - 1; kk >= 0; --kk) slot[b * R + K[b * k + kk]] = kk;
+    covered.assign(M.size(), std::vector<char>(static_cast<size_t>(B * R), 0));
+    for (size_t j = 0; j < M.size(); ++j)
+      emit.push_back(Emit<S>{Ns[j].data_ptr<S>(), k, P_born[j], slot.data(), gT.data(),
+                             covered[j].data()});
+    immediate();
+  }
+  EVRTRL_LAP(timer, 3);
+  // coupling: recurrent (previous step of this layer), input (this step of the layer below)
+  if (rec)
+    couple<S>(M, cols, phis, 0, Wrec, source_of(Krec, krec, Nrec), B, n, m, macs,
+              fuse ? &emit : nullptr, &Pc);
+  if (low)
+    couple<S>(M, cols, phis, n_rec, Win, source_of(Klow, klow, Nlow), B, n, m, macs,
+              fuse ? &emit : nullptr, &Pc);
+  EVRTRL_LAP(timer, 2);
+  if (!fuse) immediate();
+  EVRTRL_LAP(timer, 3);
+  if (!k) {
+    EVRTRL_LAP(timer, 4);
+    return py::make_tuple(Kp, 0, Ns, count, alpha, macs);
+  }
+  // emission: the rows K of N not written by the coupling pass
   for (size_t j = 0; j < M.size(); ++j) {
     const int64_t P = P_born[j];
-    Tensor Nj = torch::empty({B, k, P}, phis.options());
-    S* No = Nj.data_ptr<S>();
+    S* No = Ns[j].data_ptr<S>();
     const S* Mj = M[j].data_ptr<S>();
     const int64_t C = cols ? M[j].size(1) : M[j].size(2);
     for (int64_t b = 0; b < B; ++b)
@@ -408,7 +520,8 @@ py::tuple layer_update_impl(std::vector<Tensor> M, bool cols, std::vector<int64_
           {
             const S f = g[c0];
             const S* row = base + c0 * C;
-            for (int64_t p = 0; p < P; ++p) out[p] = row[p] * f;
+            const int64_t p0 = fuse && covered[j][b * R + i] ? Pc[j] : 0;
+            for (int64_t p = p0; p < P; ++p) out[p] = row[p] * f;
           }
           for (int64_t c = c0 + 1; c < m; ++c) {
             const S f = g[c];
@@ -425,7 +538,6 @@ py::tuple layer_update_impl(std::vector<Tensor> M, bool cols, std::vector<int64_
           }
         }
       }
-    Ns.push_back(Nj);
     macs[3] += B * k * (m - c0) * P;
   }
   macs[3] += B * n * m * m;
@@ -443,6 +555,7 @@ py::tuple layer_update_impl(std::vector<Tensor> M, bool cols, std::vector<int64_
       macs[3] += B * k;
     }
   }
+  EVRTRL_LAP(timer, 4);
   return py::make_tuple(Kp, k, Ns, count, alpha, macs);
 }
 
@@ -471,6 +584,7 @@ py::tuple layer_update(std::vector<Tensor> M, bool cols, std::vector<int64_t> P_
 // grad[j][:P] += sum_{b, kk} e[b, K[b, kk]] N_j[b, kk, :]
 void accumulate(std::vector<Tensor> grad, Tensor e, Tensor Kp, int64_t k, std::vector<Tensor> Ns) {
   const int64_t B = Kp.size(0);
+  PhaseTimer timer;
   AT_DISPATCH_FLOATING_TYPES(grad[0].scalar_type(), "evrtrl_accumulate", [&] {
     using S = scalar_t;
     Tensor ee = e.to(grad[0].scalar_type()).contiguous();
@@ -491,11 +605,26 @@ void accumulate(std::vector<Tensor> grad, Tensor e, Tensor Kp, int64_t k, std::v
         }
     }
   });
+  EVRTRL_LAP(timer, 5);
 }
+
+#ifdef EVRTRL_PROFILE
+py::dict profile() {
+  py::dict out;
+  for (int i = 0; i < 6; ++i) {
+    out[PHASES[i]] = phase_s[i];
+    phase_s[i] = 0;
+  }
+  return out;
+}
+#endif
 
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("layer_update", &layer_update, "one layer's event-RTRL influence update (one step)");
   m.def("accumulate", &accumulate, "gradient accumulation e^T N over the active rows");
+#ifdef EVRTRL_PROFILE
+  m.def("profile", &profile, "seconds per phase since the last call (profiling builds only)");
+#endif
 }
