@@ -36,8 +36,11 @@ Data layout (the contract of a compiled kernel; see also docs/engine.md):
   ``(B, d + n + 1)``, ``dest`` into ``M[l][l].view(B, -1)``, one entry per born
   (weight entry, state component); one gather-multiply-``index_add_`` applies them all:
   ``M.view(B, -1).index_add_(1, dest, phis[:, phi_idx] * src[:, src_idx])``.
-* ``N[l] = (Kp, k, [N_j], [P_j], count, cols)``: ``Kp (B, k)`` the padded active units of
-  each sequence, ``N_j`` the output influence rows on the born prefix of block ``j``,
+* ``N[l] = (Kp, k, [N_j], [P_j], count, cols, counts)``: ``Kp (B, k)`` the padded active units
+  of each sequence, ``count`` their total over the batch and, where the rows are ordered
+  active-first, ``counts (B,)`` how many of each sequence's are active (the rest pad with
+  inactive units whose rows of ``N_j`` are zero, which the compiled kernel skips); None
+  otherwise (this module's pure-torch step), ``N_j`` the output influence rows on the born prefix of block ``j``,
   ``(B, k, P_j)`` in the row layout and transposed ``(B, P_j, k)`` in the column layout
   (``cols`` True; gathered with one ``gather`` along the contiguous dimension).
 
@@ -500,7 +503,7 @@ class EventRTRL:
     def _couple(self, l: int, run: _LayerRun, phis: torch.Tensor, W: torch.Tensor, G: int,
                 src: tuple) -> None:
         """``Mt[j] += (sum_g T^{-1} phi_g * W_g[:, K_b]) @ N[j]`` for one source layer."""
-        Kp, k, Ns, Ps, _, src_cols = src
+        Kp, k, Ns, Ps, _, src_cols, _ = src
         if not k:
             return
         B, n, m = self.B, run.n, run.m
@@ -536,7 +539,7 @@ class EventRTRL:
             count = cnt.sum()
         cols = run.layout == "cols"
         if not k:
-            return (Kp, 0, [], [], count, cols)
+            return (Kp, 0, [], [], count, cols, None)
         T = self.T[l]
         gT = lj.gain * T if m == 1 else (lj.gain.unsqueeze(-2) @ T).squeeze(-2)
         gTK = gT[self.bcol, Kp]  # (B, k, m)
@@ -572,7 +575,7 @@ class EventRTRL:
             else:
                 Ns[l].scatter_add_(2, run.ucol[u][Kp], vals[..., None])
             self.stats.add_macs("emission", B * k)
-        return (Kp, k, Ns, Ps, count, cols)
+        return (Kp, k, Ns, Ps, count, cols, None)  # topk does not order active units first
 
     # ---------------------------------------------------------------- gradients
     @property
@@ -591,7 +594,7 @@ class EventRTRL:
         (:mod:`evrtrl.regularizers`) reaches the parameter blocks ``j <= l``."""
         if self.compiled is not None:
             return self.compiled.accumulate(self, dL_dy, layer)
-        Kp, k, Ns, Ps, _, cols = self.N[layer]
+        Kp, k, Ns, Ps, _, cols, _ = self.N[layer]
         if not k:
             return
         eq = "bk,bpk->p" if cols else "bk,bkp->p"

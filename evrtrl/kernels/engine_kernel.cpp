@@ -69,7 +69,19 @@ struct Source {  // output influence of a layer (one step): Kp (B, k), N_j (B, k
   Tensor Kp;
   int64_t k;
   std::vector<Tensor> Ns;
+  const int64_t* cnt;  // (B): the active rows of each sequence (Kp[b, :cnt[b]]); nullptr: all k
 };
+
+// the active rows of sequence b in a padded set of k rows (the rest are padding with zero rows of N)
+inline int64_t active_rows(const int64_t* cnt, int64_t b, int64_t k) { return cnt ? cnt[b] : k; }
+
+// the per-sequence counts argument: a (B,) long tensor, or an empty one for "all k"
+inline const int64_t* counts_of(const Tensor& c, int64_t B) {
+  if (c.numel() == 0) return nullptr;
+  TORCH_CHECK(c.dim() == 1 && c.size(0) == B && c.scalar_type() == torch::kLong && c.is_contiguous(),
+              "evrtrl: per-sequence counts must be a contiguous (B,) long tensor");
+  return c.data_ptr<int64_t>();
+}
 
 template <typename S>
 bool ill(const S* T, int64_t BN, int64_t m) {
@@ -110,10 +122,12 @@ bool outside_band(const S* t, int64_t m) {
 // A (B, R, k): A[b, i m + c, kk] = sum_g phis[b, i, (g0 + g) m + c] * W[g, i, K[b, kk]]
 template <typename S>
 void coupling_matrix(const S* phis, int64_t GM, int64_t g0, const S* W, int64_t G, int64_t nsrc,
-                     const int64_t* Kp, int64_t k, int64_t B, int64_t n, int64_t m, S* A) {
+                     const int64_t* Kp, int64_t k, const int64_t* cnt, int64_t B, int64_t n,
+                     int64_t m, S* A) {
   const int64_t R = n * m;
   for (int64_t b = 0; b < B; ++b) {
     const int64_t* K = Kp + b * k;
+    const int64_t ka = active_rows(cnt, b, k);  // padded sources (zero rows of N) get A = 0
     for (int64_t i = 0; i < n; ++i) {
       const S* ph = phis + (b * n + i) * GM + g0 * m;
       for (int64_t c = 0; c < m; ++c) {
@@ -123,7 +137,7 @@ void coupling_matrix(const S* phis, int64_t GM, int64_t g0, const S* W, int64_t 
           const S f = ph[g * m + c];
           if (f == S(0)) continue;
           const S* w = W + (g * n + i) * nsrc;
-          for (int64_t kk = 0; kk < k; ++kk) a[kk] += f * w[K[kk]];
+          for (int64_t kk = 0; kk < ka; ++kk) a[kk] += f * w[K[kk]];
         }
       }
     }
@@ -265,7 +279,7 @@ void couple(std::vector<Tensor>& M, bool cols, const Tensor& phis, int64_t g0, c
   const int64_t G = W.size(0), nsrc = W.size(2), k = src.k, R = n * m;
   Tensor A = torch::empty({B, R, k}, phis.options());
   coupling_matrix<S>(phis.data_ptr<S>(), phis.size(2), g0, W.data_ptr<S>(), G, nsrc,
-                     src.Kp.data_ptr<int64_t>(), k, B, n, m, A.data_ptr<S>());
+                     src.Kp.data_ptr<int64_t>(), k, src.cnt, B, n, m, A.data_ptr<S>());
   macs[2] += B * R * k * G;
   std::vector<S> AT;
   for (size_t j = 0; j < src.Ns.size(); ++j) {
@@ -287,8 +301,8 @@ void couple(std::vector<Tensor>& M, bool cols, const Tensor& phis, int64_t g0, c
   }
 }
 
-Source source_of(const Tensor& Kp, int64_t k, const std::vector<Tensor>& Ns) {
-  return Source{Kp, k, Ns};
+Source source_of(const Tensor& Kp, int64_t k, const std::vector<Tensor>& Ns, const Tensor& cnt) {
+  return Source{Kp, k, Ns, counts_of(cnt, Kp.size(0))};
 }
 
 template <typename S>
@@ -296,8 +310,9 @@ py::tuple layer_update_impl(std::vector<Tensor> M, bool cols, std::vector<int64_
                             std::vector<int64_t> P_born, Tensor T, Tensor diag,
                             std::vector<int64_t> structure, bool first, Tensor phis_in,
                             int64_t n_rec, Tensor Wrec, Tensor Krec, int64_t krec,
-                            std::vector<Tensor> Nrec, int64_t n_in, Tensor Win, Tensor Klow,
-                            int64_t klow, std::vector<Tensor> Nlow, Tensor phi_idx,
+                            std::vector<Tensor> Nrec, Tensor Crec, int64_t n_in, Tensor Win,
+                            Tensor Klow, int64_t klow, std::vector<Tensor> Nlow, Tensor Clow,
+                            Tensor phi_idx,
                             Tensor src_idx, Tensor dest, Tensor x, Tensor y_prev, Tensor gain,
                             Tensor gdirect, Tensor ucol, int64_t c0, Tensor y_new) {
   const int64_t B = T.size(0), n = T.size(1), m = gain.size(2), R = n * m;
@@ -451,6 +466,9 @@ py::tuple layer_update_impl(std::vector<Tensor> M, bool cols, std::vector<int64_
     for (int64_t i = 0; i < y_new.numel(); ++i) alpha += yn[i] != S(0);
   }
   Tensor Kp = torch::empty({B, k}, torch::dtype(torch::kLong));
+  Tensor counts = torch::empty({B}, torch::dtype(torch::kLong));
+  int64_t* cnt = counts.data_ptr<int64_t>();
+  for (int64_t b = 0; b < B; ++b) cnt[b] = static_cast<int64_t>(act[b].size());
   int64_t* K = Kp.data_ptr<int64_t>();
   for (int64_t b = 0; b < B; ++b) {  // pad with inactive units (their rows of N are zero)
     int64_t q = 0;
@@ -482,7 +500,7 @@ py::tuple layer_update_impl(std::vector<Tensor> M, bool cols, std::vector<int64_
   if (fuse) {
     slot.assign(static_cast<size_t>(B * R), -1);
     for (int64_t b = 0; b < B; ++b)
-      for (int64_t kk = k - 1; kk >= 0; --kk) slot[b * R + K[b * k + kk]] = kk;
+      for (int64_t kk = cnt[b] - 1; kk >= 0; --kk) slot[b * R + K[b * k + kk]] = kk;
     covered.assign(M.size(), std::vector<char>(static_cast<size_t>(B * R), 0));
     for (size_t j = 0; j < M.size(); ++j)
       emit.push_back(Emit<S>{Ns[j].data_ptr<S>(), k, P_born[j], slot.data(), gT.data(),
@@ -492,17 +510,17 @@ py::tuple layer_update_impl(std::vector<Tensor> M, bool cols, std::vector<int64_
   EVRTRL_LAP(timer, 3);
   // coupling: recurrent (previous step of this layer), input (this step of the layer below)
   if (rec)
-    couple<S>(M, cols, phis, 0, Wrec, source_of(Krec, krec, Nrec), B, n, m, macs,
+    couple<S>(M, cols, phis, 0, Wrec, source_of(Krec, krec, Nrec, Crec), B, n, m, macs,
               fuse ? &emit : nullptr, &Pc);
   if (low)
-    couple<S>(M, cols, phis, n_rec, Win, source_of(Klow, klow, Nlow), B, n, m, macs,
+    couple<S>(M, cols, phis, n_rec, Win, source_of(Klow, klow, Nlow, Clow), B, n, m, macs,
               fuse ? &emit : nullptr, &Pc);
   EVRTRL_LAP(timer, 2);
   if (!fuse) immediate();
   EVRTRL_LAP(timer, 3);
   if (!k) {
     EVRTRL_LAP(timer, 4);
-    return py::make_tuple(Kp, 0, Ns, count, alpha, macs);
+    return py::make_tuple(Kp, 0, Ns, counts, count, alpha, macs);
   }
   // emission: the rows K of N not written by the coupling pass
   for (size_t j = 0; j < M.size(); ++j) {
@@ -515,6 +533,10 @@ py::tuple layer_update_impl(std::vector<Tensor> M, bool cols, std::vector<int64_
         const int64_t i = K[b * k + kk];
         const S* g = gT.data() + (b * k + kk) * m;
         S* out = No + (b * k + kk) * P;
+        if (kk >= cnt[b]) {  // padding: an inactive unit, gain 0, its row of N is zero
+          std::fill(out, out + P, S(0));
+          continue;
+        }
         if (!cols) {
           const S* base = Mj + (b * R + i * m) * C;
           {
@@ -556,15 +578,16 @@ py::tuple layer_update_impl(std::vector<Tensor> M, bool cols, std::vector<int64_
     }
   }
   EVRTRL_LAP(timer, 4);
-  return py::make_tuple(Kp, k, Ns, count, alpha, macs);
+  return py::make_tuple(Kp, k, Ns, counts, count, alpha, macs);
 }
 
 py::tuple layer_update(std::vector<Tensor> M, bool cols, std::vector<int64_t> P_mat,
                        std::vector<int64_t> P_born, Tensor T, Tensor diag,
                        std::vector<int64_t> structure, bool first, Tensor phis, int64_t n_rec,
                        Tensor Wrec, Tensor Krec, int64_t krec, std::vector<Tensor> Nrec,
-                       int64_t n_in, Tensor Win, Tensor Klow, int64_t klow,
-                       std::vector<Tensor> Nlow, Tensor phi_idx, Tensor src_idx, Tensor dest,
+                       Tensor Crec, int64_t n_in, Tensor Win, Tensor Klow, int64_t klow,
+                       std::vector<Tensor> Nlow, Tensor Clow, Tensor phi_idx, Tensor src_idx,
+                       Tensor dest,
                        Tensor x, Tensor y_prev, Tensor gain, Tensor gdirect, Tensor ucol,
                        int64_t c0, Tensor y_new) {
   TORCH_CHECK(T.is_contiguous() && diag.is_contiguous() && gdirect.is_contiguous() &&
@@ -574,16 +597,19 @@ py::tuple layer_update(std::vector<Tensor> M, bool cols, std::vector<int64_t> P_
   py::tuple out;
   AT_DISPATCH_FLOATING_TYPES(T.scalar_type(), "evrtrl_layer_update", [&] {
     out = layer_update_impl<scalar_t>(M, cols, P_mat, P_born, T, diag, structure, first, phis,
-                                      n_rec, Wrec, Krec, krec, Nrec, n_in, Win, Klow, klow, Nlow,
+                                      n_rec, Wrec, Krec, krec, Nrec, Crec, n_in, Win, Klow, klow,
+                                      Nlow, Clow,
                                       phi_idx, src_idx, dest, x, y_prev, gain, gdirect, ucol, c0,
                                       y_new);
   });
   return out;
 }
 
-// grad[j][:P] += sum_{b, kk} e[b, K[b, kk]] N_j[b, kk, :]
-void accumulate(std::vector<Tensor> grad, Tensor e, Tensor Kp, int64_t k, std::vector<Tensor> Ns) {
+// grad[j][:P] += sum_{b, kk < cnt[b]} e[b, K[b, kk]] N_j[b, kk, :]
+void accumulate(std::vector<Tensor> grad, Tensor e, Tensor Kp, int64_t k, std::vector<Tensor> Ns,
+                Tensor counts) {
   const int64_t B = Kp.size(0);
+  const int64_t* cnt = counts_of(counts, B);
   PhaseTimer timer;
   AT_DISPATCH_FLOATING_TYPES(grad[0].scalar_type(), "evrtrl_accumulate", [&] {
     using S = scalar_t;
@@ -597,7 +623,7 @@ void accumulate(std::vector<Tensor> grad, Tensor e, Tensor Kp, int64_t k, std::v
       S* g = grad[j].data_ptr<S>();
       const S* N = Ns[j].data_ptr<S>();
       for (int64_t b = 0; b < B; ++b)
-        for (int64_t kk = 0; kk < k; ++kk) {
+        for (int64_t kk = 0, ka = active_rows(cnt, b, k); kk < ka; ++kk) {  // padding rows are zero
           const S f = ep[b * nE + K[b * k + kk]];
           if (f == S(0)) continue;
           const S* row = N + (b * k + kk) * P;

@@ -122,6 +122,7 @@ class CompiledStep:
         B, dt, dev = engine.B, engine.dtype, engine.device
         self.empty = torch.empty(0, 0, 0, dtype=dt, device=dev)
         self.no_idx = torch.empty(B, 0, dtype=torch.long, device=dev)
+        self.all_rows = torch.empty(0, dtype=torch.long, device=dev)  # counts: every row active
         self.struct = [[co * run.m + ci for co, ci in r.layer.diag_structure]
                        for r, run in zip(engine.refs, engine.runs)]
         self.runs = engine.runs
@@ -164,6 +165,13 @@ class CompiledStep:
             self._ucols[key] = cols
         return cols
 
+    def _source(self, N: tuple | None) -> tuple:
+        """``(Kp, k, [N_j], counts)`` of an output influence ``engine.N[l]`` for the kernel
+        (the padding rows ``Kp[b, counts[b]:]`` are skipped; empty counts: none padded)."""
+        if N is None:
+            return self.no_idx, 0, [], self.all_rows
+        return N[0], N[1], N[2], N[6] if N[6] is not None else self.all_rows
+
     def step(self, engine: Any, x: torch.Tensor, channels: Any) -> torch.Tensor:
         """One step of every layer (``x`` dense); same effects as the pure-torch step."""
         stats = engine.stats
@@ -178,19 +186,19 @@ class CompiledStep:
             engine._births(run, x, prev.y, channels if l == 0 else None)
             P_born = [b.p_born for b in blocks]
             rec = engine.N[l]
-            Krec, krec, Nrec = (rec[0], rec[1], rec[2]) if rec is not None else (self.no_idx, 0, [])
-            Klow, klow, Nlow = (lower[0], lower[1], lower[2]) if lower is not None else (self.no_idx, 0, [])
+            Krec, krec, Nrec, Crec = self._source(rec)
+            Klow, klow, Nlow, Clow = self._source(lower)
             Wrec = engine.Wrec[l] if engine.Wrec[l] is not None else self.empty
             Win = engine.Win[l] if engine.Win[l] is not None else self.empty
-            Kp, k, Ns, count, a, macs = self.mod.layer_update(
+            Kp, k, Ns, cnt, count, a, macs = self.mod.layer_update(
                 engine.M[l], run.layout == "cols", P_mat, P_born, engine.T[l], diag,
-                self.struct[l], engine.first, phis, len(run.rec), Wrec, Krec, krec, Nrec,
-                len(run.inp), Win, Klow, klow, Nlow, run.phi_idx, run.src_idx, run.dest,
+                self.struct[l], engine.first, phis, len(run.rec), Wrec, Krec, krec, Nrec, Crec,
+                len(run.inp), Win, Klow, klow, Nlow, Clow, run.phi_idx, run.src_idx, run.dest,
                 x, prev.y, gain, gd, self._ucol(l, direct), run.c0, new.y)
             for kind, v in zip(("diag", "immediate", "coupling", "emission"), macs):
                 if v:
                     add(kind, v)
-            lower = engine.N[l] = (Kp, k, Ns, P_born if k else [], count, False)
+            lower = engine.N[l] = (Kp, k, Ns, P_born if k else [], count, False, cnt)
             act = gain.any(-1)  # the active set per sequence (seq_active), as active_units()
             engine._act[l] = act | (gd != 0).any(0) if gd.numel() else act
             engine.states[l] = new
@@ -204,10 +212,11 @@ class CompiledStep:
 
     def accumulate(self, engine: Any, dL_dy: torch.Tensor, layer: int = -1) -> None:
         """Add :math:`(dL_t/dy^l_t)^T N^l_t` of layer ``layer`` (default: the last) to the gradient."""
-        Kp, k, Ns, Ps, _, _ = engine.N[layer]
+        Kp, k, Ns, Ps, _, _, cnt = engine.N[layer]
         if not k:
             return
-        self.mod.accumulate(engine.grad, dL_dy.detach(), Kp, k, Ns)
+        self.mod.accumulate(engine.grad, dL_dy.detach(), Kp, k, Ns,
+                            cnt if cnt is not None else self.all_rows)
         for P in Ps:
             if P:
                 engine.stats.add_macs("gradient", engine.B * k * P)
