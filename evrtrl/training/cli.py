@@ -74,6 +74,9 @@ def register(subparsers) -> None:
     p.add_argument("--activity-target", type=float, default=None,
                    help="penalise only mean |y| above this rate, per sequence and step "
                         "(default: EGRU 0.03, LIF 0)")
+    p.add_argument("--activity-warmup", type=float, default=d.activity_warmup, metavar="EPOCHS",
+                   help="ramp the regulariser's strength linearly from 0 over this many epochs "
+                        "(default %(default)s: full strength from the first batch)")
     p.add_argument("--out", default="runs/latest", help="run directory")
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoint.h5")
     p.add_argument("--seed", type=int, default=d.seed)
@@ -122,6 +125,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         lr=args.lr, k=args.k, dt_us=args.dt_us, seed=args.seed, loss=args.loss, dtype=args.dtype,
         theta_init=args.theta_init, pd_gamma=args.gamma, pd_width=args.width,
         activity=args.activity, activity_target=args.activity_target,
+        activity_warmup=args.activity_warmup,
         checkpoint_every=args.checkpoint_every,
         log=("csv", "json") if args.log == "both" else (args.log,),
         eval_each_epoch=not args.no_eval, max_batches=args.max_batches,

@@ -94,6 +94,8 @@ class TrainConfig:
     # activity regulariser on every layer's outputs (evrtrl.regularizers.ActivityRegularizer)
     activity: float | None = None
     activity_target: float | None = None
+    # epochs over which the regulariser's strength ramps linearly from 0 to ``activity``
+    activity_warmup: float = 0.0
     tau_mem: float = 0.02
     tau_syn: float = 0.005
     v_th: float = 1.0
@@ -133,6 +135,8 @@ class TrainConfig:
         if self.activity < 0 or self.activity_target < 0:
             raise ConfigError(f"--activity {self.activity} and --activity-target "
                               f"{self.activity_target} must be >= 0")
+        if not (self.activity_warmup >= 0):
+            raise ConfigError(f"--activity-warmup {self.activity_warmup} must be >= 0 (epochs)")
         if self.pd_width <= 0 or self.pd_gamma <= 0:
             raise ConfigError(f"--width {self.pd_width} and --gamma {self.pd_gamma} must be > 0")
         if not (0 < self.density <= 1):
@@ -244,6 +248,17 @@ def _test_beta(model, data: SequenceData, batch: int, dtype) -> dict[str, float]
     batches = (data.batch(list(range(lo, min(len(data), lo + batch))), dtype)[0]
                for lo in range(0, len(data), batch))
     return {"test_" + k: v for k, v in measure_beta(model, batches).items()}
+
+
+def warmup_factor(warmup: float, progress: float) -> float:
+    """The regulariser's ramp: ``min(1, progress / warmup)`` (1 when ``warmup`` is 0).
+
+    ``progress`` is the training time in epochs at the start of a batch
+    (``epoch + batch / batches_per_epoch``); the strength of a batch's regulariser is
+    ``activity * warmup_factor(...)``, constant within the batch, so every update's
+    gradient is the exact gradient of that batch's loss.
+    """
+    return 1.0 if warmup <= 0 else min(1.0, progress / warmup)
 
 
 def _epoch_order(seed: int, epoch: int, n: int) -> list[int]:
@@ -364,9 +379,10 @@ def train(
             x, labels = learner_batch(data, idx, dtype, cfg.method)  # sparse for the event engine
             T = x.shape[0]
             loss_fn = make_loss(readout, labels, T, cfg.loss, len(global_idx))
-            reg = (ActivityRegularizer(cfg.activity, cfg.activity_target,
+            strength = cfg.activity * warmup_factor(cfg.activity_warmup, epoch + b / n_batches)
+            reg = (ActivityRegularizer(strength, cfg.activity_target,
                                        scale=1.0 / (len(global_idx) * T))
-                   if cfg.activity > 0 else None)
+                   if strength > 0 else None)
             learner = OnlineLearner(model, optimizer, loss_fn, k=cfg.k or T, method=cfg.method,
                                     extra_parameters=readout.parameters(), layer_loss=reg,
                                     engine_options=grid.engine_options(allow_memory))
@@ -408,6 +424,7 @@ def train(
             rec = {
                 "kind": "batch", "epoch": epoch, "batch": b, "global_batch": counters["global_batch"],
                 "updates": counters["updates"], "loss": loss_g, "reg_loss": reg_g,
+                "activity": strength,
                 "acc": correct_g / len(global_idx),
                 "alpha": alpha, "beta": betas[0],
                 **{f"beta_l{l}": v for l, v in enumerate(betas[1:])},
