@@ -65,18 +65,18 @@ def register(subparsers) -> None:
     p.add_argument("--loss", choices=("mean", "last"), default=d.loss)
     p.add_argument("--dtype", choices=("float32", "float64"), default=d.dtype)
     p.add_argument("--width", type=float, default=None,
-                   help="pseudo-derivative (triangle) width (default: EGRU 0.1, LIF 0.5)")
+                   help="pseudo-derivative (triangle) width (default: EGRU 0.01, LIF 0.5)")
     p.add_argument("--gamma", type=float, default=d.pd_gamma, help="pseudo-derivative height")
     p.add_argument("--theta-init", type=float, default=d.theta_init, help="EGRU initial threshold")
     p.add_argument("--activity", type=float, default=None,
                    help="activity regulariser strength lambda on every layer's outputs "
-                        "(lambda * mean |y|; 0 = off; default: EGRU 2.0, LIF 0)")
+                        "(lambda * mean |y|; 0 = off; default: EGRU 6.0, LIF 0)")
     p.add_argument("--activity-target", type=float, default=None,
                    help="penalise only mean |y| above this rate, per sequence and step "
                         "(default: EGRU 0.03, LIF 0)")
-    p.add_argument("--activity-warmup", type=float, default=d.activity_warmup, metavar="EPOCHS",
+    p.add_argument("--activity-warmup", type=float, default=None, metavar="EPOCHS",
                    help="ramp the regulariser's strength linearly from 0 over this many epochs "
-                        "(default %(default)s: full strength from the first batch)")
+                        "(0: full strength from the first batch; default: EGRU 5, LIF 0)")
     p.add_argument("--out", default="runs/latest", help="run directory")
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoint.h5")
     p.add_argument("--seed", type=int, default=d.seed)

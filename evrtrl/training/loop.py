@@ -62,11 +62,12 @@ _NOT_CELL_OPTIONS = {"dtype", "input_size", "hidden_size", "masks", "pseudo_deri
 #: (docs/training.md, "Activity-sparse training"): a narrow triangle and the target-rate
 #: activity regulariser. LIF: not measured; the former defaults (no regulariser).
 SPARSE_DEFAULTS: dict[str, dict[str, float]] = {
-    "egru": {"pd_width": 0.1, "activity": 2.0, "activity_target": 0.03},
-    "lif": {"pd_width": 0.5, "activity": 0.0, "activity_target": 0.0},
+    "egru": {"pd_width": 0.01, "activity": 6.0, "activity_target": 0.03, "activity_warmup": 5.0},
+    "lif": {"pd_width": 0.5, "activity": 0.0, "activity_target": 0.0, "activity_warmup": 0.0},
 }
 #: a registered cell without measured defaults: the 0.1.0 configuration, no regulariser
-GENERIC_DEFAULTS: dict[str, float] = {"pd_width": 0.5, "activity": 0.0, "activity_target": 0.0}
+GENERIC_DEFAULTS: dict[str, float] = {"pd_width": 0.5, "activity": 0.0, "activity_target": 0.0,
+                                      "activity_warmup": 0.0}
 
 
 @dataclass
@@ -95,7 +96,7 @@ class TrainConfig:
     activity: float | None = None
     activity_target: float | None = None
     # epochs over which the regulariser's strength ramps linearly from 0 to ``activity``
-    activity_warmup: float = 0.0
+    activity_warmup: float | None = None
     tau_mem: float = 0.02
     tau_syn: float = 0.005
     v_th: float = 1.0
@@ -151,6 +152,8 @@ class TrainConfig:
         kw = {k: v for k, v in d.items() if k in names}
         if "pd_width" in kw and "activity" not in kw:  # a run stored before the regulariser
             kw.update(activity=0.0, activity_target=0.0)
+        if "pd_width" in kw and "activity_warmup" not in kw:  # stored before the warm-up
+            kw["activity_warmup"] = 0.0
         if "log" in kw:
             kw["log"] = tuple(kw["log"])
         return cls(**kw)
