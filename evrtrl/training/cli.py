@@ -42,7 +42,8 @@ _CONFIG_OPTIONS = {
     "loss": "loss", "dtype": "dtype", "width": "pd_width", "gamma": "pd_gamma", "theta_init": "theta_init",
     "seed": "seed", "log": "log", "checkpoint_every": "checkpoint_every", "max_batches": "max_batches",
     "no_eval": "eval_each_epoch", "device": "device", "activity": "activity",
-    "activity_target": "activity_target", "shard_columns": "shard_columns",
+    "activity_target": "activity_target", "activity_warmup": "activity_warmup",
+    "shard_columns": "shard_columns",
     "shard_partition": "shard_partition",
 }
 
@@ -97,17 +98,20 @@ def register(subparsers) -> None:
     p.add_argument("--loss", choices=("mean", "last"), default=None, help=f"(default {d.loss})")
     p.add_argument("--dtype", choices=("float32", "float64"), default=None, help=f"(default {d.dtype})")
     p.add_argument("--width", type=positive_float, default=None,
-                   help="pseudo-derivative (triangle) width (default: EGRU 0.1, LIF 0.5)")
+                   help="pseudo-derivative (triangle) width (default: EGRU 0.01, LIF 0.5)")
     p.add_argument("--gamma", type=positive_float, default=None,
                    help=f"pseudo-derivative height (default {d.pd_gamma})")
     p.add_argument("--theta-init", type=finite_float, default=None,
                    help=f"EGRU initial threshold (default {d.theta_init})")
     p.add_argument("--activity", type=nonneg_float, default=None,
                    help="activity regulariser strength lambda on every layer's outputs "
-                        "(lambda * mean |y|; 0 = off; default: EGRU 2.0, LIF 0)")
+                        "(lambda * mean |y|; 0 = off; default: EGRU 6.0, LIF 0)")
     p.add_argument("--activity-target", type=nonneg_float, default=None,
                    help="penalise only mean |y| above this rate, per sequence and step "
                         "(default: EGRU 0.03, LIF 0)")
+    p.add_argument("--activity-warmup", type=nonneg_float, default=None, metavar="EPOCHS",
+                   help="ramp the regulariser's strength linearly from 0 over this many epochs "
+                        "(0: full strength from the first batch; default: EGRU 5, LIF 0)")
     p.add_argument("--device", default=None, help=f"torch device: cpu, cuda, cuda:1, ... (default {d.device})")
     p.add_argument("--out", default="runs/latest", help="run directory (default runs/latest)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")

@@ -84,11 +84,12 @@ _NOT_CELL_OPTIONS = {"dtype", "input_size", "hidden_size", "masks", "pseudo_deri
 #: (docs/training.md, "Activity-sparse training"): a narrow triangle and the target-rate
 #: activity regulariser. LIF: not measured; the former defaults (no regulariser).
 SPARSE_DEFAULTS: dict[str, dict[str, float]] = {
-    "egru": {"pd_width": 0.1, "activity": 2.0, "activity_target": 0.03},
-    "lif": {"pd_width": 0.5, "activity": 0.0, "activity_target": 0.0},
+    "egru": {"pd_width": 0.01, "activity": 6.0, "activity_target": 0.03, "activity_warmup": 5.0},
+    "lif": {"pd_width": 0.5, "activity": 0.0, "activity_target": 0.0, "activity_warmup": 0.0},
 }
 #: a registered cell without measured defaults: the 0.1.0 configuration, no regulariser
-GENERIC_DEFAULTS: dict[str, float] = {"pd_width": 0.5, "activity": 0.0, "activity_target": 0.0}
+GENERIC_DEFAULTS: dict[str, float] = {"pd_width": 0.5, "activity": 0.0, "activity_target": 0.0,
+                                      "activity_warmup": 0.0}
 
 
 @dataclass
@@ -116,6 +117,8 @@ class TrainConfig:
     # activity regulariser on every layer's outputs (evrtrl.regularizers.ActivityRegularizer)
     activity: float | None = None
     activity_target: float | None = None
+    # epochs over which the regulariser's strength ramps linearly from 0 to ``activity``
+    activity_warmup: float | None = None
     tau_mem: float = 0.02
     tau_syn: float = 0.005
     v_th: float = 1.0
@@ -167,7 +170,8 @@ class TrainConfig:
             v = float(getattr(self, name))
             if not (math.isfinite(v) and v > 0):
                 raise ConfigError(f"{flag} must be a finite number > 0, got {v}")
-        for name, flag in {"activity": "--activity", "activity_target": "--activity-target"}.items():
+        for name, flag in {"activity": "--activity", "activity_target": "--activity-target",
+                           "activity_warmup": "--activity-warmup"}.items():
             v = float(getattr(self, name))
             if not (math.isfinite(v) and v >= 0):
                 raise ConfigError(f"{flag} must be a finite number >= 0, got {v}")
@@ -198,6 +202,8 @@ class TrainConfig:
         kw = {k: v for k, v in d.items() if k in names}
         if "pd_width" in kw and "activity" not in kw:  # a run stored before the regulariser
             kw.update(activity=0.0, activity_target=0.0)
+        if "pd_width" in kw and "activity_warmup" not in kw:  # stored before the warm-up
+            kw["activity_warmup"] = 0.0
         if "log" in kw:
             kw["log"] = tuple(kw["log"])
         return cls(**kw)
@@ -326,6 +332,17 @@ def _test_beta(model, data: SequenceData, batch: int, dtype, device: Any = "cpu"
     batches = (data.batch(list(range(lo, min(len(data), lo + batch))), dtype)[0].to(device)
                for lo in range(0, len(data), batch))
     return {"test_" + k: v for k, v in measure_beta(model, batches).items()}
+
+
+def warmup_factor(warmup: float, progress: float) -> float:
+    """The regulariser's ramp: ``min(1, progress / warmup)`` (1 when ``warmup`` is 0).
+
+    ``progress`` is the training time in epochs at the start of a batch
+    (``epoch + batch / batches_per_epoch``); the strength of a batch's regulariser is
+    ``activity * warmup_factor(...)``, constant within the batch, so every update's
+    gradient is the exact gradient of that batch's loss.
+    """
+    return 1.0 if warmup <= 0 else min(1.0, progress / warmup)
 
 
 def _epoch_order(seed: int, epoch: int, n: int) -> list[int]:
@@ -526,9 +543,10 @@ def _train(cfg, run, resume, progress, callbacks, train_data, test_data, allow_m
                 x, labels = x.to(cfg.device), labels.to(cfg.device)
             T = x.shape[0]
             loss_fn = make_loss(readout, labels, T, cfg.loss, len(global_idx), activity=cfg.method == "bptt")
-            reg = (ActivityRegularizer(cfg.activity, cfg.activity_target,
+            strength = cfg.activity * warmup_factor(cfg.activity_warmup, epoch + b / n_batches)
+            reg = (ActivityRegularizer(strength, cfg.activity_target,
                                        scale=1.0 / (len(global_idx) * T))
-                   if cfg.activity > 0 else None)
+                   if strength > 0 else None)
             learner = OnlineLearner(model, optimizer, loss_fn, k=cfg.k or T, method=cfg.method,
                                     extra_parameters=readout.parameters(), layer_loss=reg,
                                     engine_options=grid.engine_options(allow_memory))
@@ -576,6 +594,7 @@ def _train(cfg, run, resume, progress, callbacks, train_data, test_data, allow_m
             rec = {
                 "kind": "batch", "epoch": epoch, "batch": b, "global_batch": counters["global_batch"],
                 "updates": counters["updates"], "loss": loss_g, "reg_loss": reg_g,
+                "activity": strength,
                 "acc": correct_g / len(global_idx),
                 "alpha": alpha, "beta": _nan_to_none(betas[0]),
                 **{f"beta_l{l}": _nan_to_none(v) for l, v in enumerate(betas[1:])},

@@ -11,6 +11,7 @@ from evrtrl.errors import ConfigError
 from evrtrl.training import TrainConfig, train
 from evrtrl.training.cli import main as cli_main
 from evrtrl.training.data import TensorData
+from evrtrl.training.loop import SPARSE_DEFAULTS
 from evrtrl.training.metrics import data_lengths, sequence_beta
 
 
@@ -64,7 +65,8 @@ def test_train_logs_beta_per_layer_and_epoch_and_the_regulariser_lowers_it(tmp_p
     data, test = _padded_spikes(), _padded_spikes(16, seed=1)
     runs = {}
     for lam in (0.0, 1.0):
-        res = train(_cfg(activity=lam, pd_width=0.2, theta_init=0.3), tmp_path / f"l{lam}",
+        res = train(_cfg(activity=lam, activity_warmup=0.0, pd_width=0.2, theta_init=0.3),
+                    tmp_path / f"l{lam}",
                     progress=False, train_data=data, test_data=test)
         runs[lam] = res
         for rec in res.batches:
@@ -99,12 +101,50 @@ def test_cli_flags_reach_the_config(tmp_path, capsys):
     out = tmp_path / "run"
     code = cli_main(["train", "--data", "synthetic:rotation,n=16", "--hidden", "4", "--batch", "8",
                      "--epochs", "1", "--out", str(out), "--no-progress", "--width", "0.15",
-                     "--theta-init", "0.4", "--activity", "0.5", "--activity-target", "0.01"])
+                     "--theta-init", "0.4", "--activity", "0.5", "--activity-target", "0.01",
+                     "--activity-warmup", "0.5"])
     assert code == 0
     cfg = json.loads((out / "config.json").read_text())
-    assert (cfg["pd_width"], cfg["theta_init"], cfg["activity"], cfg["activity_target"]) == \
-        (0.15, 0.4, 0.5, 0.01)
+    assert (cfg["pd_width"], cfg["theta_init"], cfg["activity"], cfg["activity_target"],
+            cfg["activity_warmup"]) == (0.15, 0.4, 0.5, 0.01, 0.5)
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert 0 < printed["test_beta"] <= 1
     with pytest.raises(ConfigError, match="activity"):
         TrainConfig(activity=-1.0).validate()
+
+
+def test_warmup_factor_ramps_linearly_to_one():
+    from evrtrl.training.loop import warmup_factor
+
+    assert warmup_factor(0.0, 0.0) == 1.0  # no warm-up: full strength from the first batch
+    assert [warmup_factor(2.0, p) for p in (0.0, 0.5, 1.0, 2.0, 3.5)] == [0.0, 0.25, 0.5, 1.0, 1.0]
+    with pytest.raises(ConfigError, match="activity-warmup"):
+        TrainConfig(activity_warmup=-1.0).validate()
+    # the model's measured default fills an unset warm-up; a run stored before the warm-up
+    # existed resumes without one
+    cfg = TrainConfig(model="egru")
+    cfg.validate()
+    assert cfg.activity_warmup == SPARSE_DEFAULTS["egru"]["activity_warmup"] > 0
+    old = TrainConfig.from_dict({"model": "egru", "pd_width": 0.1, "activity": 2.0,
+                                 "activity_target": 0.03})
+    assert old.activity_warmup == 0.0
+
+
+def test_activity_warmup_ramps_the_regulariser_and_event_matches_bptt(tmp_path):
+    """The ramp is constant within a batch: event and BPTT training still agree (float64)."""
+    data, test = _padded_spikes(32), _padded_spikes(8, seed=1)
+    res = {m: train(_cfg(method=m, activity=1.0, activity_warmup=1.5, epochs=2, layers=1,
+                         pd_width=0.3), tmp_path / m, progress=False, train_data=data, test_data=test)
+           for m in ("event", "bptt")}
+    strengths = [r["activity"] for r in res["bptt"].batches]
+    assert strengths == pytest.approx([0.0, 0.25 / 1.5, 0.5 / 1.5, 0.75 / 1.5, 1.0 / 1.5,
+                                       1.25 / 1.5, 1.0, 1.0])
+    assert res["bptt"].batches[0]["reg_loss"] == 0 and res["bptt"].batches[-1]["reg_loss"] > 0
+    for (name, p), (_, q) in zip(res["event"].model.named_parameters(),
+                                 res["bptt"].model.named_parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-9, atol=1e-11, msg=name)
+    no_warmup = train(_cfg(method="bptt", activity=1.0, activity_warmup=0.0, epochs=2, layers=1,
+                           pd_width=0.3),
+                      tmp_path / "no_warmup", progress=False, train_data=data, test_data=test)
+    assert [r["activity"] for r in no_warmup.batches] == [1.0] * 8
+    assert not torch.equal(no_warmup.model.theta, res["bptt"].model.theta)
