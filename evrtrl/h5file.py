@@ -477,15 +477,16 @@ def attr_float(obj: Any, name: str, path: Path, where: str) -> float:
     return _number(obj, name, path, where, float)
 
 
-def dataset(group: Any, name: str, path: Path) -> np.ndarray:
-    """The values of dataset ``group/name``; FormatError naming file and dataset if absent or unreadable."""
+def _from_dataset(group: Any, name: str, path: Path, read: Callable[[Any], Any]) -> Any:
+    """``read(node)`` of dataset ``group/name``; FormatError naming file and dataset if absent,
+    not a dataset or unreadable."""
     full = f"{_where(group).rstrip('/')}/{name}"
     try:
         present = name in group
         node = group[name] if present else None
         if present and not isinstance(node, h5py.Dataset):
             raise FormatError(f"{path}: '{full}' is a {type(node).__name__}, expected a dataset")
-        value = node[()] if present else None
+        value = read(node) if present else None
     except H5_ERRORS as exc:
         raise FormatError(f"{path}: dataset '{full}' is unreadable ({exc})") from exc
     if not present:
@@ -493,20 +494,15 @@ def dataset(group: Any, name: str, path: Path) -> np.ndarray:
     return value
 
 
+def dataset(group: Any, name: str, path: Path) -> np.ndarray:
+    """The values of dataset ``group/name``; FormatError naming file and dataset if absent or unreadable."""
+    return _from_dataset(group, name, path, lambda node: node[()])
+
+
 def dataset_shape(group: Any, name: str, path: Path) -> tuple[int, ...]:
     """The shape of dataset ``group/name`` without reading it (to check sizes before allocating)."""
-    full = f"{_where(group).rstrip('/')}/{name}"
-    try:
-        present = name in group
-        node = group[name] if present else None
-        if present and not isinstance(node, h5py.Dataset):
-            raise FormatError(f"{path}: '{full}' is a {type(node).__name__}, expected a dataset")
-        shape = tuple(node.shape) if present and node.shape is not None else ()
-    except H5_ERRORS as exc:
-        raise FormatError(f"{path}: dataset '{full}' is unreadable ({exc})") from exc
-    if not present:
-        raise FormatError(f"{path}: missing dataset '{full}'")
-    return shape
+    return _from_dataset(group, name, path,
+                         lambda node: tuple(node.shape) if node.shape is not None else ())
 
 
 def group(parent: Any, name: str, path: Path) -> Any:

@@ -17,28 +17,8 @@ from evrtrl.models.modelfile import load_model, save_model
 from evrtrl.training import TrainConfig, train
 from evrtrl.training.loop import SPARSE_DEFAULTS
 
-SYN = "synthetic:rotation,n=8"
+from cli_probe import one_error_line, run_cli, train_args
 
-
-def _cli(argv, capsys) -> tuple[int, str]:
-    try:
-        rc = main([str(a) for a in argv])
-    except SystemExit as exc:  # argparse usage errors
-        rc = exc.code
-    return rc, capsys.readouterr().err
-
-
-def _one_error_line(rc: int, err: str, *needles: str) -> None:
-    lines = err.strip().splitlines()
-    assert rc == 2, (rc, err)
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    for n in needles:
-        assert n in lines[0], (n, lines[0])
-
-
-def _train(tmp_path, *extra):
-    return ["train", "--data", SYN, "--hidden", "3", "--batch", "8", "--no-progress", "--no-eval",
-            "--out", tmp_path / "run", *extra]
 
 
 @pytest.mark.parametrize("extra, needle", [
@@ -48,17 +28,17 @@ def _train(tmp_path, *extra):
     (["--model", "nosuchcell"], "--model"), (["--method", "rtrl"], "--method"),
 ])
 def test_new_train_options_keep_the_contract(tmp_path, capsys, extra, needle):
-    _one_error_line(*_cli(_train(tmp_path, *extra), capsys), needle)
+    one_error_line(*run_cli(train_args(tmp_path, *extra), capsys), needle)
 
 
 def test_shard_columns_without_processes_is_one_line(tmp_path, capsys):
-    _one_error_line(*_cli(_train(tmp_path, "--shard-columns", "2"), capsys), "--shard-columns 2")
+    one_error_line(*run_cli(train_args(tmp_path, "--shard-columns", "2"), capsys), "--shard-columns 2")
 
 
 @pytest.mark.parametrize("value", ["2", "x"])
 def test_data_key_sparse_is_checked(tmp_path, capsys, value):
     argv = ["train", "--data", f"nmnist:{tmp_path},sparse={value}", "--no-progress", "--out", tmp_path / "run"]
-    _one_error_line(*_cli(argv, capsys), "sparse")
+    one_error_line(*run_cli(argv, capsys), "sparse")
 
 
 @pytest.mark.parametrize("argv, needle", [
@@ -70,7 +50,7 @@ def test_data_key_sparse_is_checked(tmp_path, capsys, value):
     (["validate", "--model", "/nonexistent/m.h5"], "/nonexistent/m.h5"),
 ])
 def test_new_commands_refuse_bad_values(capsys, argv, needle):
-    _one_error_line(*_cli(argv, capsys), needle)
+    one_error_line(*run_cli(argv, capsys), needle)
 
 
 def test_fuzz_unknown_format_is_one_line(capsys):
@@ -80,15 +60,15 @@ def test_fuzz_unknown_format_is_one_line(capsys):
         rc = fuzz_main(["--formats", "nosuch", "--count", "1"])
     except SystemExit as exc:
         rc = exc.code
-    _one_error_line(rc, capsys.readouterr().err, "nosuch")
+    one_error_line(rc, capsys.readouterr().err, "nosuch")
 
 
 def test_memory_refusal_is_an_error_line_naming_the_flag(tmp_path, capsys, monkeypatch):
     from evrtrl import memory
 
     monkeypatch.setattr(memory, "_meminfo_available", lambda: 1024)
-    _one_error_line(*_cli(_train(tmp_path), capsys), "--allow-memory")
-    rc, err = _cli(_train(tmp_path, "--allow-memory", "--overwrite", "--max-batches", "1"), capsys)
+    one_error_line(*run_cli(train_args(tmp_path), capsys), "--allow-memory")
+    rc, err = run_cli(train_args(tmp_path, "--allow-memory", "--overwrite", "--max-batches", "1"), capsys)
     assert rc == 0, err
 
 

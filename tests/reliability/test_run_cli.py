@@ -11,32 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from evrtrl.cli import main
 from evrtrl.models import EGRU, Readout
 from evrtrl.models.modelfile import save_model
 
-SYN = "synthetic:rotation,n=8"
+from cli_probe import SYN, one_error_line, run_cli, train_args
 
-
-def _cli(argv, capsys) -> tuple[int, str]:
-    try:
-        rc = main([str(a) for a in argv])
-    except SystemExit as exc:  # argparse usage errors
-        rc = exc.code
-    return rc, capsys.readouterr().err
-
-
-def _one_error_line(rc: int, err: str, *needles: str) -> None:
-    lines = err.strip().splitlines()
-    assert rc == 2, (rc, err)
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    for n in needles:
-        assert n in lines[0], (n, lines[0])
-
-
-def _train(tmp_path, *extra):
-    return ["train", "--data", SYN, "--hidden", "3", "--batch", "8", "--no-progress", "--no-eval",
-            "--out", tmp_path / "run", *extra]
 
 
 @pytest.fixture
@@ -74,7 +53,7 @@ def nmnist_dir(tmp_path):
     (["--max-batches", "-1"], "--max-batches"), (["--checkpoint-every", "-1"], "--checkpoint-every"),
 ])
 def test_bad_train_numbers(tmp_path, capsys, extra, needle):
-    _one_error_line(*_cli(_train(tmp_path, *extra), capsys), needle)
+    one_error_line(*run_cli(train_args(tmp_path, *extra), capsys), needle)
 
 
 @pytest.mark.parametrize("spec, needle", [
@@ -82,33 +61,33 @@ def test_bad_train_numbers(tmp_path, capsys, extra, needle):
     ("synthetic:rotation,foo=1", "unknown key(s) ['foo']"),
 ])
 def test_bad_synthetic_data_spec(tmp_path, capsys, spec, needle):
-    argv = _train(tmp_path)
+    argv = train_args(tmp_path)
     argv[argv.index(SYN)] = spec
-    _one_error_line(*_cli(argv, capsys), needle)
+    one_error_line(*run_cli(argv, capsys), needle)
 
 
 def test_nmnist_duration_zero(tmp_path, capsys, nmnist_dir):
     argv = ["train", "--data", f"nmnist:{nmnist_dir},duration_ms=0", "--no-progress", "--out", tmp_path / "r"]
-    _one_error_line(*_cli(argv, capsys), "duration_ms=0")
+    one_error_line(*run_cli(argv, capsys), "duration_ms=0")
 
 
 def test_shd_factor_zero(tmp_path, capsys, shd_file):
     argv = ["train", "--data", f"shd:{shd_file},factor=0", "--no-progress", "--no-eval", "--out", tmp_path / "r"]
-    _one_error_line(*_cli(argv, capsys), "factor=0")
+    one_error_line(*run_cli(argv, capsys), "factor=0")
 
 
 def test_single_h5_is_not_both_train_and_test_set(tmp_path, capsys, shd_file):
     argv = ["train", "--data", f"shd:{shd_file},duration_ms=50", "--no-progress", "--out", tmp_path / "r"]
-    _one_error_line(*_cli(argv, capsys), "both the train and the test")
+    one_error_line(*run_cli(argv, capsys), "both the train and the test")
 
 
 def test_ignored_dt_us_is_refused(tmp_path, capsys):
-    _one_error_line(*_cli(_train(tmp_path, "--dt-us", "1000"), capsys), "--dt-us has no effect")
+    one_error_line(*run_cli(train_args(tmp_path, "--dt-us", "1000"), capsys), "--dt-us has no effect")
 
 
 def test_file_named_out(tmp_path, capsys):
     (tmp_path / "run").write_text("not a directory")
-    _one_error_line(*_cli(_train(tmp_path), capsys), "is a file")
+    one_error_line(*run_cli(train_args(tmp_path), capsys), "is a file")
 
 
 def test_read_only_out(tmp_path, capsys, monkeypatch):
@@ -125,9 +104,9 @@ def test_read_only_out(tmp_path, capsys, monkeypatch):
 
         monkeypatch.setattr(os, "mkdir", mkdir)
     try:
-        argv = _train(tmp_path)
+        argv = train_args(tmp_path)
         argv[-1] = ro / "run"
-        _one_error_line(*_cli(argv, capsys), "Permission denied", str(ro))
+        one_error_line(*run_cli(argv, capsys), "Permission denied", str(ro))
     finally:
         os.chmod(ro, 0o755)
 
@@ -137,22 +116,22 @@ def test_full_disk(tmp_path, capsys, monkeypatch):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(os, "fsync", full)
-    _one_error_line(*_cli(_train(tmp_path), capsys), "No space left on device")
+    one_error_line(*run_cli(train_args(tmp_path), capsys), "No space left on device")
     assert not [p for p in (tmp_path / "run").iterdir() if p.name.endswith(".tmp")]
 
 
 def test_missing_optional_extra(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if not installed
-    _one_error_line(*_cli(["plot", tmp_path], capsys), "needs matplotlib, which is not installed", "pip install 'evrtrl[data]'")
+    one_error_line(*run_cli(["plot", tmp_path], capsys), "needs matplotlib, which is not installed", "pip install 'evrtrl[data]'")
 
 
 # ------------------------------------------------------------------------ evaluate / export
 def test_evaluate_batch_zero(capsys, model_file):
-    _one_error_line(*_cli(["evaluate", model_file, "--batch", "0"], capsys), "--batch")
+    one_error_line(*run_cli(["evaluate", model_file, "--batch", "0"], capsys), "--batch")
 
 
 def test_export_missing_model(tmp_path, capsys):
-    _one_error_line(*_cli(["export", tmp_path / "absent.h5", "-o", tmp_path / "b.h5"], capsys), "absent.h5")
+    one_error_line(*run_cli(["export", tmp_path / "absent.h5", "-o", tmp_path / "b.h5"], capsys), "absent.h5")
 
 
 def test_export_corrupt_model(tmp_path, capsys, model_file):
@@ -160,14 +139,14 @@ def test_export_corrupt_model(tmp_path, capsys, model_file):
     mid = len(raw) // 2
     raw[mid:mid + 35] = bytes(b ^ 0xFF for b in raw[mid:mid + 35])
     model_file.write_bytes(raw)
-    _one_error_line(*_cli(["export", model_file, "-o", tmp_path / "b.h5"], capsys), "content hash", "m.h5")
+    one_error_line(*run_cli(["export", model_file, "-o", tmp_path / "b.h5"], capsys), "content hash", "m.h5")
     model_file.write_bytes(b"garbage" * 100)
-    _one_error_line(*_cli(["export", model_file, "-o", tmp_path / "b.h5"], capsys), "m.h5")
+    one_error_line(*run_cli(["export", model_file, "-o", tmp_path / "b.h5"], capsys), "m.h5")
 
 
 def test_export_onto_a_directory(tmp_path, capsys, model_file):
     (tmp_path / "outdir").mkdir()
-    _one_error_line(*_cli(["export", model_file, "-o", tmp_path / "outdir"], capsys), "is a directory")
+    one_error_line(*run_cli(["export", model_file, "-o", tmp_path / "outdir"], capsys), "is a directory")
 
 
 # ------------------------------------------------------------------------ the process level
