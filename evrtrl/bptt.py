@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from evrtrl.engine import check_step_input, check_upstream
 from evrtrl.network import Unroll, check_parameters, layers_of
 from evrtrl.stats import EngineStats
 
@@ -52,6 +53,7 @@ class BPTT:
         self._surrogate: torch.Tensor | None = None
 
     def step(self, x: torch.Tensor) -> torch.Tensor:
+        check_step_input("BPTT", x, self.B, self.refs[0].layer.input_size)
         self.stats.begin_step()
         with torch.enable_grad():
             self._y = self.run.step(x)
@@ -62,7 +64,8 @@ class BPTT:
         return self._y.detach()
 
     def accumulate(self, dL_dy: torch.Tensor, layer: int = -1) -> None:
-        y = self._y if layer in (-1, len(self.run.states) - 1) else self.run.states[layer].y
+        layer = check_upstream("BPTT", dL_dy, self.B, [r.layer.hidden_size for r in self.refs], layer)
+        y = self._y if layer == len(self.run.states) - 1 else self.run.states[layer].y
         if y is None or not y.requires_grad:
             return
         with torch.enable_grad():

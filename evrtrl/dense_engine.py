@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from evrtrl.engine import nonzero_fraction
+from evrtrl.engine import check_step_input, check_upstream, nonzero_fraction
 from evrtrl.errors import UnknownMethodError
 from evrtrl.influence import ColumnBlock
 from evrtrl.layer import Layer, LocalJacobian
@@ -188,6 +188,7 @@ class DenseRTRL:
 
     @torch.no_grad()
     def step(self, x: torch.Tensor) -> torch.Tensor:
+        check_step_input(self.name, x, self.B, self.refs[0].layer.input_size)
         self.stats.begin_step()
         B = self.B
         inp = x
@@ -232,7 +233,7 @@ class DenseRTRL:
     @torch.no_grad()
     def accumulate(self, dL_dy: torch.Tensor, layer: int = -1) -> None:
         """``grad += sum_b (dL/dy G) M + dL/dy G_direct`` for layer ``layer`` (default: last)."""
-        l = layer % len(self.refs)
+        l = check_upstream(self.name, dL_dy, self.B, [r.layer.hidden_size for r in self.refs], layer)
         lj = self.prev_lj[l]
         e = dL_dy.to(self.dtype)
         eG = torch.bmm(e[:, None, :], _gain_matrix(lj.gain))  # (B, 1, nm)

@@ -38,10 +38,11 @@ from typing import Any, Callable, Iterable, Protocol, Sequence, runtime_checkabl
 import torch
 
 from evrtrl.errors import ShapeError
-from evrtrl.events import SPARSE_INPUT_METHODS, InputSequence, step_input
+from evrtrl.events import SPARSE_INPUT_METHODS, InputSequence, SparseStep, step_input
 from evrtrl.stats import EngineStats
 
-__all__ = ["Engine", "LossFn", "LayerLossFn", "run_engine", "loss_gradient", "nonzero_fraction"]
+__all__ = ["Engine", "LossFn", "LayerLossFn", "run_engine", "loss_gradient", "nonzero_fraction",
+           "check_step_input", "check_upstream"]
 
 #: ``loss_fn(y_t, t)``: a scalar tensor, or None where step ``t`` has no loss
 LossFn = Callable[[torch.Tensor, int], Any]
@@ -89,6 +90,26 @@ class Engine(Protocol):
     def influence_density(self) -> float:
         """Fraction of non-zero entries of the stored influence tensors (nan for BPTT)."""
         ...
+
+
+def check_step_input(engine: str, x: Any, batch: int, input_size: int) -> None:
+    """ShapeError unless the step input ``x`` (a tensor or a SparseStep) is ``(batch, input_size)``."""
+    shape = (x.batch, x.d) if isinstance(x, SparseStep) else tuple(x.shape)
+    if shape != (batch, input_size):
+        raise ShapeError(f"{engine}.step: x has shape {shape}, expected (batch, input_size) = "
+                         f"({batch}, {input_size})")
+
+
+def check_upstream(engine: str, dL_dy: torch.Tensor, batch: int, sizes: Sequence[int], layer: int) -> int:
+    """The layer index ``layer`` (negative counts from the last) after checking that ``dL_dy``
+    is ``(batch, sizes[layer])``; ShapeError naming what was expected otherwise."""
+    if not -len(sizes) <= layer < len(sizes):
+        raise ShapeError(f"{engine}.accumulate: layer={layer}, but the model has {len(sizes)} layer(s)")
+    l = layer % len(sizes)
+    if tuple(dL_dy.shape) != (batch, sizes[l]):
+        raise ShapeError(f"{engine}.accumulate: dL_dy has shape {tuple(dL_dy.shape)}, expected "
+                         f"(batch, hidden_size of layer {l}) = ({batch}, {sizes[l]})")
+    return l
 
 
 def nonzero_fraction(tensors: Iterable[torch.Tensor]) -> float:

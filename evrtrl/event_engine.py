@@ -79,7 +79,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from evrtrl.engine import nonzero_fraction
+from evrtrl.engine import check_step_input, check_upstream, nonzero_fraction
 from evrtrl.errors import ShapeError
 from evrtrl.events import SparseStep
 from evrtrl.influence import ColumnBlock, choose_layout
@@ -369,6 +369,7 @@ class EventRTRL:
         Nothing is recorded for autograd: the weights are read under ``no_grad`` and an
         input that requires grad is detached, so every tensor of the step is grad-free.
         """
+        check_step_input("EventRTRL", x, self.B, self.refs[0].layer.input_size)
         if torch.is_grad_enabled():
             if isinstance(x, SparseStep):
                 x = x._replace(values=x.values.detach())
@@ -592,6 +593,7 @@ class EventRTRL:
         """Add :math:`(dL_t/dy^l_t)^T N^l_t` (rows K only) to the gradient; ``layer`` is the
         layer ``l`` whose output the loss term reads (default: the last). A per-layer term
         (:mod:`evrtrl.regularizers`) reaches the parameter blocks ``j <= l``."""
+        layer = check_upstream("EventRTRL", dL_dy, self.B, [r.n for r in self.runs], layer)
         if self.compiled is not None:
             return self.compiled.accumulate(self, dL_dy, layer)
         Kp, k, Ns, Ps, _, cols, _ = self.N[layer]

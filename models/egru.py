@@ -117,14 +117,15 @@ def egru_jacobian(
     phi_r = phi_z * h_z * r * (1 - r)
     psi = pd(new.c - theta)
     col = lambda t: t.unsqueeze(-1)  # noqa: E731  (B, n) -> (B, n, 1)
+    cu, cr, cz = col(phi_u), col(phi_r), col(phi_z)  # shared by W, U and b (read-only pieces)
     return LocalJacobian(
         diag=col(one_u * (1 - theta * psi_prev)),
         phi={
-            "W_u": col(phi_u), "W_r": col(phi_r), "W_z": col(phi_z),
-            "U_u": col(phi_u), "U_r": col(phi_r), "U_z": col(phi_z * r),
+            "W_u": cu, "W_r": cr, "W_z": cz,
+            "U_u": cu, "U_r": cr, "U_z": col(phi_z * r),
         },
         unit_phi={
-            "b_u": col(phi_u), "b_r": col(phi_r), "b_z": col(phi_z),
+            "b_u": cu, "b_r": cr, "b_z": cz,
             "theta": col(-one_u * (prev.e - theta * psi_prev)),
         },
         gain=col(new.e + new.c * psi),

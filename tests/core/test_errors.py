@@ -80,3 +80,22 @@ def test_stack_size_mismatch():
 def test_loss_must_be_scalar():
     with pytest.raises(ShapeError, match="scalar"):
         evrtrl.gradients(egru(), torch.ones(3, 2, 3, dtype=torch.float64), lambda y, t: y)
+
+
+@pytest.mark.parametrize("method", ["event", "dense", "bptt"])
+def test_engine_step_and_accumulate_check_shapes(method):
+    """Every engine refuses a step input or an upstream gradient of the wrong shape (a (2, 99)
+    gradient used to be accepted by the event engine), naming what it expected."""
+    model = Stack(EGRU(2, 4), EGRU(4, 3)).double()
+    eng = evrtrl.make_engine(model, batch=3, method=method)
+    with pytest.raises(ShapeError, match=r"expected \(batch, input_size\) = \(3, 2\)"):
+        eng.step(torch.randn(3, 5, dtype=torch.float64))
+    eng.step(torch.randn(3, 2, dtype=torch.float64))
+    with pytest.raises(ShapeError, match=r"\(3, 3\)"):
+        eng.accumulate(torch.randn(2, 99, dtype=torch.float64))
+    with pytest.raises(ShapeError, match=r"layer 0\) = \(3, 4\)"):
+        eng.accumulate(torch.randn(3, 3, dtype=torch.float64), layer=0)
+    with pytest.raises(ShapeError, match="layer=2"):
+        eng.accumulate(torch.randn(3, 3, dtype=torch.float64), layer=2)
+    eng.accumulate(torch.randn(3, 3, dtype=torch.float64))
+    eng.accumulate(torch.randn(3, 4, dtype=torch.float64), layer=0)
