@@ -271,7 +271,11 @@ def _spawn_worker(rank: int, world: int, init_method: str, cfg: dict, out: str, 
     try:
         train(TrainConfig.from_dict(cfg), out, progress=False, resume=resume, overwrite=overwrite)
     finally:
-        abort()
+        # train() announces its own failure (abort) before raising; a rank that finished must
+        # not: announcing would make peers still waiting in the final barrier raise
+        # PeerFailedError (seen in CI: rank 0 done, rank 2 stopped "because rank 0 failed")
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def spawn_train(world: int, cfg: Any, out: str | os.PathLike, *, init_method: str | None = None,
