@@ -102,6 +102,16 @@ def _deliver(i: np.ndarray, counts: np.ndarray, w: np.ndarray, cap: int) -> tupl
     return out, sat
 
 
+def _membrane(v: np.ndarray, dash: np.ndarray, i: np.ndarray) -> tuple[np.ndarray, int]:
+    """xylosim's membrane update ``v += clip(i - decay(v))`` in int16 (saturating), and the
+    number of saturated entries."""
+    raw = -_decay(v, dash) + i
+    dv = np.clip(raw, _I16_MIN, _I16_MAX)
+    nv = v + dv
+    sat = int(((raw != dv) | (nv > _I16_MAX) | (nv < _I16_MIN)).sum())
+    return np.clip(nv, _I16_MIN, _I16_MAX), sat
+
+
 def _fire(v: np.ndarray, th: np.ndarray, cap: int) -> tuple[np.ndarray, np.ndarray]:
     """``while v >= th and n < cap: n += 1; v -= th`` (int16 state)."""
     pos = th > 0
@@ -164,19 +174,13 @@ def simulate_xylo(spec, x) -> ChipRun:
         for j in range(n_syn):
             i_h[j] = i_h[j] - _decay(i_h[j], dash_syn[j])
         isum = sum(i_h)
-        raw = -_decay(v_h, dash_mem) + isum
-        dv = np.clip(raw, _I16_MIN, _I16_MAX)
-        nv = v_h + dv
-        sat += int(((raw != dv) | (nv > _I16_MAX) | (nv < _I16_MIN)).sum())
-        v_h = np.clip(nv, _I16_MIN, _I16_MAX)
+        v_h, s4 = _membrane(v_h, dash_mem, isum)
+        sat += s4
         z_h, v_h = _fire(v_h, th, XYLO_MAX_SPIKES)
         # output neurons
         i_o = i_o - _decay(i_o, ds_o)
-        raw = -_decay(v_o, dm_o) + i_o
-        dv = np.clip(raw, _I16_MIN, _I16_MAX)
-        nv = v_o + dv
-        sat += int(((raw != dv) | (nv > _I16_MAX) | (nv < _I16_MIN)).sum())
-        v_o = np.clip(nv, _I16_MIN, _I16_MAX)
+        v_o, s5 = _membrane(v_o, dm_o, i_o)
+        sat += s5
         z_o, v_o = _fire(v_o, th_o, XYLO_MAX_OUT_SPIKES)
         out_h[t], out_o[t] = z_h, z_o
     return ChipRun([out_h, out_o], sat)
