@@ -93,6 +93,12 @@ from evrtrl.stats import EngineStats
 __all__ = ["EventRTRL", "DegradesToDenseWarning", "diag_pass_macs", "active_units"]
 
 
+#: the most steps the compiled path defers (EventRTRL ``defer``): their influence updates run
+#: together, each panel of M's columns through all of them while it stays in cache
+#: (docs/engine.md, "Deferred steps")
+DEFER_STEPS = 32
+
+
 class DegradesToDenseWarning(UserWarning):
     """The pseudo-derivative has infinite support: every unit is always active."""
 
@@ -211,7 +217,8 @@ class _LayerRun:
                       if bool((c < 0).any())}
         e = torch.empty(0, dtype=torch.long, device=dev)
         self.phi_idx, self.src_idx, self.dest = e, e, e
-        self.phi_take, self.src_take, self.entries = e[None].expand(B, 0), e[None].expand(B, 0), 0
+        self.entries = 0
+        self._takes: tuple[torch.Tensor, torch.Tensor] | None = None
         n = self.n
         for u, cols in block.unit_cols.items():
             units = (cols >= 0).nonzero(as_tuple=True)[0]  # shard: the p_i tracked here
@@ -232,11 +239,18 @@ class _LayerRun:
         self.phi_idx = torch.cat((self.phi_idx, phi.flatten()))
         self.src_idx = torch.cat((self.src_idx, src[:, None].expand(-1, m).flatten()))
         self.dest = torch.cat((self.dest, dest.flatten()))
-        # per-sequence flat positions for Tensor.take: phis (B, n G m), src (B, d + n + 1)
-        b = torch.arange(self.B, device=rows.device)[:, None]
-        self.phi_take = b * (self.n * G * m) + self.phi_idx
-        self.src_take = b * (self.d + self.n + 1) + self.src_idx
+        self._takes = None
         self.entries = self.dest.numel()
+
+    @property
+    def takes(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-sequence flat positions of the table for ``Tensor.take`` (the pure-torch step):
+        into phis ``(B, n G m)`` and into src ``(B, d + n + 1)``; made when first read after a birth."""
+        if self._takes is None:
+            b = torch.arange(self.B, device=self.dest.device)[:, None]
+            self._takes = (b * (self.n * self.G * self.m) + self.phi_idx,
+                           b * (self.d + self.n + 1) + self.src_idx)
+        return self._takes
 
     def birth(self, source: str, new: torch.Tensor) -> None:
         """Sources ``new`` of kind ``source`` fire for the first time: allocate and tabulate."""
@@ -267,13 +281,19 @@ class EventRTRL:
     ``kernel``: ``"auto"``, ``"torch"`` or ``"compiled"`` (default: ``$EVRTRL_KERNEL``, else
     auto): whether the step runs through the compiled CPU kernels (:mod:`evrtrl.kernels`;
     their ``layout="auto"`` is ``"rows"``); :attr:`kernel` says which path runs.
+    ``defer``: on the compiled path in the row layout, how many steps' influence updates may
+    wait and then run together (:data:`DEFER_STEPS`; 1: each at its step). The forward pass,
+    outputs, active sets and statistics are never deferred; :meth:`gradients`,
+    :meth:`influence`, :meth:`zero_grad` and :meth:`refresh` finish the waiting updates
+    first (:meth:`settle`). Change weights in place only between an update and
+    :meth:`refresh`, as always. Results agree with ``defer=1`` up to rounding.
     """
 
     name = "event"
 
     def __init__(self, model: Any, batch: int, layout: str = "auto", *,
                  shard: ColumnShard | None = None, allow_memory: bool = False,
-                 kernel: str | None = None) -> None:
+                 kernel: str | None = None, defer: int = DEFER_STEPS) -> None:
         self.refs = layers_of(model)
         check_parameters(model)
         check_memory(plan_memory(model, int(batch), "event", shard=shard), allow=allow_memory,
@@ -289,13 +309,34 @@ class EventRTRL:
                     DegradesToDenseWarning,
                     stacklevel=3,
                 )
-        self.B = B = int(batch)
+        self.B = int(batch)
         layer0 = self.refs[0].layer
         self.dtype, self.device = layer0.dtype, layer0.device
-        self.blocks = [ColumnBlock(r.layer, r.prefix, shard) for r in self.refs]
+        self._shard = shard
         kmod = kernel_module(self.device, self.dtype, kernel)  # None: the pure-torch path
         if kmod is not None and layout == "auto":
             layout = COMPILED_LAYOUT
+        self._layout, self._kmod, self._defer = layout, kmod, defer
+        self.M: list[list[torch.Tensor]] = []
+        self.bcol = torch.arange(self.B, device=self.device)[:, None]
+        self.n_units = sum(r.layer.hidden_size for r in self.refs)
+        self.compiled = None
+        self._start()
+
+    def reset(self) -> None:
+        """Start ``B`` new sequences: fresh states, no source born, zero influence and
+        gradient, new :attr:`stats`, the weights re-read; queued steps are dropped. The
+        influence tensors are kept and zeroed where their shapes still fit (a fresh large
+        allocation costs a page fault per 4 KiB on first touch: about 20 ms for 37 MB)."""
+        if self.compiled is not None:
+            self.compiled.queue.clear()
+        self._start()
+
+    def _start(self) -> None:
+        """The per-run state of a new engine or of :meth:`reset`."""
+        B, shard, layout = self.B, self._shard, self._layout
+        self.compiled = None
+        self.blocks = [ColumnBlock(r.layer, r.prefix, shard) for r in self.refs]
         self.runs = [
             _LayerRun(r.layer, b, B, choose_layout(
                 r.layer.hidden_size * r.layer.state_size,
@@ -303,9 +344,16 @@ class EventRTRL:
             for l, (r, b) in enumerate(zip(self.refs, self.blocks))
         ]
         zeros = lambda *s: torch.zeros(*s, dtype=self.dtype, device=self.device)  # noqa: E731
+        old = self.M
+
+        def influence(l: int, j: int, shape: tuple[int, ...]) -> torch.Tensor:
+            if l < len(old) and j < len(old[l]) and tuple(old[l][j].shape) == shape:
+                return old[l][j].zero_()
+            return zeros(*shape)
+
         self.M = [
-            [zeros(B, run.R, self.blocks[j].p_live) if run.layout == "rows"
-             else zeros(B, self.blocks[j].p_live, run.R) for j in range(l + 1)]
+            [influence(l, j, (B, run.R, self.blocks[j].p_live) if run.layout == "rows"
+                       else (B, self.blocks[j].p_live, run.R)) for j in range(l + 1)]
             for l, run in enumerate(self.runs)
         ]
         # views used every step (made once: a view is a torch call)
@@ -319,27 +367,26 @@ class EventRTRL:
             self.states = [r.layer.initial_state(B) for r in self.refs]
         # the active set of each layer at the last step, (B, n) bool (see seq_active)
         self._act: list[torch.Tensor | None] = [None] * len(self.refs)
-        self.bcol = torch.arange(B, device=self.device)[:, None]
         self.xbuf = zeros(B * self.runs[0].d)
         # output influence of each layer's last step: (Kp, k, [N_j], [P_j])
-        self.N: list[tuple | None] = [None] * len(self.refs)
+        self._N: list[tuple | None] = [None] * len(self.refs)
         self.first = True
         self._prefixes: dict = {}
-        self.n_units = sum(run.n for run in self.runs)
-        self.stats = EngineStats(
+        self._stats = EngineStats(
             "event",
             p_live=sum(b.p_live for b in self.blocks),
             p_total=sum(b.p_total for b in self.blocks),
             influence_bytes=sum(m.numel() * m.element_size() for row in self.M for m in row),
         )
-        self.compiled = None
         self.refresh()
-        if kmod is not None:
-            self.compiled = CompiledStep(kmod, self)
+        if self._kmod is not None:
+            self.compiled = CompiledStep(self._kmod, self, self._defer)
             self.compiled.refresh(self)
 
     def refresh(self) -> None:
-        """Re-read the (masked) weights, e.g. after an optimizer step."""
+        """Re-read the (masked) weights, e.g. after an optimizer step (queued steps are
+        finished with the weights they started with)."""
+        self.settle()
         with torch.no_grad():
             # detached: unmasked parameters come back as the Parameters themselves
             self.w = [type(w)(*(v.detach() if isinstance(v, torch.Tensor) else v for v in w))
@@ -351,6 +398,25 @@ class EventRTRL:
                         for w, run in zip(self.w, self.runs)]
             if self.compiled is not None:
                 self.compiled.refresh(self)
+
+    @property
+    def stats(self) -> EngineStats:
+        """The engine's :class:`~evrtrl.stats.EngineStats` (deferred steps finished first)."""
+        self.settle()
+        return self._stats
+
+    @property
+    def N(self) -> list[tuple | None]:
+        """The output influence of each layer's last step (module docstring, "Data layout";
+        deferred steps finished first)."""
+        self.settle()
+        return self._N
+
+    def settle(self) -> None:
+        """Finish the influence updates of deferred steps (the compiled path defers up to
+        ``defer`` steps; every reader of the influence or the gradient calls this first)."""
+        if getattr(self, "compiled", None) is not None:
+            self.compiled.flush(self)
 
     @property
     def kernel(self) -> str:
@@ -378,7 +444,7 @@ class EventRTRL:
         return self._step(x)
 
     def _step(self, x: torch.Tensor | SparseStep) -> torch.Tensor:
-        stats = self.stats
+        stats = self._stats
         stats.begin_step()
         channels = None
         if isinstance(x, SparseStep):
@@ -393,7 +459,7 @@ class EventRTRL:
             new, aux = layer.step(w, prev, x)
             lj = layer.local_jacobian(w, prev, x, new, aux, self.first)
             self._propagate(l, run, lj, x, prev.y, lower, channels if l == 0 else None)
-            lower = self.N[l] = self._emission(l, run, lj)
+            lower = self._N[l] = self._emission(l, run, lj)
             self.states[l] = new
             x = new.y
             alphas.append(torch.count_nonzero(x))
@@ -433,7 +499,7 @@ class EventRTRL:
 
     def _propagate(self, l: int, run: _LayerRun, lj: LocalJacobian, x: torch.Tensor,
                    y_prev: torch.Tensor, lower: tuple | None, channels: np.ndarray | None) -> None:
-        B, n, m, stats = self.B, run.n, run.m, self.stats
+        B, n, m, stats = self.B, run.n, run.m, self._stats
         # 1. lazy diagonal pass (leak, reset): T <- D T; materialise ill-conditioned units.
         #    At the first step M is zero, so D has nothing to act on: T stays I (this keeps the
         #    structural zeros of the first step exact instead of zero up to rounding).
@@ -460,14 +526,15 @@ class EventRTRL:
         stats.add_macs("immediate", B * n * run.G * run.nd)
         # 3. recurrent coupling through the previous step's active units only
         Rr, Ri = len(run.rec), len(run.inp)
-        if self.N[l] is not None and Rr:
-            self._couple(l, run, phis[..., : Rr * m], self.Wrec[l], Rr, self.N[l])
+        if self._N[l] is not None and Rr:
+            self._couple(l, run, phis[..., : Rr * m], self.Wrec[l], Rr, self._N[l])
         # 4. input coupling from the layer below (same step, its active units only)
         if lower is not None and Ri:
             self._couple(l, run, phis[..., Rr * m : (Rr + Ri) * m], self.Win[l], Ri, lower)
         # 5. immediate Jacobian of every born entry: one gather-multiply-index_add_
         src = torch.cat((x, y_prev, run.ones), 1)
-        vals = phis.take(run.phi_take) * src.take(run.src_take)
+        phi_take, src_take = run.takes
+        vals = phis.take(phi_take) * src.take(src_take)
         self.Mflat[l].index_add_(1, run.dest, vals)
         stats.add_macs("immediate", B * run.entries)
 
@@ -497,7 +564,7 @@ class EventRTRL:
                 Tk, sel = T[:, rows], Mv[:, :P, rows, :]
                 Mv[:, :P, rows, :] = Tk[:, None] * sel if m == 1 else \
                     torch.einsum("bkcd,bpkd->bpkc", Tk, sel)
-            self.stats.add_macs("diag", B * (run.n if full else k) * run.nd * P)
+            self._stats.add_macs("diag", B * (run.n if full else k) * run.nd * P)
         T[:, rows] = 1.0 if m == 1 else torch.eye(m, dtype=T.dtype, device=T.device)
         return T
 
@@ -513,7 +580,7 @@ class EventRTRL:
             A = torch.einsum("big,gibk->bik", phis, WK)
         else:
             A = torch.einsum("bigc,gibk->bick", phis.reshape(B, n, G, m), WK).reshape(B, n * m, k)
-        self.stats.add_macs("coupling", B * n * m * k * G)
+        self._stats.add_macs("coupling", B * n * m * k * G)
         for j, (Nj, P) in enumerate(zip(Ns, Ps)):
             if not P:
                 continue
@@ -522,7 +589,7 @@ class EventRTRL:
             else:  # (P x k)(k x R)
                 self._prefix(l, j, P).baddbmm_(Nj if src_cols else Nj.transpose(1, 2),
                                                A.transpose(1, 2))
-            self.stats.add_macs("coupling", B * n * m * k * P)
+            self._stats.add_macs("coupling", B * n * m * k * P)
 
     def _emission(self, l: int, run: _LayerRun, lj: LocalJacobian) -> tuple:
         """Rows ``K_b`` of ``N = G M + G_direct`` for every block (the output influence)."""
@@ -563,8 +630,8 @@ class EventRTRL:
                 Nj = torch.einsum("bkc,bkcp->bkp", gTK, Mv[self.bcol, Kp, run.c0 :, :P])
             Ns.append(Nj)
             Ps.append(P)
-            self.stats.add_macs("emission", B * k * (m - run.c0) * P)
-        self.stats.add_macs("emission", B * n * m * m)
+            self._stats.add_macs("emission", B * k * (m - run.c0) * P)
+        self._stats.add_macs("emission", B * n * m * m)
         for u, gd in lj.gain_direct.items():
             if Ns[l].shape[1 if cols else 2] == 0:  # shard without columns in this block
                 continue
@@ -575,7 +642,7 @@ class EventRTRL:
                 Ns[l].scatter_add_(1, run.ucol[u][Kp].view(B, 1, k), vals.view(B, 1, k))
             else:
                 Ns[l].scatter_add_(2, run.ucol[u][Kp], vals[..., None])
-            self.stats.add_macs("emission", B * k)
+            self._stats.add_macs("emission", B * k)
         return (Kp, k, Ns, Ps, count, cols, None)  # topk does not order active units first
 
     # ---------------------------------------------------------------- gradients
@@ -596,7 +663,7 @@ class EventRTRL:
         layer = check_upstream("EventRTRL", dL_dy, self.B, [r.n for r in self.runs], layer)
         if self.compiled is not None:
             return self.compiled.accumulate(self, dL_dy, layer)
-        Kp, k, Ns, Ps, _, cols, _ = self.N[layer]
+        Kp, k, Ns, Ps, _, cols, _ = self._N[layer]
         if not k:
             return
         eq = "bk,bpk->p" if cols else "bk,bkp->p"
@@ -611,7 +678,7 @@ class EventRTRL:
                         raise
                     e = e.to(self.dtype)
                     g.add_(torch.einsum(eq, e, Nj))
-                self.stats.add_macs("gradient", self.B * k * P)
+                self._stats.add_macs("gradient", self.B * k * P)
 
     def _prefix(self, l: int, j: int, P: int) -> torch.Tensor:
         """The born prefix of ``M[l][j]`` (a view, cached until a birth widens it)."""
@@ -632,6 +699,7 @@ class EventRTRL:
 
     def influence(self, l: int, j: int) -> torch.Tensor:
         """The influence matrix ``M^{l,j} = T^l Mt^{l,j}`` materialised (B, n m, p_live of block j)."""
+        self.settle()
         run = self.runs[l]
         B, n, m = self.B, run.n, run.m
         M = self.M[l][j] if run.layout == "rows" else self.M[l][j].transpose(1, 2)
@@ -645,6 +713,7 @@ class EventRTRL:
         once per update (:func:`evrtrl.finite.check_finite`, naming parameter, update and step),
         as for every engine.
         """
+        self.settle()
         out: dict[str, torch.Tensor] = {}
         for blk, g in zip(self.blocks, self.grad):
             flat = torch.zeros(blk.p_total, dtype=self.dtype, device=self.device)
@@ -653,11 +722,13 @@ class EventRTRL:
         return out
 
     def zero_grad(self) -> None:
+        self.settle()
         for g in self.grad:
             g.zero_()
 
     def influence_density(self) -> float:
         """Fraction of non-zero entries of the stored influence tensors (all blocks)."""
+        self.settle()
         return nonzero_fraction(m for row in self.M for m in row)
 
 

@@ -48,7 +48,10 @@ class OnlineLearner:
     :class:`~evrtrl.engine.Engine` of the last run and ``stats`` its statistics, one per
     fresh run. Every method goes through the same loop (:func:`evrtrl.engine.run_engine`).
     ``engine_options``: keyword arguments of :func:`evrtrl.make_engine` (``shard``,
-    ``allow_memory``).
+    ``allow_memory``). ``reuse``: the engine of an earlier learner on the same model, method
+    and options; the first fresh run restarts it (its ``reset()``) instead of allocating a
+    new one where it has that method and the batch size fits (the event engine keeps its
+    influence tensors). A fresh run of this learner restarts its own engine the same way.
     """
 
     def __init__(
@@ -62,6 +65,7 @@ class OnlineLearner:
         extra_parameters: Iterable[torch.nn.Parameter] = (),
         engine_options: dict[str, Any] | None = None,
         layer_loss: LayerLossFn | None = None,
+        reuse: Engine | None = None,
     ) -> None:
         if method not in METHODS:
             raise UnknownMethodError(f"unknown method {method!r}; expected one of {METHODS}")
@@ -84,6 +88,7 @@ class OnlineLearner:
         self.active: torch.Tensor | None = None
         self.layer_losses: list[float] = []
         self.engine: Engine | None = None
+        self._reuse = reuse
         self.stats: list[Any] = []
 
     def _apply(self) -> None:
@@ -108,6 +113,19 @@ class OnlineLearner:
         self.engine.zero_grad()
         self.engine.refresh()
 
+    def _restart(self, batch: int) -> Engine | None:
+        """The engine to reuse for a fresh run of ``batch`` streams, reset; None: build one."""
+        prior = self.engine if self.engine is not None else self._reuse
+        self._reuse = None
+        reset = getattr(prior, "reset", None)
+        if prior is None or reset is None or prior.name != self.method or \
+                getattr(prior, "B", None) != batch:
+            return None
+        if [r.layer for r in getattr(prior, "refs", ())] != [r.layer for r in layers_of(self.model)]:
+            return None
+        reset()
+        return prior
+
     def run(self, x: InputSequence, *, carry: bool = False) -> list[float]:
         """Learn online on ``x`` ``(T, B, d)``; returns the loss of each step (nan if none).
 
@@ -122,7 +140,8 @@ class OnlineLearner:
         fresh = not carry or self.engine is None
         engine: Engine
         if fresh or self.engine is None:
-            engine = make_engine(self.model, x.shape[1], self.method, **self.engine_options)
+            engine = self._restart(x.shape[1]) or \
+                make_engine(self.model, x.shape[1], self.method, **self.engine_options)
             self.engine, self._t = engine, 0
         else:
             engine = self.engine

@@ -86,11 +86,13 @@ class EngineStats:
     def gamma(self) -> list[float]:
         return self._gamma
 
-    def add_macs(self, kind: str, n: int) -> None:
+    def add_macs(self, kind: str, n: int, step: int | None = None) -> None:
         """Count ``n`` multiply-adds; work after ``end_step`` (the gradient of that step's
-        loss) belongs to the step just ended."""
+        loss) belongs to the step just ended, deferred work to its closed step ``step``."""
         self.macs[kind] = self.macs.get(kind, 0) + n
-        if self._open or not self.macs_per_step:
+        if step is not None:
+            self.macs_per_step[step] += n
+        elif self._open or not self.macs_per_step:
             self._step_macs += n
         else:
             self.macs_per_step[-1] += n

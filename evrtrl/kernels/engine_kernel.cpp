@@ -634,6 +634,492 @@ void accumulate(std::vector<Tensor> grad, Tensor e, Tensor Kp, int64_t k, std::v
   EVRTRL_LAP(timer, 5);
 }
 
+// ---------------------------------------------------------------------------------------------
+// Deferred steps (CompiledStep.flush in evrtrl/kernels/step.py): the influence updates of L steps
+// whose forward parts (cell steps, births, the inputs of the transforms) already ran, done
+// sequence by sequence and, within a sequence, panel of columns by panel of columns. Every part
+// of a step acts on the columns of M independently (the transforms, coupling matrices, active
+// sets and gains are per row; the immediate entries and direct gains sit in one column each), so
+// a panel of columns goes through all L steps while it stays in cache: M is read from memory
+// once per L steps instead of once per step. The arithmetic of each entry is that of
+// layer_update (same terms; within a step: materialise, immediate, recurrent coupling, input
+// coupling, emission), so the results agree with the step-by-step path up to rounding.
+
+#ifndef EVRTRL_CHUNK_NV  // registers of accumulators per row in the coupling
+#define EVRTRL_CHUNK_NV 8
+#endif
+#ifndef EVRTRL_CHUNK_PANEL_BYTES  // the rows x panel block of M that stays in cache (L2)
+#define EVRTRL_CHUNK_PANEL_BYTES 262144
+#endif
+
+template <typename S>
+struct Csr {  // the non-zero entries of a coupling matrix A (R x k) of one sequence, by row
+  std::vector<int64_t> ptr, idx, live;
+  std::vector<S> val;
+};
+
+// A[i m + c, kk] = sum_g phis[i, (g0 + g) m + c] * W[g, i, K[kk]] (as coupling_matrix), one sequence
+template <typename S>
+void csr_coupling(const S* phis, int64_t GM, int64_t g0, const S* W, int64_t G, int64_t nsrc,
+                  const int64_t* K, int64_t k, int64_t n, int64_t m, Csr<S>& out) {
+  const int64_t R = n * m;
+  out.ptr.resize(static_cast<size_t>(R + 1));
+  out.idx.resize(static_cast<size_t>(R * k));
+  out.val.resize(static_cast<size_t>(R * k));
+  out.live.clear();
+  std::vector<S> a(static_cast<size_t>(k));
+  int64_t nz = 0;
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t c = 0; c < m; ++c) {
+      const int64_t r = i * m + c;
+      out.ptr[r] = nz;
+      std::fill(a.begin(), a.end(), S(0));
+      for (int64_t g = 0; g < G; ++g) {
+        const S f = phis[i * GM + (g0 + g) * m + c];
+        if (f == S(0)) continue;
+        const S* w = W + (g * n + i) * nsrc;
+        for (int64_t kk = 0; kk < k; ++kk) a[kk] += f * w[K[kk]];
+      }
+      for (int64_t kk = 0; kk < k; ++kk)
+        if (a[kk] != S(0)) {
+          out.idx[nz] = kk;
+          out.val[nz++] = a[kk];
+        }
+      if (nz > out.ptr[r]) out.live.push_back(r);
+    }
+  out.ptr[R] = nz;
+}
+
+// M[r, lo:hi] += sum_e A[r, e] N[idx_e, lo:hi] for the live rows r (row strides C and ldn)
+template <typename S>
+void panel_couple(S* M, int64_t C, const Csr<S>& A, const S* N, int64_t ldn, int64_t lo,
+                  int64_t hi) {
+  constexpr int LANES = VBYTES / sizeof(S), NV = EVRTRL_CHUNK_NV;
+  constexpr int64_t CH = LANES * NV;
+  for (const int64_t r : A.live) {
+    const int64_t e0 = A.ptr[r], e1 = A.ptr[r + 1];
+    S* mrow = M + r * C;
+    int64_t p0 = lo;
+    for (; p0 + CH <= hi; p0 += CH) {
+      Vec<S> acc[NV];
+      for (int v = 0; v < NV; ++v) std::memcpy(&acc[v], mrow + p0 + v * LANES, sizeof(Vec<S>));
+      for (int64_t e = e0; e < e1; ++e) {
+        const S f = A.val[e];
+        const S* nrow = N + A.idx[e] * ldn + p0;
+        for (int v = 0; v < NV; ++v) {
+          Vec<S> nv;
+          std::memcpy(&nv, nrow + v * LANES, sizeof(Vec<S>));
+          acc[v] += f * nv;
+        }
+      }
+      for (int v = 0; v < NV; ++v) std::memcpy(mrow + p0 + v * LANES, &acc[v], sizeof(Vec<S>));
+    }
+    for (int64_t e = e0; e < e1; ++e) {
+      const S f = A.val[e];
+      const S* nrow = N + A.idx[e] * ldn;
+      for (int64_t p = p0; p < hi; ++p) mrow[p] += f * nrow[p];
+    }
+  }
+}
+
+template <typename S>
+py::tuple chunk_update_impl(
+    std::vector<std::vector<Tensor>> M, std::vector<Tensor> T,
+    std::vector<std::vector<int64_t>> structure, std::vector<int64_t> c0s,
+    std::vector<int64_t> n_rec, std::vector<Tensor> Wrec, std::vector<int64_t> n_in,
+    std::vector<Tensor> Win, std::vector<Tensor> phi_idx, std::vector<Tensor> src_idx,
+    std::vector<Tensor> dest, std::vector<Tensor> ucol, std::vector<Tensor> Kp0,
+    std::vector<int64_t> k0, std::vector<std::vector<Tensor>> N0, std::vector<Tensor> C0,
+    std::vector<std::vector<Tensor>> diag, std::vector<std::vector<Tensor>> phis_in,
+    std::vector<std::vector<Tensor>> gain, std::vector<std::vector<Tensor>> gdirect,
+    std::vector<std::vector<Tensor>> xs, std::vector<std::vector<Tensor>> yprev,
+    std::vector<std::vector<Tensor>> es, std::vector<std::vector<int64_t>> E,
+    std::vector<std::vector<int64_t>> P_before, std::vector<std::vector<int64_t>> P_after,
+    std::vector<bool> first, std::vector<Tensor> grad) {
+  const int64_t NL = static_cast<int64_t>(M.size()), L = static_cast<int64_t>(first.size());
+  const int64_t B = T[0].size(0);
+  // multiply-adds per step: diag, immediate, coupling, emission, gradient
+  std::vector<std::vector<int64_t>> macs(static_cast<size_t>(L), std::vector<int64_t>(5, 0));
+  PhaseTimer timer;
+  std::vector<int64_t> n(NL), m(NL), R(NL), mm(NL), nd(NL), GM(NL), G(NL), U(NL), d(NL);
+  for (int64_t l = 0; l < NL; ++l) {
+    n[l] = T[l].size(1);
+    m[l] = gain[l][0].size(2);
+    R[l] = n[l] * m[l];
+    mm[l] = m[l] * m[l];
+    nd[l] = diag[l][0].size(2);
+    GM[l] = phis_in[l][0].size(2);
+    G[l] = GM[l] / m[l];
+    U[l] = gdirect[l][0].size(0);
+    d[l] = xs[l][0].size(1);
+  }
+  // 1. per step and layer, for all sequences: the transforms (batch-wide materialisation
+  //    decisions, as layer_update), the scaled factors, gain T and the active sets
+  using Rows = std::vector<int64_t>;
+  std::vector<std::vector<std::vector<S>>> ph(NL), fac(NL), gT(NL);
+  std::vector<std::vector<Rows>> mrows(NL);
+  std::vector<std::vector<std::vector<Rows>>> act(NL);  // [l][t][b]
+  for (int64_t l = 0; l < NL; ++l) {
+    ph[l].resize(L);
+    fac[l].resize(L);
+    gT[l].resize(L);
+    mrows[l].resize(L);
+    act[l].assign(L, std::vector<Rows>(B));
+  }
+  for (int64_t t = 0; t < L; ++t)
+    for (int64_t l = 0; l < NL; ++l) {
+      S* tt = T[l].data_ptr<S>();
+      const int64_t nn = n[l], mq = m[l], M2 = mm[l];
+      if (!first[t]) {
+        const S* dg = diag[l][t].data_ptr<S>();
+        if (mq == 1) {
+          for (int64_t i = 0; i < B * nn; ++i) tt[i] *= dg[i];
+        } else {
+          std::vector<S> D(M2), out(M2);
+          for (int64_t i = 0; i < B * nn; ++i) {
+            std::fill(D.begin(), D.end(), S(0));
+            for (int64_t s = 0; s < nd[l]; ++s) D[structure[l][s]] = dg[i * nd[l] + s];
+            S* ti = tt + i * M2;
+            for (int64_t r = 0; r < mq; ++r)
+              for (int64_t c = 0; c < mq; ++c) {
+                S acc = 0;
+                for (int64_t q = 0; q < mq; ++q) acc += D[r * mq + q] * ti[q * mq + c];
+                out[r * mq + c] = acc;
+              }
+            std::copy(out.begin(), out.end(), ti);
+          }
+        }
+        macs[t][0] += B * nn * nd[l];
+        if (ill<S>(tt, B * nn, mq)) {
+          Rows& rows = mrows[l][t];
+          for (int64_t i = 0; i < nn; ++i)
+            for (int64_t b = 0; b < B; ++b)
+              if (outside_band<S>(tt + (b * nn + i) * M2, mq)) {
+                rows.push_back(i);
+                break;
+              }
+          const int64_t nr = static_cast<int64_t>(rows.size());
+          std::vector<S>& f = fac[l][t];
+          f.resize(static_cast<size_t>(B * nr * M2));
+          for (int64_t b = 0; b < B; ++b)
+            for (int64_t q = 0; q < nr; ++q) {
+              S* ti = tt + (b * nn + rows[q]) * M2;
+              std::copy(ti, ti + M2, f.begin() + (b * nr + q) * M2);
+              for (int64_t r = 0; r < mq; ++r)
+                for (int64_t c = 0; c < mq; ++c) ti[r * mq + c] = (r == c) ? S(1) : S(0);
+            }
+          for (int64_t j = 0; j <= l; ++j)
+            macs[t][0] += B * nr * nd[l] * (j == l ? P_before[t][j] : P_after[t][j]);
+        }
+      }
+      // phis <- T^{-1} phis
+      std::vector<S>& po = ph[l][t];
+      po.resize(static_cast<size_t>(B * nn * GM[l]));
+      auto pin = phis_in[l][t].accessor<S, 3>();
+      for (int64_t b = 0; b < B; ++b)
+        for (int64_t i = 0; i < nn; ++i) {
+          const S* ti = tt + (b * nn + i) * M2;
+          S* out = po.data() + (b * nn + i) * GM[l];
+          for (int64_t g = 0; g < G[l]; ++g)
+            for (int64_t c = mq - 1; c >= 0; --c) {
+              S v = pin[b][i][g * mq + c];
+              for (int64_t q = c + 1; q < mq; ++q) v -= ti[c * mq + q] * out[g * mq + q];
+              out[g * mq + c] = v / ti[c * mq + c];
+            }
+        }
+      macs[t][1] += B * nn * G[l] * nd[l];
+      // gain T and the active units
+      auto ga = gain[l][t].accessor<S, 3>();
+      const S* gd = gdirect[l][t].data_ptr<S>();
+      std::vector<S>& gt = gT[l][t];
+      gt.resize(static_cast<size_t>(B * nn * mq));
+      for (int64_t b = 0; b < B; ++b)
+        for (int64_t i = 0; i < nn; ++i) {
+          const S* ti = tt + (b * nn + i) * M2;
+          bool a = false;
+          for (int64_t c = 0; c < mq; ++c) {
+            S acc = 0;
+            for (int64_t q = 0; q < mq; ++q) acc += ga[b][i][q] * ti[q * mq + c];
+            gt[(b * nn + i) * mq + c] = acc;
+            a = a || ga[b][i][c] != S(0);
+          }
+          for (int64_t u = 0; u < U[l] && !a; ++u) a = gd[(u * B + b) * nn + i] != S(0);
+          if (a) act[l][t][b].push_back(i);
+        }
+    }
+  EVRTRL_LAP(timer, 0);
+  // the engine's output influence after the last step: Kp padded with inactive units, N zero there
+  std::vector<Tensor> Kp_out(NL), cnt_out(NL);
+  std::vector<int64_t> k_out(NL), count_out(NL, 0), kmax(NL, 0);
+  std::vector<std::vector<Tensor>> Ns_out(NL);
+  const auto opt = T[0].options();
+  for (int64_t l = 0; l < NL; ++l) {
+    int64_t k = 0;
+    for (int64_t b = 0; b < B; ++b) k = std::max<int64_t>(k, act[l][L - 1][b].size());
+    for (int64_t t = 0; t < L; ++t)
+      for (int64_t b = 0; b < B; ++b) kmax[l] = std::max<int64_t>(kmax[l], act[l][t][b].size());
+    k_out[l] = k;
+    Kp_out[l] = torch::empty({B, k}, torch::dtype(torch::kLong));
+    cnt_out[l] = torch::empty({B}, torch::dtype(torch::kLong));
+    int64_t* K = Kp_out[l].data_ptr<int64_t>();
+    int64_t* cn = cnt_out[l].data_ptr<int64_t>();
+    for (int64_t b = 0; b < B; ++b) {
+      const Rows& a = act[l][L - 1][b];
+      cn[b] = static_cast<int64_t>(a.size());
+      count_out[l] += cn[b];
+      int64_t q = 0;
+      for (int64_t i : a) K[b * k + q++] = i;
+      for (int64_t i = 0, s = 0; q < k; ++i) {  // padding: the inactive units in order
+        if (s < cn[b] && a[s] == i) {
+          ++s;
+          continue;
+        }
+        K[b * k + q++] = i;
+      }
+    }
+    if (k)
+      for (int64_t j = 0; j <= l; ++j) Ns_out[l].push_back(torch::zeros({B, k, P_after[L - 1][j]}, opt));
+  }
+  // the immediate entries of each layer's own block by panel of columns (ascending entry index)
+  std::vector<int64_t> PW(NL);
+  for (int64_t j = 0; j < NL; ++j) {
+    constexpr int64_t CH = (VBYTES / sizeof(S)) * EVRTRL_CHUNK_NV;
+    int64_t rows = 0;
+    for (int64_t l = j; l < NL; ++l) rows += R[l];
+    PW[j] = std::max<int64_t>(CH, int64_t(EVRTRL_CHUNK_PANEL_BYTES) / (int64_t(sizeof(S)) * rows) / CH * CH);
+  }
+  std::vector<std::vector<Rows>> bucket(NL);
+  for (int64_t l = 0; l < NL; ++l) {
+    const int64_t C = M[l][l].size(2), Pend = P_after[L - 1][l];
+    bucket[l].resize(static_cast<size_t>((Pend + PW[l] - 1) / PW[l] + 1));
+    const int64_t* de = dest[l].data_ptr<int64_t>();
+    for (int64_t e = 0; e < E[l][L - 1]; ++e) bucket[l][(de[e] % C) / PW[l]].push_back(e);
+  }
+  // per layer and block: the rows K of N of the steps inside the chunk (two alternating buffers)
+  std::vector<std::vector<std::vector<S>>> buf(NL);
+  for (int64_t l = 0; l < NL; ++l)
+    for (int64_t j = 0; j <= l; ++j)
+      buf[l].push_back(std::vector<S>(static_cast<size_t>(2 * kmax[l] * P_after[L - 1][j])));
+  // 2. sequence by sequence
+  std::vector<std::vector<Csr<S>>> crec(NL, std::vector<Csr<S>>(L)), cin(NL, std::vector<Csr<S>>(L));
+  for (int64_t b = 0; b < B; ++b) {
+    // the recurrent source of a layer before the chunk: (K, k) of this sequence
+    std::vector<const int64_t*> K0(NL, nullptr);
+    std::vector<int64_t> k0b(NL, 0);
+    for (int64_t l = 0; l < NL; ++l)
+      if (k0[l] > 0) {
+        K0[l] = Kp0[l].data_ptr<int64_t>() + b * k0[l];
+        k0b[l] = C0[l].numel() ? C0[l].data_ptr<int64_t>()[b] : k0[l];
+      }
+    for (int64_t t = 0; t < L; ++t)
+      for (int64_t l = 0; l < NL; ++l) {
+        const S* phb = ph[l][t].data() + b * n[l] * GM[l];
+        crec[l][t].live.clear();
+        cin[l][t].live.clear();
+        if (n_rec[l]) {
+          const int64_t* K = t ? act[l][t - 1][b].data() : K0[l];
+          const int64_t k = t ? static_cast<int64_t>(act[l][t - 1][b].size()) : k0b[l];
+          if (k) {
+            csr_coupling<S>(phb, GM[l], 0, Wrec[l].data_ptr<S>(), n_rec[l], Wrec[l].size(2), K, k,
+                            n[l], m[l], crec[l][t]);
+            macs[t][2] += R[l] * k * n_rec[l];
+          }
+        }
+        if (l && n_in[l] && !act[l - 1][t][b].empty()) {
+          const Rows& K = act[l - 1][t][b];
+          const int64_t k = static_cast<int64_t>(K.size());
+          csr_coupling<S>(phb, GM[l], n_rec[l], Win[l].data_ptr<S>(), n_in[l], Win[l].size(2),
+                          K.data(), k, n[l], m[l], cin[l][t]);
+          macs[t][2] += R[l] * k * n_in[l];
+        }
+      }
+    for (int64_t j = 0; j < NL; ++j) {
+      const int64_t Pend = P_after[L - 1][j];
+      S* g = grad[j].data_ptr<S>();
+      // the rows K of N^{l,j} at step t of this sequence: pointer and row stride
+      auto n_at = [&](int64_t l, int64_t t) -> std::pair<S*, int64_t> {
+        if (t == L - 1) return {Ns_out[l][j].data_ptr<S>() + b * k_out[l] * Pend, Pend};
+        return {buf[l][j].data() + (t & 1) * kmax[l] * Pend, Pend};
+      };
+      for (int64_t lo = 0; lo < Pend; lo += PW[j]) {
+        const int64_t hi_panel = std::min(Pend, lo + PW[j]);
+        for (int64_t t = 0; t < L; ++t)
+          for (int64_t l = j; l < NL; ++l) {
+            const int64_t C = M[l][j].size(2), mq = m[l], M2 = mm[l];
+            S* Mb = M[l][j].data_ptr<S>() + b * R[l] * C;
+            // a. materialisation of the rows outside the band
+            const Rows& rows = mrows[l][t];
+            if (!rows.empty()) {
+              const int64_t hi = std::min(hi_panel, j == l ? P_before[t][j] : P_after[t][j]);
+              const int64_t nr = static_cast<int64_t>(rows.size());
+              std::vector<S> old(mq);
+              for (int64_t q = 0; q < nr && hi > lo; ++q) {
+                const S* ti = fac[l][t].data() + (b * nr + q) * M2;
+                S* base = Mb + rows[q] * mq * C;
+                if (mq == 1) {
+                  for (int64_t p = lo; p < hi; ++p) base[p] = ti[0] * base[p];
+                } else {
+                  for (int64_t p = lo; p < hi; ++p) {
+                    for (int64_t c = 0; c < mq; ++c) old[c] = base[c * C + p];
+                    for (int64_t c = 0; c < mq; ++c) {
+                      S acc = 0;
+                      for (int64_t q2 = c; q2 < mq; ++q2) acc += ti[c * mq + q2] * old[q2];
+                      base[c * C + p] = acc;
+                    }
+                  }
+                }
+              }
+            }
+            // b. the immediate entries of this panel born by step t
+            if (l == j) {
+              const int64_t* pi = phi_idx[l].data_ptr<int64_t>();
+              const int64_t* si = src_idx[l].data_ptr<int64_t>();
+              const int64_t* de = dest[l].data_ptr<int64_t>();
+              const S* phb = ph[l][t].data() + b * n[l] * GM[l];
+              const S* xb = xs[l][t].data_ptr<S>() + b * d[l];
+              const S* yb = yprev[l][t].data_ptr<S>() + b * n[l];
+              const int64_t Et = E[l][t];
+              for (const int64_t e : bucket[l][lo / PW[j]]) {
+                if (e >= Et) break;
+                const int64_t s = si[e];
+                const S v = s < d[l] ? xb[s] : (s < d[l] + n[l] ? yb[s - d[l]] : S(1));
+                if (v == S(0)) continue;
+                Mb[de[e]] += phb[pi[e]] * v;
+              }
+            }
+            // c. recurrent coupling through the previous step's active units
+            if (!crec[l][t].live.empty()) {
+              const S* src;
+              int64_t ld, width;
+              if (t) {
+                auto pr = n_at(l, t - 1);
+                src = pr.first;
+                ld = pr.second;
+                width = P_after[t - 1][j];
+              } else {
+                ld = width = N0[l][j].size(2);
+                src = N0[l][j].data_ptr<S>() + b * k0[l] * ld;
+              }
+              const int64_t hi = std::min(hi_panel, width);
+              if (hi > lo) panel_couple<S>(Mb, C, crec[l][t], src, ld, lo, hi);
+            }
+            // d. input coupling through the layer below's active units (same step)
+            if (l > j && !cin[l][t].live.empty()) {
+              auto pr = n_at(l - 1, t);
+              const int64_t hi = std::min(hi_panel, P_after[t][j]);
+              if (hi > lo) panel_couple<S>(Mb, C, cin[l][t], pr.first, pr.second, lo, hi);
+            }
+            // e. emission: N[kk] = (G T)[K[kk]] M[K[kk]] (+ the direct gains), f. gradient
+            const Rows& K = act[l][t][b];
+            if (K.empty()) continue;
+            const int64_t hi = std::min(hi_panel, P_after[t][j]);
+            if (hi <= lo) continue;
+            // (the gradient term e_K N[kk] is added while the row is in registers; the direct
+            // gains, one column each, are added to N and to the gradient afterwards)
+            auto out_at = n_at(l, t);
+            const S* gt = gT[l][t].data() + b * n[l] * mq;
+            const int64_t c0 = c0s[l];
+            const S* eb = es[l][t].numel() ? es[l][t].data_ptr<S>() + b * n[l] : nullptr;
+            for (size_t kk = 0; kk < K.size(); ++kk) {
+              const int64_t i = K[kk];
+              S* __restrict__ out = out_at.first + static_cast<int64_t>(kk) * out_at.second;
+              const S* base = Mb + i * mq * C;
+              const S* gi = gt + i * mq;
+              const S fe = eb ? eb[i] : S(0);
+              S* __restrict__ gg = g;
+              if (mq - c0 == 1) {
+                const S f = gi[c0];
+                const S* __restrict__ row = base + c0 * C;
+                if (fe != S(0))
+                  for (int64_t p = lo; p < hi; ++p) {
+                    const S v = row[p] * f;
+                    out[p] = v;
+                    gg[p] += fe * v;
+                  }
+                else
+                  for (int64_t p = lo; p < hi; ++p) out[p] = row[p] * f;
+                continue;
+              }
+              {
+                const S f = gi[c0];
+                const S* row = base + c0 * C;
+                for (int64_t p = lo; p < hi; ++p) out[p] = row[p] * f;
+              }
+              for (int64_t c = c0 + 1; c < mq; ++c) {
+                const S f = gi[c];
+                const S* row = base + c * C;
+                for (int64_t p = lo; p < hi; ++p) out[p] += f * row[p];
+              }
+              if (fe != S(0))
+                for (int64_t p = lo; p < hi; ++p) gg[p] += fe * out[p];
+            }
+            if (l == j && U[l]) {
+              const int64_t* uc = ucol[l].data_ptr<int64_t>();
+              const S* gd = gdirect[l][t].data_ptr<S>();
+              for (int64_t u = 0; u < U[l]; ++u)
+                for (size_t kk = 0; kk < K.size(); ++kk) {
+                  const int64_t col = uc[u * n[l] + K[kk]];
+                  if (col >= lo && col < hi) {
+                    const S v = gd[(u * B + b) * n[l] + K[kk]];
+                    out_at.first[static_cast<int64_t>(kk) * out_at.second + col] += v;
+                    if (eb) g[col] += eb[K[kk]] * v;
+                  }
+                }
+            }
+          }
+      }
+      // multiply-adds of this block (counted once per sequence, not per panel)
+      for (int64_t t = 0; t < L; ++t)
+        for (int64_t l = j; l < NL; ++l) {
+          const int64_t P = P_after[t][j], k = static_cast<int64_t>(act[l][t][b].size());
+          const int64_t krec = t ? static_cast<int64_t>(act[l][t - 1][b].size()) : k0b[l];
+          const int64_t Prec = t ? P_after[t - 1][j] : (k0[l] ? N0[l][j].size(2) : 0);
+          if (n_rec[l]) macs[t][2] += R[l] * krec * Prec;
+          if (l > j && n_in[l]) macs[t][2] += R[l] * static_cast<int64_t>(act[l - 1][t][b].size()) * P;
+          macs[t][3] += k * (m[l] - c0s[l]) * P;
+          if (es[l][t].numel()) macs[t][4] += k * P;
+          if (l == j) macs[t][1] += E[l][t];
+          if (l == j && k) macs[t][3] += n[l] * m[l] * m[l] + U[l] * k;  // G T, the direct gains
+        }
+    }
+  }
+  EVRTRL_LAP(timer, 2);
+  py::list layers;
+  for (int64_t l = 0; l < NL; ++l)
+    layers.append(py::make_tuple(Kp_out[l], k_out[l], Ns_out[l], cnt_out[l], count_out[l]));
+  return py::make_tuple(layers, macs);
+}
+
+py::tuple chunk_update(
+    std::vector<std::vector<Tensor>> M, std::vector<Tensor> T,
+    std::vector<std::vector<int64_t>> structure, std::vector<int64_t> c0s,
+    std::vector<int64_t> n_rec, std::vector<Tensor> Wrec, std::vector<int64_t> n_in,
+    std::vector<Tensor> Win, std::vector<Tensor> phi_idx, std::vector<Tensor> src_idx,
+    std::vector<Tensor> dest, std::vector<Tensor> ucol, std::vector<Tensor> Kp0,
+    std::vector<int64_t> k0, std::vector<std::vector<Tensor>> N0, std::vector<Tensor> C0,
+    std::vector<std::vector<Tensor>> diag, std::vector<std::vector<Tensor>> phis,
+    std::vector<std::vector<Tensor>> gain, std::vector<std::vector<Tensor>> gdirect,
+    std::vector<std::vector<Tensor>> xs, std::vector<std::vector<Tensor>> yprev,
+    std::vector<std::vector<Tensor>> es, std::vector<std::vector<int64_t>> E,
+    std::vector<std::vector<int64_t>> P_before, std::vector<std::vector<int64_t>> P_after,
+    std::vector<bool> first, std::vector<Tensor> grad) {
+  TORCH_CHECK(!M.empty() && !first.empty(), "evrtrl chunk_update: no layers or no steps");
+  for (const auto& row : M)
+    for (const Tensor& Mj : row)
+      TORCH_CHECK(Mj.is_contiguous() && Mj.dim() == 3, "evrtrl chunk_update: M blocks must be contiguous (B, R, C)");
+  for (const auto& lst : {&diag, &phis, &gain, &gdirect, &xs, &yprev, &es})
+    for (const auto& row : *lst)
+      for (const Tensor& v : row)
+        TORCH_CHECK(v.is_contiguous(), "evrtrl chunk_update: the per-step tensors must be contiguous");
+  py::tuple out;
+  AT_DISPATCH_FLOATING_TYPES(T[0].scalar_type(), "evrtrl_chunk_update", [&] {
+    out = chunk_update_impl<scalar_t>(M, T, structure, c0s, n_rec, Wrec, n_in, Win, phi_idx,
+                                      src_idx, dest, ucol, Kp0, k0, N0, C0, diag, phis, gain,
+                                      gdirect, xs, yprev, es, E, P_before, P_after, first, grad);
+  });
+  return out;
+}
+
 #ifdef EVRTRL_PROFILE
 py::dict profile() {
   py::dict out;
@@ -650,6 +1136,7 @@ py::dict profile() {
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("layer_update", &layer_update, "one layer's event-RTRL influence update (one step)");
   m.def("accumulate", &accumulate, "gradient accumulation e^T N over the active rows");
+  m.def("chunk_update", &chunk_update, "the influence updates of several deferred steps, by sequence and column panel");
 #ifdef EVRTRL_PROFILE
   m.def("profile", &profile, "seconds per phase since the last call (profiling builds only)");
 #endif

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import torch
 
@@ -113,10 +113,23 @@ def kernel_module(device: torch.device, dtype: torch.dtype, mode: str | None = N
     return engine_module(required=(mode == "compiled"))
 
 
+class _Deferred(NamedTuple):
+    """A queued step: per layer ``(diag, phis, gain, gain_direct, x, y_prev, entries, ucol)``,
+    the summed upstream gradient of each layer (None: none), the born columns of every
+    block before and after the step's births, and the step's index in the statistics."""
+
+    layers: list[tuple]
+    e: list[torch.Tensor | None]
+    first: bool
+    P_before: list[int]
+    P_after: list[int]
+    index: int
+
+
 class CompiledStep:
     """The event engine's step and gradient accumulation through the compiled kernels."""
 
-    def __init__(self, mod: ModuleType, engine: Any) -> None:
+    def __init__(self, mod: ModuleType, engine: Any, defer: int = 1) -> None:
         self.mod = mod
         self.cells = [cell_kernel_for(r.layer) for r in engine.refs]
         B, dt, dev = engine.B, engine.dtype, engine.device
@@ -128,6 +141,10 @@ class CompiledStep:
         self.runs = engine.runs
         self._ucols: dict[tuple, torch.Tensor] = {}
         self.no_direct = [torch.empty(0, B, run.n, dtype=dt, device=dev) for run in engine.runs]
+        # deferred steps (flush): the steps' records, oldest first
+        self.defer = max(1, int(defer)) if all(run.layout == "rows" for run in engine.runs) else 1
+        self.queue: list[_Deferred] = []
+        self.no_e = torch.empty(0, dtype=dt, device=dev)
 
     @property
     def covered(self) -> list[bool]:
@@ -166,15 +183,90 @@ class CompiledStep:
         return cols
 
     def _source(self, N: tuple | None) -> tuple:
-        """``(Kp, k, [N_j], counts)`` of an output influence ``engine.N[l]`` for the kernel
+        """``(Kp, k, [N_j], counts)`` of an output influence ``engine._N[l]`` for the kernel
         (the padding rows ``Kp[b, counts[b]:]`` are skipped; empty counts: none padded)."""
         if N is None:
             return self.no_idx, 0, [], self.all_rows
         return N[0], N[1], N[2], N[6] if N[6] is not None else self.all_rows
 
     def step(self, engine: Any, x: torch.Tensor, channels: Any) -> torch.Tensor:
-        """One step of every layer (``x`` dense); same effects as the pure-torch step."""
-        stats = engine.stats
+        """One step of every layer (``x`` dense); same effects as the pure-torch step, at
+        once or, when steps are deferred, by the next :meth:`flush`."""
+        if self.defer > 1:
+            return self._step_deferred(engine, x, channels)
+        return self._step_now(engine, x, channels)
+
+    def _step_deferred(self, engine: Any, x: torch.Tensor, channels: Any) -> torch.Tensor:
+        """The forward parts of a step (cell steps, births, active sets, statistics) now; its
+        influence update is queued for :meth:`flush` (after ``defer`` steps at the latest)."""
+        stats = engine._stats
+        P_before = [b.p_born for b in engine.blocks]
+        layers = []
+        alpha = beta = 0
+        x = x.clone(memory_format=torch.contiguous_format)  # the caller may reuse its buffer
+        for l, run in enumerate(engine.runs):
+            prev = engine.states[l]
+            new, diag, phis, gain, gd, direct = self._local(engine, l, prev, x)
+            engine._births(run, x, prev.y, channels if l == 0 else None)
+            act = gain.any(-1)
+            engine._act[l] = act = act | (gd != 0).any(0) if gd.numel() else act
+            layers.append((diag.contiguous(), phis.contiguous(), gain.contiguous(),
+                           gd.contiguous(), x, prev.y.contiguous(), run.entries,
+                           self._ucol(l, direct)))
+            engine.states[l] = new
+            x = new.y
+            alpha = alpha + torch.count_nonzero(x)
+            beta = beta + act.sum()
+        self.queue.append(_Deferred(layers, [None] * len(layers), engine.first, P_before,
+                                    [b.p_born for b in engine.blocks], stats.steps))
+        engine.first = False
+        born = sum(b.p_born for b in engine.blocks)
+        stats.end_step(alpha, beta, born / max(1, stats.p_live), divisor=engine.B * engine.n_units)
+        if len(self.queue) >= self.defer:
+            self.flush(engine)
+        return x
+
+    def flush(self, engine: Any) -> None:
+        """Run the queued steps' influence updates and gradient terms (one kernel call:
+        sequence by sequence, each panel of M's columns through all queued steps while it
+        stays in cache; ``chunk_update`` in engine_kernel.cpp)."""
+        q = self.queue
+        if not q:
+            return
+        self.queue = []
+        runs = engine.runs
+        NL = len(runs)
+        Kp0, k0, N0, C0 = [], [], [], []
+        for l in range(NL):
+            Kp, k, Ns, cnt = self._source(engine._N[l])
+            Kp0.append(Kp)
+            k0.append(k)
+            N0.append(Ns)
+            C0.append(cnt)
+        col = lambda i: [[s.layers[l][i] for s in q] for l in range(NL)]  # noqa: E731
+        es = [[s.e[l] if s.e[l] is not None else self.no_e for s in q] for l in range(NL)]
+        layers, macs = self.mod.chunk_update(
+            engine.M, engine.T, self.struct, [run.c0 for run in runs],
+            [len(run.rec) for run in runs],
+            [W if W is not None else self.empty for W in engine.Wrec],
+            [len(run.inp) for run in runs],
+            [W if W is not None else self.empty for W in engine.Win],
+            [run.phi_idx for run in runs], [run.src_idx for run in runs],
+            [run.dest for run in runs], [q[-1].layers[l][7] for l in range(NL)],
+            Kp0, k0, N0, C0, col(0), col(1), col(2), col(3), col(4), col(5), es,
+            [[s.layers[l][6] for s in q] for l in range(NL)],
+            [s.P_before for s in q], [s.P_after for s in q], [s.first for s in q], engine.grad)
+        P_last = q[-1].P_after
+        for l, (Kp, k, Ns, cnt, count) in enumerate(layers):
+            engine._N[l] = (Kp, k, Ns, P_last[: l + 1] if k else [], count, False, cnt)
+        for s, per_step in zip(q, macs):
+            for kind, v in zip(("diag", "immediate", "coupling", "emission", "gradient"), per_step):
+                if v:
+                    engine._stats.add_macs(kind, v, step=s.index)
+
+    def _step_now(self, engine: Any, x: torch.Tensor, channels: Any) -> torch.Tensor:
+        """One step of every layer, influence update included."""
+        stats = engine._stats
         lower = None
         alpha = beta = 0
         add = stats.add_macs
@@ -185,7 +277,7 @@ class CompiledStep:
             P_mat = [b.p_born for b in blocks]
             engine._births(run, x, prev.y, channels if l == 0 else None)
             P_born = [b.p_born for b in blocks]
-            rec = engine.N[l]
+            rec = engine._N[l]
             Krec, krec, Nrec, Crec = self._source(rec)
             Klow, klow, Nlow, Clow = self._source(lower)
             Wrec = engine.Wrec[l] if engine.Wrec[l] is not None else self.empty
@@ -198,7 +290,7 @@ class CompiledStep:
             for kind, v in zip(("diag", "immediate", "coupling", "emission"), macs):
                 if v:
                     add(kind, v)
-            lower = engine.N[l] = (Kp, k, Ns, P_born if k else [], count, False, cnt)
+            lower = engine._N[l] = (Kp, k, Ns, P_born if k else [], count, False, cnt)
             act = gain.any(-1)  # the active set per sequence (seq_active), as active_units()
             engine._act[l] = act | (gd != 0).any(0) if gd.numel() else act
             engine.states[l] = new
@@ -211,12 +303,19 @@ class CompiledStep:
         return x
 
     def accumulate(self, engine: Any, dL_dy: torch.Tensor, layer: int = -1) -> None:
-        """Add :math:`(dL_t/dy^l_t)^T N^l_t` of layer ``layer`` (default: the last) to the gradient."""
-        Kp, k, Ns, Ps, _, _, cnt = engine.N[layer]
+        """Add :math:`(dL_t/dy^l_t)^T N^l_t` of layer ``layer`` (default: the last) to the gradient
+        (at the next :meth:`flush` when the step is queued)."""
+        if self.queue:
+            slot = self.queue[-1].e
+            layer %= len(slot)
+            e = dL_dy.detach().to(engine.dtype).contiguous()
+            slot[layer] = e if slot[layer] is None else slot[layer] + e
+            return
+        Kp, k, Ns, Ps, _, _, cnt = engine._N[layer]
         if not k:
             return
         self.mod.accumulate(engine.grad, dL_dy.detach(), Kp, k, Ns,
                             cnt if cnt is not None else self.all_rows)
         for P in Ps:
             if P:
-                engine.stats.add_macs("gradient", engine.B * k * P)
+                engine._stats.add_macs("gradient", engine.B * k * P)

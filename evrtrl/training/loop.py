@@ -528,6 +528,7 @@ def _train(cfg, run, resume, progress, callbacks, train_data, test_data, allow_m
                             rng={"torch": torch.get_rng_state()}, keep_previous=True,
                             metrics=batch_log.records + epoch_log.records, config=asdict(cfg), run_id=run_id)
 
+    engine = None
     while counters["epoch"] < cfg.epochs:
         epoch = counters["epoch"]
         train_s = 0.0  # this epoch's training loop only (no data building, no evaluation)
@@ -549,7 +550,9 @@ def _train(cfg, run, resume, progress, callbacks, train_data, test_data, allow_m
                    if strength > 0 else None)
             learner = OnlineLearner(model, optimizer, loss_fn, k=cfg.k or T, method=cfg.method,
                                     extra_parameters=readout.parameters(), layer_loss=reg,
-                                    engine_options=grid.engine_options(allow_memory))
+                                    engine_options=grid.engine_options(allow_memory),
+                                    reuse=engine)  # the last batch's engine, restarted
+            engine = None
             t0 = time.perf_counter()
             try:
                 losses = learner.run(x)
@@ -557,6 +560,7 @@ def _train(cfg, run, resume, progress, callbacks, train_data, test_data, allow_m
                 raise NonFiniteError(f"epoch {epoch}, batch {b} (global batch {counters['global_batch'] + 1}): "
                                      f"{exc}") from exc
             dt_batch = time.perf_counter() - t0
+            engine = learner.engine
             train_s += dt_batch
             counters["train_s"] += dt_batch
             loss_local = sum(v for v in losses if not math.isnan(v))
