@@ -17,8 +17,10 @@ _child``), so that peak memory is that configuration's alone. *Peak memory* is t
 the resident set: ``ru_maxrss`` at the end of the run minus the current RSS right before the
 engine is created (after the model and the input are built); it contains the influence
 matrix, all temporaries of the run and, for BPTT, the autograd graph. *Time per step* of the
-RTRL engines is the median over the timed steps of ``step(x_t)`` + ``accumulate(dL/dy_t)``
-(forward + influence update + gradient) after the warm-up steps; for BPTT it is the wall
+RTRL engines is ``step(x_t)`` + ``accumulate(dL/dy_t)`` (forward + influence update +
+gradient) per step, the median over windows of 32 steps after the warm-up steps
+(:func:`windows`: the compiled event path runs up to 32 steps' influence updates together,
+so each window holds one such flush; the last window finishes the queued ones); for BPTT it is the wall
 time of forward + backward over the whole sequence divided by ``T`` (median of repeats for
 ``T <= 1000``, after a short warm-up run). The dense engines (and ``func``) do the same work
 at every step whatever the activity, so at large ``n`` they run only a few steps and their
@@ -214,6 +216,28 @@ def analytic_event_macs(model, x: torch.Tensor) -> list[int]:
 
 
 # --------------------------------------------------------------------------- one run
+def windows(steps: int, warm: int = 0) -> list[tuple[int, int]]:
+    """The timing windows ``[(start, end)]`` of a run of ``steps`` steps after ``warm`` untimed
+    ones (run them first: ``windows(warm, 0)``): ``DEFER_STEPS`` steps each, the last one
+    shorter. The event engine's compiled path runs up to that many steps' influence updates
+    together, so every full window holds exactly one such flush: time per step = a window's
+    time / its steps, never one step's (a median of single steps would miss the flushes)."""
+    bounds = list(range(warm, steps, DEFER_STEPS)) + [steps]
+    return [(a, b) for a, b in zip(bounds, bounds[1:]) if b > a]
+
+
+def run_window(eng: Any, x: Any, r: torch.Tensor, start: int, end: int, last: bool) -> float:
+    """Seconds per step of ``step`` + ``accumulate`` over steps ``start..end-1`` of ``eng``;
+    ``last``: finish the queued updates inside the window (``settle``)."""
+    t0 = time.perf_counter()
+    for t in range(start, end):
+        eng.step(x[t])
+        eng.accumulate(r[t])
+    if last:
+        getattr(eng, "settle", lambda: None)()
+    return (time.perf_counter() - t0) / (end - start)
+
+
 def _rss_bytes() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -270,26 +294,9 @@ def run_config(cfg: dict[str, Any]) -> dict[str, Any]:
         eng = evrtrl.make_engine(model, 1, engine)
     # which implementation of the step ran: "compiled" (evrtrl.kernels) or "torch"
     rec["kernel"] = getattr(eng, "kernel", "torch")
-    # timed in windows of DEFER_STEPS steps after the warm-up: the event engine's compiled path
-    # runs the influence updates of up to that many steps together, so every window holds
-    # one such flush and the median over windows is the cost per step (the last window ends
-    # with settle(): its pending updates are timed too)
-    times = []
-    bounds = ([warm] if 0 < warm < steps else []) + list(range(warm + DEFER_STEPS, steps, DEFER_STEPS)) + [steps]
-    settle = getattr(eng, "settle", lambda: None)
-    t, t0 = 0, time.perf_counter()
-    for end in bounds:
-        start = t
-        for t in range(start, end):
-            eng.step(x[t])
-            eng.accumulate(r[t])
-        t = end
-        if end == steps:
-            settle()
-        now = time.perf_counter()
-        if start >= warm or not warm:
-            times.append((now - t0) / max(1, end - start))
-        t0 = now
+    for start, end in windows(warm):  # the untimed warm-up steps
+        run_window(eng, x, r, start, end, False)
+    times = [run_window(eng, x, r, start, end, end == steps) for start, end in windows(steps, warm)]
     s = eng.stats
     # torch calls of the steps after the timed ones (counting slows them down)
     calls = torch_calls_per_step(eng, x[steps: steps + counted], r[steps: steps + counted])

@@ -8,8 +8,9 @@ compiler flags, comma-separated (``-DEVRTRL_PROFILE`` is always added: the kerne
 times its phases; a source without the timers gives no phases). With the fused emission
 (one EGRU layer) the emission's rows are written inside the coupling phase and the active
 set is found in the immediate phase. All variants step the same model on the
-same input in lockstep, one step each in turn, so machine load hits them alike. Prints per
-variant the median ms per step of ``step + accumulate`` (wall and thread CPU time), the share of each phase
+same input in lockstep, one timing window each in turn, so machine load hits them alike. Prints per
+variant the ms per step of ``step + accumulate`` (wall and thread CPU time; the median over
+windows of 32 steps, :func:`evrtrl.benchmarks.bench.windows`), the share of each phase
 (lazy transforms, ``T^{-1} phi``, coupling, immediate table, emission, gradient
 accumulation, and the rest: the cell step and Python), the step's ``floor_ms`` (as
 ``evrtrl bench``: matmul rate and stream bandwidth measured in this run) and the largest
@@ -83,21 +84,23 @@ def main(argv: list[str] | None = None) -> int:
     cpu: dict[str, list[float]] = {name: [] for name in engs}
     phases: dict[str, dict[str, float]] = {name: {} for name in engs}
     warm = a.steps // 3
-    for t in range(a.steps):
+    for start, end in bench.windows(warm):  # untimed warm-up
+        for eng in engs.values():
+            bench.run_window(eng, x, r, start, end, False)
+    # lockstep by timing window (bench.windows: each holds one flush of the deferred steps)
+    for start, end in bench.windows(a.steps, warm):
         for name, eng in engs.items():
             prof_of = getattr(mods[name], "profile", dict)  # kernels before the timers: none
             prof_of()
             t0, c0 = time.perf_counter(), time.thread_time()
-            eng.step(x[t])
-            eng.accumulate(r[t])
+            bench.run_window(eng, x, r, start, end, end == a.steps)
             dt, dc = time.perf_counter() - t0, time.thread_time() - c0
             prof = prof_of()
-            if t >= warm:
-                times[name].append(dt)
-                cpu[name].append(dc)
-                prof["rest"] = dt - sum(prof.values())
-                for k, v in prof.items():
-                    phases[name][k] = phases[name].get(k, 0.0) + v
+            times[name].append(dt / (end - start))
+            cpu[name].append(dc / (end - start))
+            prof["rest"] = dt - sum(prof.values())
+            for k, v in prof.items():
+                phases[name][k] = phases[name].get(k, 0.0) + v
     mm, bw = bench.matmul_gmacs(), bench.stream_gbs()
     eng0 = next(iter(engs.values()))
     s = eng0.stats

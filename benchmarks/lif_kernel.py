@@ -12,8 +12,9 @@ For each: the event engine on the compiled path; the compiled engine kernel with
 pure Python step (``pure cell``: how every LIF configuration but the uniform frozen one ran
 before ``models/lif_kernel.cpp`` covered it); the event engine on the pure-torch path; BPTT. All in one process, interleaved in ``--rounds`` rounds (each round runs every
 (configuration, engine) once), so that a load change on a shared machine hits all of
-them alike; the figure is the median over rounds. Event: median wall time of ``step`` +
-``accumulate`` over the steps after ``--warm``; BPTT: wall time of forward + backward over
+them alike; the figure is the median over rounds. Event: wall time of ``step`` +
+``accumulate`` per step, the median over windows of 32 steps after ``--warm``
+(:func:`evrtrl.benchmarks.bench.windows`: each window holds one flush of deferred steps); BPTT: wall time of forward + backward over
 the ``T`` steps, divided by ``T``. Torch calls per step (:func:`evrtrl.stats.torch_calls_per_step`)
 are counted over the last 100 of ``T`` steps of a separate run. The Triangle width is calibrated on the uniform model
 for beta about 0.1 (:func:`evrtrl.benchmarks.bench.calibrate`) and used for both.
@@ -36,9 +37,9 @@ import torch
 
 import evrtrl
 from evrtrl.atomic import atomic_write_text
-from evrtrl.benchmarks.bench import D_IN, SEED, build_model, calibrate, input_sequence, loss_signal
+from evrtrl.benchmarks.bench import (D_IN, SEED, build_model, calibrate, input_sequence, loss_signal,
+                                     run_window, windows)
 from evrtrl.models import LIF, Triangle, random_masks
-from evrtrl.models.lif import NEURON_PARAMETERS
 from evrtrl.stats import torch_calls_per_step
 
 __all__ = ["per_neuron_model", "run", "main"]
@@ -74,14 +75,12 @@ def _engine(model, path: str) -> Any:
 
 def _event_ms(model, path: str, x: torch.Tensor, r: torch.Tensor, warm: int) -> tuple[float, float, str]:
     eng = _engine(model, path)
-    times = []
-    for t in range(x.shape[0]):
-        t0 = time.perf_counter()
-        eng.step(x[t])
-        eng.accumulate(r[t])
-        times.append(time.perf_counter() - t0)
+    T = x.shape[0]
+    for start, end in windows(warm):
+        run_window(eng, x, r, start, end, False)
+    times = [run_window(eng, x, r, start, end, end == T) for start, end in windows(T, warm)]
     beta = sum(eng.stats.beta[warm:]) / max(1, len(eng.stats.beta[warm:]))
-    return 1e3 * statistics.median(times[warm:]), beta, path if eng.compiled is None or eng.compiled.cells[0] is None \
+    return 1e3 * statistics.median(times), beta, path if eng.compiled is None or eng.compiled.cells[0] is None \
         else "compiled"
 
 

@@ -141,10 +141,12 @@ class CompiledStep:
         self.runs = engine.runs
         self._ucols: dict[tuple, torch.Tensor] = {}
         self.no_direct = [torch.empty(0, B, run.n, dtype=dt, device=dev) for run in engine.runs]
-        # deferred steps (flush): the steps' records, oldest first
+        # the queued steps (flush), oldest first; several only in the row layout
         self.defer = max(1, int(defer)) if all(run.layout == "rows" for run in engine.runs) else 1
         self.queue: list[_Deferred] = []
         self.no_e = torch.empty(0, dtype=dt, device=dev)
+        # layer_update's spike count (alpha) is taken in step(): it gets no output to count
+        self.no_y = torch.empty(0, dtype=dt, device=dev)
 
     @property
     def covered(self) -> list[bool]:
@@ -190,33 +192,28 @@ class CompiledStep:
         return N[0], N[1], N[2], N[6] if N[6] is not None else self.all_rows
 
     def step(self, engine: Any, x: torch.Tensor, channels: Any) -> torch.Tensor:
-        """One step of every layer (``x`` dense); same effects as the pure-torch step, at
-        once or, when steps are deferred, by the next :meth:`flush`."""
-        if self.defer > 1:
-            return self._step_deferred(engine, x, channels)
-        return self._step_now(engine, x, channels)
-
-    def _step_deferred(self, engine: Any, x: torch.Tensor, channels: Any) -> torch.Tensor:
-        """The forward parts of a step (cell steps, births, active sets, statistics) now; its
-        influence update is queued for :meth:`flush` (after ``defer`` steps at the latest)."""
+        """One step of every layer (``x`` dense); same effects as the pure-torch step. The
+        forward parts (cell steps, births, active sets, statistics) run now; the influence
+        update is queued and run by :meth:`flush`, at the latest when ``defer`` steps wait."""
         stats = engine._stats
         P_before = [b.p_born for b in engine.blocks]
         layers = []
         alpha = beta = 0
-        x = x.clone(memory_format=torch.contiguous_format)  # the caller may reuse its buffer
+        if self.defer > 1:  # queued past this call: the caller (or xbuf) may reuse its buffer
+            x = x.clone(memory_format=torch.contiguous_format)
         for l, run in enumerate(engine.runs):
             prev = engine.states[l]
             new, diag, phis, gain, gd, direct = self._local(engine, l, prev, x)
             engine._births(run, x, prev.y, channels if l == 0 else None)
-            act = gain.any(-1)
+            act = gain.any(-1)  # the active set per sequence (seq_active), as active_units()
             engine._act[l] = act = act | (gd != 0).any(0) if gd.numel() else act
             layers.append((diag.contiguous(), phis.contiguous(), gain.contiguous(),
                            gd.contiguous(), x, prev.y.contiguous(), run.entries,
                            self._ucol(l, direct)))
             engine.states[l] = new
             x = new.y
-            alpha = alpha + torch.count_nonzero(x)
-            beta = beta + act.sum()
+            alpha += int(torch.count_nonzero(x))  # host reads are free on the CPU
+            beta += int(act.sum())
         self.queue.append(_Deferred(layers, [None] * len(layers), engine.first, P_before,
                                     [b.p_born for b in engine.blocks], stats.steps))
         engine.first = False
@@ -227,13 +224,15 @@ class CompiledStep:
         return x
 
     def flush(self, engine: Any) -> None:
-        """Run the queued steps' influence updates and gradient terms (one kernel call:
-        sequence by sequence, each panel of M's columns through all queued steps while it
-        stays in cache; ``chunk_update`` in engine_kernel.cpp)."""
+        """Run the queued steps' influence updates and gradient terms: one step through
+        ``layer_update`` per layer, several through one ``chunk_update`` (sequence by sequence,
+        each panel of M's columns through all of them while it stays in cache)."""
         q = self.queue
         if not q:
             return
         self.queue = []
+        if len(q) == 1:
+            return self._update_one(engine, q[0])
         runs = engine.runs
         NL = len(runs)
         Kp0, k0, N0, C0 = [], [], [], []
@@ -264,43 +263,30 @@ class CompiledStep:
                 if v:
                     engine._stats.add_macs(kind, v, step=s.index)
 
-    def _step_now(self, engine: Any, x: torch.Tensor, channels: Any) -> torch.Tensor:
-        """One step of every layer, influence update included."""
-        stats = engine._stats
+    def _update_one(self, engine: Any, s: _Deferred) -> None:
+        """The influence update and gradient terms of one queued step (``layer_update``)."""
         lower = None
-        alpha = beta = 0
-        add = stats.add_macs
         for l, run in enumerate(engine.runs):
-            prev = engine.states[l]
-            new, diag, phis, gain, gd, direct = self._local(engine, l, prev, x)
-            blocks = engine.blocks[: l + 1]
-            P_mat = [b.p_born for b in blocks]
-            engine._births(run, x, prev.y, channels if l == 0 else None)
-            P_born = [b.p_born for b in blocks]
-            rec = engine._N[l]
-            Krec, krec, Nrec, Crec = self._source(rec)
+            diag, phis, gain, gd, x, y_prev, _, ucol = s.layers[l]
+            # the columns of block l before this step's births (blocks below: after theirs)
+            P_mat = s.P_after[:l] + [s.P_before[l]]
+            P_born = s.P_after[: l + 1]
+            Krec, krec, Nrec, Crec = self._source(engine._N[l])
             Klow, klow, Nlow, Clow = self._source(lower)
             Wrec = engine.Wrec[l] if engine.Wrec[l] is not None else self.empty
             Win = engine.Win[l] if engine.Win[l] is not None else self.empty
-            Kp, k, Ns, cnt, count, a, macs = self.mod.layer_update(
+            Kp, k, Ns, cnt, count, _, macs = self.mod.layer_update(
                 engine.M[l], run.layout == "cols", P_mat, P_born, engine.T[l], diag,
-                self.struct[l], engine.first, phis, len(run.rec), Wrec, Krec, krec, Nrec, Crec,
+                self.struct[l], s.first, phis, len(run.rec), Wrec, Krec, krec, Nrec, Crec,
                 len(run.inp), Win, Klow, klow, Nlow, Clow, run.phi_idx, run.src_idx, run.dest,
-                x, prev.y, gain, gd, self._ucol(l, direct), run.c0, new.y)
+                x, y_prev, gain, gd, ucol, run.c0, self.no_y)
             for kind, v in zip(("diag", "immediate", "coupling", "emission"), macs):
                 if v:
-                    add(kind, v)
+                    engine._stats.add_macs(kind, v, step=s.index)
             lower = engine._N[l] = (Kp, k, Ns, P_born if k else [], count, False, cnt)
-            act = gain.any(-1)  # the active set per sequence (seq_active), as active_units()
-            engine._act[l] = act | (gd != 0).any(0) if gd.numel() else act
-            engine.states[l] = new
-            x = new.y
-            alpha += a
-            beta += count
-        engine.first = False
-        born = sum(b.p_born for b in engine.blocks)
-        stats.end_step(alpha, beta, born / max(1, stats.p_live), divisor=engine.B * engine.n_units)
-        return x
+        for l, e in enumerate(s.e):
+            if e is not None:
+                self._accumulate_now(engine, e, l, s.index)
 
     def accumulate(self, engine: Any, dL_dy: torch.Tensor, layer: int = -1) -> None:
         """Add :math:`(dL_t/dy^l_t)^T N^l_t` of layer ``layer`` (default: the last) to the gradient
@@ -308,14 +294,17 @@ class CompiledStep:
         if self.queue:
             slot = self.queue[-1].e
             layer %= len(slot)
-            e = dL_dy.detach().to(engine.dtype).contiguous()
+            e = dL_dy.detach()
+            e = (e if e.dtype == engine.dtype else e.to(engine.dtype)).contiguous()
             slot[layer] = e if slot[layer] is None else slot[layer] + e
             return
+        self._accumulate_now(engine, dL_dy.detach(), layer)
+
+    def _accumulate_now(self, engine: Any, e: torch.Tensor, layer: int, step: int | None = None) -> None:
         Kp, k, Ns, Ps, _, _, cnt = engine._N[layer]
         if not k:
             return
-        self.mod.accumulate(engine.grad, dL_dy.detach(), Kp, k, Ns,
-                            cnt if cnt is not None else self.all_rows)
+        self.mod.accumulate(engine.grad, e, Kp, k, Ns, cnt if cnt is not None else self.all_rows)
         for P in Ps:
             if P:
-                engine._stats.add_macs("gradient", engine.B * k * P)
+                engine._stats.add_macs("gradient", engine.B * k * P, step=step)
