@@ -48,7 +48,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from evrtrl.api import METHODS, simulate
+from evrtrl.api import METHODS, make_engine, simulate
 from evrtrl.atomic import atomic_write_text
 from evrtrl.errors import ConfigError, EvrtrlError, FormatError, NonFiniteError, RunError, UnknownMethodError
 from evrtrl.memory import check_memory, plan_memory
@@ -517,6 +517,8 @@ def _train(cfg, run, resume, progress, callbacks, train_data, test_data, allow_m
     dtype = _DT[cfg.dtype]
     on_cpu = torch.device(cfg.device).type == "cpu"
     rtrl = cfg.method != "bptt"
+    if cfg.method == "event":  # builds the compiled kernels on first use: not in train_wall_s
+        make_engine(model, 1, "event", **grid.engine_options(allow_memory))
     wall0 = counters["wall_s"]
     t_run = time.perf_counter()
 
