@@ -590,9 +590,10 @@ py::tuple layer_update(std::vector<Tensor> M, bool cols, std::vector<int64_t> P_
                        Tensor dest,
                        Tensor x, Tensor y_prev, Tensor gain, Tensor gdirect, Tensor ucol,
                        int64_t c0, Tensor y_new) {
-  TORCH_CHECK(T.is_contiguous() && diag.is_contiguous() && gdirect.is_contiguous() &&
-                  y_new.is_contiguous(),
-              "evrtrl layer_update: T, diag, gain_direct and y must be contiguous");
+  TORCH_CHECK(T.is_contiguous(), "evrtrl layer_update: T must be contiguous");
+  diag = diag.contiguous();
+  gdirect = gdirect.contiguous();
+  y_new = y_new.contiguous();
   for (const Tensor& Mj : M) TORCH_CHECK(Mj.is_contiguous(), "evrtrl: M blocks must be contiguous");
   py::tuple out;
   AT_DISPATCH_FLOATING_TYPES(T.scalar_type(), "evrtrl_layer_update", [&] {
@@ -1107,10 +1108,9 @@ py::tuple chunk_update(
   for (const auto& row : M)
     for (const Tensor& Mj : row)
       TORCH_CHECK(Mj.is_contiguous() && Mj.dim() == 3, "evrtrl chunk_update: M blocks must be contiguous (B, R, C)");
-  for (const auto& lst : {&diag, &phis, &gain, &gdirect, &xs, &yprev, &es})
-    for (const auto& row : *lst)
-      for (const Tensor& v : row)
-        TORCH_CHECK(v.is_contiguous(), "evrtrl chunk_update: the per-step tensors must be contiguous");
+  for (auto* lst : {&diag, &phis, &gain, &gdirect, &xs, &yprev, &es})
+    for (auto& row : *lst)
+      for (Tensor& v : row) v = v.contiguous();  // a no-op for the cells' own outputs
   py::tuple out;
   AT_DISPATCH_FLOATING_TYPES(T[0].scalar_type(), "evrtrl_chunk_update", [&] {
     out = chunk_update_impl<scalar_t>(M, T, structure, c0s, n_rec, Wrec, n_in, Win, phi_idx,

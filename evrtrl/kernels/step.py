@@ -207,9 +207,7 @@ class CompiledStep:
             engine._births(run, x, prev.y, channels if l == 0 else None)
             act = gain.any(-1)  # the active set per sequence (seq_active), as active_units()
             engine._act[l] = act = act | (gd != 0).any(0) if gd.numel() else act
-            layers.append((diag.contiguous(), phis.contiguous(), gain.contiguous(),
-                           gd.contiguous(), x, prev.y.contiguous(), run.entries,
-                           self._ucol(l, direct)))
+            layers.append((diag, phis, gain, gd, x, prev.y, run.entries, self._ucol(l, direct)))
             engine.states[l] = new
             x = new.y
             alpha += int(torch.count_nonzero(x))  # host reads are free on the CPU
