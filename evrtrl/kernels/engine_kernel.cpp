@@ -119,6 +119,62 @@ bool outside_band(const S* t, int64_t m) {
   return false;
 }
 
+// T_i <- D_i T_i for the BN units of t (D upper triangular, its nd entries at structure)
+template <typename S>
+void absorb(S* t, const S* dg, int64_t BN, int64_t m, int64_t nd,
+            const std::vector<int64_t>& structure) {
+  if (m == 1) {
+    for (int64_t i = 0; i < BN; ++i) t[i] *= dg[i];
+    return;
+  }
+  const int64_t mm = m * m;
+  std::vector<S> D(mm), out(mm);
+  for (int64_t i = 0; i < BN; ++i) {
+    std::fill(D.begin(), D.end(), S(0));
+    for (int64_t s = 0; s < nd; ++s) D[structure[s]] = dg[i * nd + s];
+    S* ti = t + i * mm;
+    for (int64_t r = 0; r < m; ++r)
+      for (int64_t c = 0; c < m; ++c) {
+        S acc = 0;
+        for (int64_t q = 0; q < m; ++q) acc += D[r * m + q] * ti[q * m + c];
+        out[r * m + c] = acc;
+      }
+    std::copy(out.begin(), out.end(), ti);
+  }
+}
+
+// the units (of any sequence) outside the hysteresis band: the ones to materialise
+template <typename S>
+std::vector<int64_t> band_rows(const S* t, int64_t B, int64_t n, int64_t m) {
+  std::vector<int64_t> rows;
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t b = 0; b < B; ++b)
+      if (outside_band<S>(t + (b * n + i) * m * m, m)) {
+        rows.push_back(i);
+        break;
+      }
+  return rows;
+}
+
+// out (B, n, G m) <- T^{-1} phis: upper triangular back substitution per unit and group
+template <typename S>
+void scale_phis(const Tensor& phis_in, const S* t, int64_t B, int64_t n, int64_t G, int64_t m,
+                S* po) {
+  auto pin = phis_in.accessor<S, 3>();
+  const int64_t GM = G * m, mm = m * m;
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t i = 0; i < n; ++i) {
+      const S* ti = t + (b * n + i) * mm;
+      S* out = po + (b * n + i) * GM;
+      for (int64_t g = 0; g < G; ++g)
+        for (int64_t c = m - 1; c >= 0; --c) {
+          S v = pin[b][i][g * m + c];
+          for (int64_t q = c + 1; q < m; ++q) v -= ti[c * m + q] * out[g * m + q];
+          out[g * m + c] = v / ti[c * m + c];
+        }
+    }
+}
+
 // A (B, R, k): A[b, i m + c, kk] = sum_g phis[b, i, (g0 + g) m + c] * W[g, i, K[b, kk]]
 template <typename S>
 void coupling_matrix(const S* phis, int64_t GM, int64_t g0, const S* W, int64_t G, int64_t nsrc,
@@ -324,33 +380,10 @@ py::tuple layer_update_impl(std::vector<Tensor> M, bool cols, std::vector<int64_
   const int64_t mm = m * m;
   // 1. lazy diagonal pass
   if (!first) {
-    const S* dg = diag.data_ptr<S>();
-    if (m == 1) {
-      for (int64_t i = 0; i < B * n; ++i) t[i] *= dg[i];
-    } else {
-      std::vector<S> D(mm), out(mm);
-      for (int64_t i = 0; i < B * n; ++i) {
-        std::fill(D.begin(), D.end(), S(0));
-        for (int64_t s = 0; s < nd; ++s) D[structure[s]] = dg[i * nd + s];
-        S* ti = t + i * mm;
-        for (int64_t r = 0; r < m; ++r)
-          for (int64_t c = 0; c < m; ++c) {
-            S acc = 0;
-            for (int64_t q = 0; q < m; ++q) acc += D[r * m + q] * ti[q * m + c];
-            out[r * m + c] = acc;
-          }
-        std::copy(out.begin(), out.end(), ti);
-      }
-    }
+    absorb<S>(t, diag.data_ptr<S>(), B * n, m, nd, structure);
     macs[0] += B * n * nd;
     if (ill<S>(t, B * n, m)) {
-      std::vector<int64_t> rows;
-      for (int64_t i = 0; i < n; ++i)
-        for (int64_t b = 0; b < B; ++b)
-          if (outside_band<S>(t + (b * n + i) * mm, m)) {
-            rows.push_back(i);
-            break;
-          }
+      const std::vector<int64_t> rows = band_rows<S>(t, B, n, m);
       for (size_t j = 0; j < M.size(); ++j) {
         const int64_t P = P_mat[j];
         if (!P) continue;
@@ -400,21 +433,7 @@ py::tuple layer_update_impl(std::vector<Tensor> M, bool cols, std::vector<int64_
   EVRTRL_LAP(timer, 0);
   // 2. phis <- T^{-1} phis (upper triangular back substitution per unit and group)
   Tensor phis = torch::empty({B, n, GM}, phis_in.options());
-  {
-    auto pin = phis_in.accessor<S, 3>();
-    S* po = phis.data_ptr<S>();
-    for (int64_t b = 0; b < B; ++b)
-      for (int64_t i = 0; i < n; ++i) {
-        const S* ti = t + (b * n + i) * mm;
-        S* out = po + (b * n + i) * GM;
-        for (int64_t g = 0; g < G; ++g)
-          for (int64_t c = m - 1; c >= 0; --c) {
-            S v = pin[b][i][g * m + c];
-            for (int64_t q = c + 1; q < m; ++q) v -= ti[c * m + q] * out[g * m + q];
-            out[g * m + c] = v / ti[c * m + c];
-          }
-      }
-  }
+  scale_phis<S>(phis_in, t, B, n, G, m, phis.data_ptr<S>());
   macs[1] += B * n * G * nd;
   EVRTRL_LAP(timer, 1);
   // 3.-5. in this order: coupling, immediate table, emission; with one coupling source in the
@@ -772,33 +791,10 @@ py::tuple chunk_update_impl(
       S* tt = T[l].data_ptr<S>();
       const int64_t nn = n[l], mq = m[l], M2 = mm[l];
       if (!first[t]) {
-        const S* dg = diag[l][t].data_ptr<S>();
-        if (mq == 1) {
-          for (int64_t i = 0; i < B * nn; ++i) tt[i] *= dg[i];
-        } else {
-          std::vector<S> D(M2), out(M2);
-          for (int64_t i = 0; i < B * nn; ++i) {
-            std::fill(D.begin(), D.end(), S(0));
-            for (int64_t s = 0; s < nd[l]; ++s) D[structure[l][s]] = dg[i * nd[l] + s];
-            S* ti = tt + i * M2;
-            for (int64_t r = 0; r < mq; ++r)
-              for (int64_t c = 0; c < mq; ++c) {
-                S acc = 0;
-                for (int64_t q = 0; q < mq; ++q) acc += D[r * mq + q] * ti[q * mq + c];
-                out[r * mq + c] = acc;
-              }
-            std::copy(out.begin(), out.end(), ti);
-          }
-        }
+        absorb<S>(tt, diag[l][t].data_ptr<S>(), B * nn, mq, nd[l], structure[l]);
         macs[t][0] += B * nn * nd[l];
         if (ill<S>(tt, B * nn, mq)) {
-          Rows& rows = mrows[l][t];
-          for (int64_t i = 0; i < nn; ++i)
-            for (int64_t b = 0; b < B; ++b)
-              if (outside_band<S>(tt + (b * nn + i) * M2, mq)) {
-                rows.push_back(i);
-                break;
-              }
+          Rows& rows = mrows[l][t] = band_rows<S>(tt, B, nn, mq);
           const int64_t nr = static_cast<int64_t>(rows.size());
           std::vector<S>& f = fac[l][t];
           f.resize(static_cast<size_t>(B * nr * M2));
@@ -814,20 +810,8 @@ py::tuple chunk_update_impl(
         }
       }
       // phis <- T^{-1} phis
-      std::vector<S>& po = ph[l][t];
-      po.resize(static_cast<size_t>(B * nn * GM[l]));
-      auto pin = phis_in[l][t].accessor<S, 3>();
-      for (int64_t b = 0; b < B; ++b)
-        for (int64_t i = 0; i < nn; ++i) {
-          const S* ti = tt + (b * nn + i) * M2;
-          S* out = po.data() + (b * nn + i) * GM[l];
-          for (int64_t g = 0; g < G[l]; ++g)
-            for (int64_t c = mq - 1; c >= 0; --c) {
-              S v = pin[b][i][g * mq + c];
-              for (int64_t q = c + 1; q < mq; ++q) v -= ti[c * mq + q] * out[g * mq + q];
-              out[g * mq + c] = v / ti[c * mq + c];
-            }
-        }
+      ph[l][t].resize(static_cast<size_t>(B * nn * GM[l]));
+      scale_phis<S>(phis_in[l][t], tt, B, nn, G[l], mq, ph[l][t].data());
       macs[t][1] += B * nn * G[l] * nd[l];
       // gain T and the active units
       auto ga = gain[l][t].accessor<S, 3>();
