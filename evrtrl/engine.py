@@ -56,8 +56,11 @@ class Engine(Protocol):
 
     #: the method name: "event", "dense", "dense-live" or "bptt"
     name: str
-    #: per-step statistics and multiply-add counts
-    stats: EngineStats
+
+    @property
+    def stats(self) -> EngineStats:
+        """Per-step statistics and multiply-add counts (an attribute or a property)."""
+        ...
 
     def step(self, x: torch.Tensor) -> torch.Tensor:
         """Advance every layer by one step on ``x`` ``(B, d)``; returns the last output ``(B, n)``.

@@ -88,10 +88,12 @@ class EngineStats:
 
     def add_macs(self, kind: str, n: int, step: int | None = None) -> None:
         """Count ``n`` multiply-adds; work after ``end_step`` (the gradient of that step's
-        loss) belongs to the step just ended, deferred work to its closed step ``step``."""
+        loss) belongs to the step just ended, deferred work to the closed step at position
+        ``step`` of :attr:`macs_per_step`."""
         self.macs[kind] = self.macs.get(kind, 0) + n
         if step is not None:
-            self.macs_per_step[step] += n
+            if step < len(self.macs_per_step):  # a caller may have cleared the per-step lists
+                self.macs_per_step[step] += n
         elif self._open or not self.macs_per_step:
             self._step_macs += n
         else:

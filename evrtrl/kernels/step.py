@@ -116,7 +116,8 @@ def kernel_module(device: torch.device, dtype: torch.dtype, mode: str | None = N
 class _Deferred(NamedTuple):
     """A queued step: per layer ``(diag, phis, gain, gain_direct, x, y_prev, entries, ucol)``,
     the summed upstream gradient of each layer (None: none), the born columns of every
-    block before and after the step's births, and the step's index in the statistics."""
+    block before and after the step's births, and the step's position in the statistics'
+    per-step lists."""
 
     layers: list[tuple]
     e: list[torch.Tensor | None]
@@ -213,7 +214,7 @@ class CompiledStep:
             alpha += int(torch.count_nonzero(x))  # host reads are free on the CPU
             beta += int(act.sum())
         self.queue.append(_Deferred(layers, [None] * len(layers), engine.first, P_before,
-                                    [b.p_born for b in engine.blocks], stats.steps))
+                                    [b.p_born for b in engine.blocks], len(stats.macs_per_step)))
         engine.first = False
         born = sum(b.p_born for b in engine.blocks)
         stats.end_step(alpha, beta, born / max(1, stats.p_live), divisor=engine.B * engine.n_units)

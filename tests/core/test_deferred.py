@@ -171,3 +171,18 @@ def test_online_learner_reuses_an_earlier_engine():
     b = OnlineLearner(model, opt, per_step_loss, reuse=a.engine)
     b.run(values_in(4, 3, 3))
     assert b.engine is not a.engine
+
+
+def test_cleared_statistics_lists_do_not_break_a_later_flush():
+    """A long stream folds the per-step lists into running sums and clears them
+    (examples/long_stream.py); steps queued after that still land at their positions."""
+    model = egru(d=3, n=6, theta=0.05, width=1.0)
+    x = values_in(20, 1, 3, seed=4)
+    eng = evrtrl.EventRTRL(model, 1, kernel="compiled", defer=32)
+    evrtrl.run_engine(eng, x[:7], per_step_loss)
+    st = eng.stats  # settles
+    for lst in (st.alpha, st.beta, st.gamma, st.macs_per_step):
+        lst.clear()
+    evrtrl.run_engine(eng, x[7:], per_step_loss, t0=7)
+    assert len(eng.compiled.queue) == 13
+    assert len(eng.stats.macs_per_step) == 13 and all(v > 0 for v in eng.stats.macs_per_step)
