@@ -90,7 +90,7 @@ from evrtrl.network import check_parameters, layers_of
 from evrtrl.shards import ColumnShard
 from evrtrl.stats import EngineStats
 
-__all__ = ["EventRTRL", "DegradesToDenseWarning", "diag_pass_macs", "active_units"]
+__all__ = ["EventRTRL", "DegradesToDenseWarning", "DEFER_STEPS", "diag_pass_macs", "active_units"]
 
 
 #: the most steps the compiled path defers (EventRTRL ``defer``): their influence updates run
