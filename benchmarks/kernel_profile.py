@@ -5,9 +5,10 @@ float32, 1 thread; the ``evrtrl bench --quick`` configuration) with the compiled
 kernel built several ways at once: each ``--variant NAME=FLAGS[@SOURCE]`` is a build of
 ``evrtrl/kernels/engine_kernel.cpp`` (or of SOURCE, e.g. an older commit's copy) with extra
 compiler flags, comma-separated (``-DEVRTRL_PROFILE`` is always added: the kernel then
-times its phases; a source without the timers gives no phases). With the fused emission
-(one EGRU layer) the emission's rows are written inside the coupling phase and the active
-set is found in the immediate phase. All variants step the same model on the
+times its phases; a source without the timers gives no phases). With deferred steps (the
+default) almost all work is one ``chunk_update`` per window: its precomputation is booked
+as "diag" and its panel work (immediate, coupling, emission, gradient) as "coupling"; a
+single step's ``layer_update`` books each phase apart. All variants step the same model on the
 same input in lockstep, one timing window each in turn, so machine load hits them alike. Prints per
 variant the ms per step of ``step + accumulate`` (wall and thread CPU time; the median over
 windows of 32 steps, :func:`evrtrl.benchmarks.bench.windows`), the share of each phase

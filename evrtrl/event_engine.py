@@ -321,21 +321,16 @@ class EventRTRL:
         self.bcol = torch.arange(self.B, device=self.device)[:, None]
         self.n_units = sum(r.layer.hidden_size for r in self.refs)
         self.compiled = None
-        self._start()
+        self.reset()
 
     def reset(self) -> None:
-        """Start ``B`` new sequences: fresh states, no source born, zero influence and
-        gradient, new :attr:`stats`, the weights re-read; queued steps are dropped. The
-        influence tensors are kept and zeroed where their shapes still fit (a fresh large
-        allocation costs a page fault per 4 KiB on first touch: about 20 ms for 37 MB)."""
-        if self.compiled is not None:
-            self.compiled.queue.clear()
-        self._start()
-
-    def _start(self) -> None:
-        """The per-run state of a new engine or of :meth:`reset`."""
+        """Start ``B`` new sequences (also the start of a new engine): fresh states, no source
+        born, zero influence and gradient, new :attr:`stats`, the weights re-read; queued
+        steps are dropped with the old compiled step. The influence tensors are kept and
+        zeroed where their shapes still fit (a fresh large allocation costs a page fault per
+        4 KiB on first touch: about 20 ms for 37 MB)."""
         B, shard, layout = self.B, self._shard, self._layout
-        self.compiled = None
+        self.compiled = None  # drops the queue: refresh() below has nothing to settle
         self.blocks = [ColumnBlock(r.layer, r.prefix, shard) for r in self.refs]
         self.runs = [
             _LayerRun(r.layer, b, B, choose_layout(
@@ -415,7 +410,7 @@ class EventRTRL:
     def settle(self) -> None:
         """Finish the influence updates of deferred steps (the compiled path defers up to
         ``defer`` steps; every reader of the influence or the gradient calls this first)."""
-        if getattr(self, "compiled", None) is not None:
+        if self.compiled is not None:
             self.compiled.flush(self)
 
     @property

@@ -29,7 +29,9 @@
 namespace {
 
 // -DEVRTRL_PROFILE builds (benchmarks/kernel_profile.py) time the phases of layer_update and
-// accumulate; profile() returns the seconds spent in each since the last call
+// accumulate; chunk_update books its precomputation (transforms, factors, gains, active sets)
+// as "diag" and all its panel work (immediate, coupling, emission, gradient) as "coupling";
+// profile() returns the seconds spent in each since the last call
 #ifdef EVRTRL_PROFILE
 constexpr const char* PHASES[] = {"diag", "phis", "coupling", "immediate", "emission", "accumulate"};
 double phase_s[6] = {0, 0, 0, 0, 0, 0};

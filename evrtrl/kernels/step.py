@@ -113,13 +113,26 @@ def kernel_module(device: torch.device, dtype: torch.dtype, mode: str | None = N
     return engine_module(required=(mode == "compiled"))
 
 
-class _Deferred(NamedTuple):
-    """A queued step: per layer ``(diag, phis, gain, gain_direct, x, y_prev, entries, ucol)``,
-    the summed upstream gradient of each layer (None: none), the born columns of every
-    block before and after the step's births, and the step's position in the statistics'
-    per-step lists."""
+class _LayerStep(NamedTuple):
+    """What a queued step keeps of one layer: its local Jacobian pieces, its input and
+    previous output, the length of its immediate table and the per-unit columns."""
 
-    layers: list[tuple]
+    diag: torch.Tensor
+    phis: torch.Tensor
+    gain: torch.Tensor
+    gain_direct: torch.Tensor
+    x: torch.Tensor
+    y_prev: torch.Tensor
+    entries: int
+    ucol: torch.Tensor
+
+
+class _Deferred(NamedTuple):
+    """A queued step: per layer a :class:`_LayerStep` and the summed upstream gradient
+    (None: none), the born columns of every block before and after the step's births, and
+    the step's position in the statistics' per-step lists."""
+
+    layers: list[_LayerStep]
     e: list[torch.Tensor | None]
     first: bool
     P_before: list[int]
@@ -208,7 +221,8 @@ class CompiledStep:
             engine._births(run, x, prev.y, channels if l == 0 else None)
             act = gain.any(-1)  # the active set per sequence (seq_active), as active_units()
             engine._act[l] = act = act | (gd != 0).any(0) if gd.numel() else act
-            layers.append((diag, phis, gain, gd, x, prev.y, run.entries, self._ucol(l, direct)))
+            layers.append(_LayerStep(diag, phis, gain, gd, x, prev.y, run.entries,
+                                     self._ucol(l, direct)))
             engine.states[l] = new
             x = new.y
             alpha += int(torch.count_nonzero(x))  # host reads are free on the CPU
@@ -241,7 +255,7 @@ class CompiledStep:
             k0.append(k)
             N0.append(Ns)
             C0.append(cnt)
-        col = lambda i: [[s.layers[l][i] for s in q] for l in range(NL)]  # noqa: E731
+        col = lambda f: [[getattr(s.layers[l], f) for s in q] for l in range(NL)]  # noqa: E731
         es = [[s.e[l] if s.e[l] is not None else self.no_e for s in q] for l in range(NL)]
         layers, macs = self.mod.chunk_update(
             engine.M, engine.T, self.struct, [run.c0 for run in runs],
@@ -250,9 +264,9 @@ class CompiledStep:
             [len(run.inp) for run in runs],
             [W if W is not None else self.empty for W in engine.Win],
             [run.phi_idx for run in runs], [run.src_idx for run in runs],
-            [run.dest for run in runs], [q[-1].layers[l][7] for l in range(NL)],
-            Kp0, k0, N0, C0, col(0), col(1), col(2), col(3), col(4), col(5), es,
-            [[s.layers[l][6] for s in q] for l in range(NL)],
+            [run.dest for run in runs], [q[-1].layers[l].ucol for l in range(NL)],
+            Kp0, k0, N0, C0, col("diag"), col("phis"), col("gain"), col("gain_direct"), col("x"),
+            col("y_prev"), es, col("entries"),
             [s.P_before for s in q], [s.P_after for s in q], [s.first for s in q], engine.grad)
         P_last = q[-1].P_after
         for l, (Kp, k, Ns, cnt, count) in enumerate(layers):
@@ -266,7 +280,7 @@ class CompiledStep:
         """The influence update and gradient terms of one queued step (``layer_update``)."""
         lower = None
         for l, run in enumerate(engine.runs):
-            diag, phis, gain, gd, x, y_prev, _, ucol = s.layers[l]
+            diag, phis, gain, gd, x, y_prev, _, ucol = s.layers[l]  # a _LayerStep
             # the columns of block l before this step's births (blocks below: after theirs)
             P_mat = s.P_after[:l] + [s.P_before[l]]
             P_born = s.P_after[: l + 1]

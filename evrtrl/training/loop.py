@@ -554,7 +554,6 @@ def _train(cfg, run, resume, progress, callbacks, train_data, test_data, allow_m
                                     extra_parameters=readout.parameters(), layer_loss=reg,
                                     engine_options=grid.engine_options(allow_memory),
                                     reuse=engine)  # the last batch's engine, restarted
-            engine = None
             t0 = time.perf_counter()
             try:
                 losses = learner.run(x)
