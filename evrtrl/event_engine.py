@@ -331,7 +331,10 @@ class EventRTRL:
         4 KiB on first touch: about 20 ms for 37 MB)."""
         B, shard, layout = self.B, self._shard, self._layout
         self.compiled = None  # drops the queue: refresh() below has nothing to settle
-        self.blocks = [ColumnBlock(r.layer, r.prefix, shard) for r in self.refs]
+        # the compiled path groups each block's columns by unit (it skips the segments that
+        # are structurally zero); the pure-torch path keeps the born prefix (evrtrl.influence)
+        order = "unit" if self._kmod is not None else "birth"
+        self.blocks = [ColumnBlock(r.layer, r.prefix, shard, order) for r in self.refs]
         self.runs = [
             _LayerRun(r.layer, b, B, choose_layout(
                 r.layer.hidden_size * r.layer.state_size,
@@ -712,7 +715,7 @@ class EventRTRL:
         out: dict[str, torch.Tensor] = {}
         for blk, g in zip(self.blocks, self.grad):
             flat = torch.zeros(blk.p_total, dtype=self.dtype, device=self.device)
-            flat[blk.order[: blk.p_born]] = g[: blk.p_born]
+            flat[blk.order[: blk.width]] = g[: blk.width]
             out.update(blk.unflatten(flat))
         return out
 

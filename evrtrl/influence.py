@@ -8,6 +8,16 @@ Until then its column is exactly zero, so the engines work on the prefix
 ``M[..., :p_born]`` only. The dense engine uses :meth:`ColumnBlock.natural_columns`
 instead (every entry, or every live entry, in parameter order).
 
+Column orders. ``order="birth"`` (the pure-torch path) is the above. ``order="unit"`` (the
+compiled path) gives every live entry its column at construction, grouped by the unit ``i``
+the parameter belongs to (row ``i`` of a projection, entry ``i`` of a per-unit parameter):
+unit ``i``'s columns are ``seg_ptr[i]:seg_ptr[i+1]``. Births still happen (they tabulate the
+immediate entries and count ``p_born``), but born columns are no prefix, so the engines
+work on every live column (:attr:`ColumnBlock.width`). What the grouping buys: row ``r`` of
+``M`` is non-zero only in the segments of the units whose parameters have reached ``r``
+through the active units, and the compiled kernel skips the other segments
+(:mod:`evrtrl.kernels`, "reach").
+
 Shards (:class:`evrtrl.shards.ColumnShard`): a block built with ``shard`` has columns only
 for the shard's part of the candidates (:meth:`ColumnBlock.natural_columns` applies it), so
 ``p_live`` counts this shard's live columns, ``tracked`` marks them (a flat bool over the
@@ -38,10 +48,12 @@ from evrtrl.errors import UnknownMethodError
 from evrtrl.layer import Layer
 from evrtrl.shards import ColumnShard
 
-__all__ = ["ColumnBlock", "ragged_arange", "LAYOUTS", "choose_layout"]
+__all__ = ["ColumnBlock", "ragged_arange", "LAYOUTS", "COLUMN_ORDERS", "choose_layout"]
 
 #: storage layouts of the influence matrix (module docstring)
 LAYOUTS = ("rows", "cols")
+#: column orders of a block (module docstring)
+COLUMN_ORDERS = ("birth", "unit")
 
 #: ``"cols"`` from this many influence entries per sequence (``n m x p_live``) on: measured
 #: crossover by ``python -m evrtrl.benchmarks.layout`` (docs/benchmarks.md, "Influence layout")
@@ -98,7 +110,8 @@ class _ProjectionColumns:
 class ColumnBlock:
     """Columns of one layer's parameters (see module docstring)."""
 
-    def __init__(self, layer: Layer, prefix: str, shard: ColumnShard | None = None) -> None:
+    def __init__(self, layer: Layer, prefix: str, shard: ColumnShard | None = None,
+                 order: str = "birth") -> None:
         self.layer, self.prefix, self.shard = layer, prefix, shard
         dev = layer.device
         self.names: list[str] = []
@@ -125,6 +138,19 @@ class ColumnBlock:
         self.order = torch.empty(self.p_live, dtype=torch.long, device=dev)
         self.p_born = 0
         n = layer.hidden_size
+        if order not in COLUMN_ORDERS:
+            raise UnknownMethodError(f"column order must be one of {COLUMN_ORDERS}, got {order!r}")
+        self.column_order = order
+        #: ``"unit"`` order: the columns of unit ``i``'s parameters are ``seg_ptr[i]:seg_ptr[i+1]``
+        self.seg_ptr: torch.Tensor | None = None
+        if order == "unit":
+            flat = self.tracked.nonzero(as_tuple=True)[0]
+            unit = self._unit_of(flat)
+            rank = torch.argsort(unit * self.p_total + flat)  # by unit, then parameter order
+            self.order[:] = flat[rank]
+            self.col_of[self.order] = torch.arange(self.p_live, device=dev)
+            self.seg_ptr = torch.zeros(n + 1, dtype=torch.long, device=dev)
+            self.seg_ptr[1:] = torch.cumsum(torch.bincount(unit, minlength=n), 0)
         # per-unit parameters are born at step 0, first in the column order
         self.unit_cols: dict[str, torch.Tensor] = {}
         for u in layer.unit_parameters:
@@ -139,7 +165,26 @@ class ColumnBlock:
         return self.tracked[o : o + torch.Size(shape).numel()].view(shape)
 
 
+    def _unit_of(self, flat: torch.Tensor) -> torch.Tensor:
+        """The unit (row ``i``) each flat parameter entry belongs to."""
+        unit = torch.empty_like(flat)
+        for name, shape in zip(self.names, self.shapes):
+            o, size = self.offsets[name], torch.Size(shape).numel()
+            sel = (flat >= o) & (flat < o + size)
+            # a projection (n, n_src) is row-major; a per-unit parameter is (n,)
+            unit[sel] = (flat[sel] - o) // (shape[1] if len(shape) == 2 else 1)
+        return unit
+
+    @property
+    def width(self) -> int:
+        """The columns the engines work on: the born prefix ``p_born`` in birth order, every
+        live column in unit order (born columns are not a prefix there)."""
+        return self.p_born if self.column_order == "birth" else self.p_live
+
     def _allocate(self, flat: torch.Tensor) -> torch.Tensor:
+        if self.column_order == "unit":  # the columns exist from the start
+            self.p_born += flat.numel()
+            return self.col_of[flat]
         cols = torch.arange(self.p_born, self.p_born + flat.numel(), device=flat.device)
         self.col_of[flat] = cols
         self.order[self.p_born : self.p_born + flat.numel()] = flat

@@ -21,6 +21,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 #ifdef EVRTRL_PROFILE
 #include <chrono>
@@ -678,6 +679,9 @@ template <typename S>
 struct Csr {  // the non-zero entries of a coupling matrix A (R x k) of one sequence, by row
   std::vector<int64_t> ptr, idx, live;
   std::vector<S> val;
+  int64_t k = 0, kw = 0;      // columns, and words of a bitset over them
+  std::vector<S> dense;       // A itself (R x k)
+  std::vector<uint64_t> mask; // per row, the columns kk of its non-zeros (R x kw)
 };
 
 // A[i m + c, kk] = sum_g phis[i, (g0 + g) m + c] * W[g, i, K[kk]] (as coupling_matrix), one sequence
@@ -689,6 +693,10 @@ void csr_coupling(const S* phis, int64_t GM, int64_t g0, const S* W, int64_t G, 
   out.idx.resize(static_cast<size_t>(R * k));
   out.val.resize(static_cast<size_t>(R * k));
   out.live.clear();
+  out.k = k;
+  out.kw = (k + 63) / 64;
+  out.dense.resize(static_cast<size_t>(R * k));
+  out.mask.assign(static_cast<size_t>(R * out.kw), 0);
   std::vector<S> a(static_cast<size_t>(k));
   int64_t nz = 0;
   for (int64_t i = 0; i < n; ++i)
@@ -706,40 +714,128 @@ void csr_coupling(const S* phis, int64_t GM, int64_t g0, const S* W, int64_t G, 
         if (a[kk] != S(0)) {
           out.idx[nz] = kk;
           out.val[nz++] = a[kk];
+          out.mask[r * out.kw + (kk >> 6)] |= uint64_t(1) << (kk & 63);
         }
+      std::copy(a.begin(), a.end(), out.dense.begin() + r * k);
       if (nz > out.ptr[r]) out.live.push_back(r);
     }
   out.ptr[R] = nz;
 }
 
-// M[r, lo:hi] += sum_e A[r, e] N[idx_e, lo:hi] for the live rows r (row strides C and ldn)
+// Reach (unit column order, evrtrl.influence): the columns of unit i's parameters are the
+// segment seg[i]:seg[i+1], and row r of M^{l,j} is non-zero only in the segments of the units
+// of layer j in its reach set, a bitset of W = ceil(n_j / 64) words. A row's set grows by the
+// sets of the rows that couple into it (through A's non-zeros); the emitted row N[kk] of unit
+// K[kk] has the union of its state rows' sets. Every loop below visits only those segments:
+// the skipped entries are exact zeros, so the arithmetic of every entry is unchanged.
+using Bits = std::vector<uint64_t>;
+
+inline void or_into(uint64_t* dst, const uint64_t* src, int64_t W) {
+  for (int64_t w = 0; w < W; ++w) dst[w] |= src[w];
+}
+
+inline bool has_bit(const uint64_t* set, int64_t i) { return (set[i >> 6] >> (i & 63)) & 1u; }
+
+// f(i) for every unit i in [u0, u1) whose bit is set
+template <typename F>
+inline void for_bits(const uint64_t* set, int64_t u0, int64_t u1, F f) {
+  for (int64_t w = u0 >> 6; w <= (u1 - 1) >> 6 && u0 < u1; ++w) {
+    uint64_t word = set[w];
+    if (w == (u0 >> 6) && (u0 & 63)) word &= ~uint64_t(0) << (u0 & 63);
+    if (w == ((u1 - 1) >> 6) && (u1 & 63)) word &= ~uint64_t(0) >> (64 - (u1 & 63));
+    while (word) {
+      f(w * 64 + __builtin_ctzll(word));
+      word &= word - 1;
+    }
+  }
+}
+
+// mrow[s:e] += sum_q f[q] nrow[q][s:e], the sum kept in registers chunk by chunk. The last,
+// partial register of the segment is read whole where the row allows (p + LANES <= C: the
+// columns past e belong to later segments of the same row) and written back blended, so the
+// columns past e keep their values exactly
+template <typename S, int NVV>
+inline void couple_chunk(S* mrow, int64_t p0, int64_t tail, const S* f, const S* const* nrow,
+                         int64_t cnt) {
+  constexpr int LANES = VBYTES / sizeof(S);
+  Vec<S> acc[NVV];
+  for (int v = 0; v < NVV; ++v) std::memcpy(&acc[v], mrow + p0 + v * LANES, sizeof(Vec<S>));
+  const Vec<S> keep = acc[NVV - 1];
+  for (int64_t q = 0; q < cnt; ++q) {
+    const S fq = f[q];
+    const S* nr = nrow[q] + p0;
+    for (int v = 0; v < NVV; ++v) {
+      Vec<S> nv;
+      std::memcpy(&nv, nr + v * LANES, sizeof(Vec<S>));
+      acc[v] += fq * nv;
+    }
+  }
+  if (tail < LANES) {  // lanes >= tail of the last register: the old values
+    using I = std::conditional_t<sizeof(S) == 8, int64_t, int32_t>;
+    typedef I IVec __attribute__((vector_size(VBYTES)));
+    IVec lane;
+    for (int v = 0; v < LANES; ++v) lane[v] = v;
+    acc[NVV - 1] = lane < static_cast<I>(tail) ? acc[NVV - 1] : keep;
+  }
+  for (int v = 0; v < NVV; ++v) std::memcpy(mrow + p0 + v * LANES, &acc[v], sizeof(Vec<S>));
+}
+
 template <typename S>
-void panel_couple(S* M, int64_t C, const Csr<S>& A, const S* N, int64_t ldn, int64_t lo,
-                  int64_t hi) {
+void segment_couple(S* mrow, int64_t s, int64_t e, int64_t C, const S* f, const S* const* nrow,
+                    int64_t cnt) {
   constexpr int LANES = VBYTES / sizeof(S), NV = EVRTRL_CHUNK_NV;
   constexpr int64_t CH = LANES * NV;
-  for (const int64_t r : A.live) {
-    const int64_t e0 = A.ptr[r], e1 = A.ptr[r + 1];
-    S* mrow = M + r * C;
-    int64_t p0 = lo;
-    for (; p0 + CH <= hi; p0 += CH) {
-      Vec<S> acc[NV];
-      for (int v = 0; v < NV; ++v) std::memcpy(&acc[v], mrow + p0 + v * LANES, sizeof(Vec<S>));
-      for (int64_t e = e0; e < e1; ++e) {
-        const S f = A.val[e];
-        const S* nrow = N + A.idx[e] * ldn + p0;
-        for (int v = 0; v < NV; ++v) {
-          Vec<S> nv;
-          std::memcpy(&nv, nrow + v * LANES, sizeof(Vec<S>));
-          acc[v] += f * nv;
-        }
-      }
-      for (int v = 0; v < NV; ++v) std::memcpy(mrow + p0 + v * LANES, &acc[v], sizeof(Vec<S>));
+  int64_t p0 = s;
+  for (; p0 + CH <= e; p0 += CH) couple_chunk<S, NV>(mrow, p0, LANES, f, nrow, cnt);
+  const int64_t left = e - p0;
+  if (!left) return;
+  const int64_t nv = (left + LANES - 1) / LANES, tail = left - (nv - 1) * LANES;
+  if (p0 + nv * LANES <= C) {
+    switch (nv) {
+#define EVRTRL_NV_CASE(V) \
+      case V: return couple_chunk<S, (V <= NV ? V : 1)>(mrow, p0, tail, f, nrow, cnt);
+      EVRTRL_NV_CASE(1) EVRTRL_NV_CASE(2) EVRTRL_NV_CASE(3) EVRTRL_NV_CASE(4)
+      EVRTRL_NV_CASE(5) EVRTRL_NV_CASE(6) EVRTRL_NV_CASE(7) EVRTRL_NV_CASE(8)
+#undef EVRTRL_NV_CASE
+      default: break;
     }
-    for (int64_t e = e0; e < e1; ++e) {
-      const S f = A.val[e];
-      const S* nrow = N + A.idx[e] * ldn;
-      for (int64_t p = p0; p < hi; ++p) mrow[p] += f * nrow[p];
+  }
+  for (; p0 < e; ++p0) {  // the end of the row, or registers wider than a chunk allows
+    S acc = mrow[p0];
+    for (int64_t q = 0; q < cnt; ++q) acc += f[q] * nrow[q][p0];
+    mrow[p0] = acc;
+  }
+}
+
+// M[r, segments] += sum_e A[r, e] N[idx_e, segments] over the units [u0, u1) of a panel: unit by
+// unit (N's rows of one segment stay in L1), for each live row the terms of its sources whose
+// emitted row has the unit's segment (sup: W words per row of N): the row's source mask AND the
+// unit's mask over the sources (st, made here for the panel)
+template <typename S>
+void reach_couple(S* M, int64_t C, const Csr<S>& A, const S* N, int64_t ldn, const int64_t* seg,
+                  int64_t u0, int64_t u1, int64_t hi, const uint64_t* sup, int64_t W,
+                  Bits& st, std::vector<S>& f, std::vector<const S*>& nr) {
+  const int64_t kw = A.kw, k = A.k;
+  st.assign(static_cast<size_t>((u1 - u0) * kw), 0);
+  for (int64_t kk = 0; kk < k; ++kk)
+    for_bits(sup + kk * W, u0, u1, [&](int64_t i) {
+      st[(i - u0) * kw + (kk >> 6)] |= uint64_t(1) << (kk & 63);
+    });
+  for (int64_t i = u0; i < u1; ++i) {
+    const int64_t s = seg[i], e = std::min(seg[i + 1], hi);
+    const uint64_t* si = st.data() + (i - u0) * kw;
+    if (e <= s) continue;
+    for (const int64_t r : A.live) {
+      const uint64_t* rm = A.mask.data() + r * kw;
+      const S* ar = A.dense.data() + r * k;
+      int64_t cnt = 0;
+      for (int64_t w = 0; w < kw; ++w)
+        for (uint64_t word = rm[w] & si[w]; word; word &= word - 1) {
+          const int64_t kk = w * 64 + __builtin_ctzll(word);
+          f[cnt] = ar[kk];
+          nr[cnt++] = N + kk * ldn;
+        }
+      if (cnt) segment_couple<S>(M + r * C, s, e, C, f.data(), nr.data(), cnt);
     }
   }
 }
@@ -757,7 +853,8 @@ py::tuple chunk_update_impl(
     std::vector<std::vector<Tensor>> xs, std::vector<std::vector<Tensor>> yprev,
     std::vector<std::vector<Tensor>> es, std::vector<std::vector<int64_t>> E,
     std::vector<std::vector<int64_t>> P_before, std::vector<std::vector<int64_t>> P_after,
-    std::vector<bool> first, std::vector<Tensor> grad) {
+    std::vector<bool> first, std::vector<Tensor> grad, std::vector<Tensor> seg,
+    std::vector<std::vector<Tensor>> reach) {
   const int64_t NL = static_cast<int64_t>(M.size()), L = static_cast<int64_t>(first.size());
   const int64_t B = T[0].size(0);
   // multiply-adds per step: diag, immediate, coupling, emission, gradient
@@ -867,21 +964,52 @@ py::tuple chunk_update_impl(
     if (k)
       for (int64_t j = 0; j <= l; ++j) Ns_out[l].push_back(torch::zeros({B, k, P_after[L - 1][j]}, opt));
   }
-  // the immediate entries of each layer's own block by panel of columns (ascending entry index)
-  std::vector<int64_t> PW(NL);
+  // panels: runs of whole unit segments of about EVRTRL_CHUNK_PANEL_BYTES of M's rows (all
+  // layers at or above the block); the immediate entries of each layer's own block by panel
+  // (ascending entry index)
+  std::vector<int64_t> Wd(NL);  // reach words per block
+  std::vector<std::vector<int64_t>> pan(NL), pan_of(NL);  // unit bounds of the panels, unit -> panel
   for (int64_t j = 0; j < NL; ++j) {
-    constexpr int64_t CH = (VBYTES / sizeof(S)) * EVRTRL_CHUNK_NV;
+    const int64_t* sg = seg[j].data_ptr<int64_t>();
+    Wd[j] = (n[j] + 63) / 64;
     int64_t rows = 0;
     for (int64_t l = j; l < NL; ++l) rows += R[l];
-    PW[j] = std::max<int64_t>(CH, int64_t(EVRTRL_CHUNK_PANEL_BYTES) / (int64_t(sizeof(S)) * rows) / CH * CH);
+    const int64_t PW = std::max<int64_t>(1, int64_t(EVRTRL_CHUNK_PANEL_BYTES) / (int64_t(sizeof(S)) * rows));
+    pan_of[j].resize(static_cast<size_t>(n[j]));
+    pan[j].push_back(0);
+    for (int64_t i = 0; i < n[j]; ++i) {
+      if (sg[i] - sg[pan[j].back()] >= PW) pan[j].push_back(i);
+      pan_of[j][i] = static_cast<int64_t>(pan[j].size()) - 1;
+    }
+    pan[j].push_back(n[j]);
   }
-  std::vector<std::vector<Rows>> bucket(NL);
+  // (ibucket[l][panel]: the entries by source s in [0, d + n] (x, y, the constant 1), ascending
+  // within a source; iptr[l][panel]: where each source's entries start)
+  std::vector<std::vector<Rows>> ibucket(NL), iptr(NL);
   for (int64_t l = 0; l < NL; ++l) {
-    const int64_t C = M[l][l].size(2), Pend = P_after[L - 1][l];
-    bucket[l].resize(static_cast<size_t>((Pend + PW[l] - 1) / PW[l] + 1));
+    const int64_t C = M[l][l].size(2), ns = d[l] + n[l] + 1, np = static_cast<int64_t>(pan[l].size()) - 1;
+    const int64_t* sg = seg[l].data_ptr<int64_t>();
     const int64_t* de = dest[l].data_ptr<int64_t>();
-    for (int64_t e = 0; e < E[l][L - 1]; ++e) bucket[l][(de[e] % C) / PW[l]].push_back(e);
+    const int64_t* si = src_idx[l].data_ptr<int64_t>();
+    ibucket[l].assign(static_cast<size_t>(np), Rows());
+    iptr[l].assign(static_cast<size_t>(np), Rows(static_cast<size_t>(ns + 1), 0));
+    Rows where(static_cast<size_t>(E[l][L - 1]));
+    for (int64_t e = 0; e < E[l][L - 1]; ++e) {
+      const int64_t unit = std::upper_bound(sg, sg + n[l] + 1, de[e] % C) - sg - 1;
+      where[e] = pan_of[l][unit];
+      ++iptr[l][where[e]][si[e] + 1];
+    }
+    for (int64_t q = 0; q < np; ++q) {
+      Rows& ptr = iptr[l][q];
+      for (int64_t c = 0; c < ns; ++c) ptr[c + 1] += ptr[c];
+      ibucket[l][q].resize(static_cast<size_t>(ptr[ns]));
+    }
+    std::vector<Rows> fill(iptr[l]);
+    for (int64_t e = 0; e < E[l][L - 1]; ++e) ibucket[l][where[e]][fill[where[e]][si[e]]++] = e;
   }
+  // per sequence, layer and step: the sources of non-zero value (their value)
+  std::vector<std::vector<std::vector<std::pair<int64_t, S>>>> live_src(NL);
+  for (int64_t l = 0; l < NL; ++l) live_src[l].resize(static_cast<size_t>(L));
   // per layer and block: the rows K of N of the steps inside the chunk (two alternating buffers)
   std::vector<std::vector<std::vector<S>>> buf(NL);
   for (int64_t l = 0; l < NL; ++l)
@@ -889,6 +1017,26 @@ py::tuple chunk_update_impl(
       buf[l].push_back(std::vector<S>(static_cast<size_t>(2 * kmax[l] * P_after[L - 1][j])));
   // 2. sequence by sequence
   std::vector<std::vector<Csr<S>>> crec(NL, std::vector<Csr<S>>(L)), cin(NL, std::vector<Csr<S>>(L));
+  // reach (see reach_couple), per layer l and block j <= l: rc[t] the sets of the rows after t
+  // steps (rc[0]: the engine's), supE[t] the supports of the rows emitted at step t, supK0 of
+  // the rows K0 before the chunk
+  using Sets = std::vector<std::vector<std::vector<Bits>>>;
+  Sets rc(NL), supE(NL);
+  std::vector<std::vector<Bits>> supK0(NL);
+  for (int64_t l = 0; l < NL; ++l) {
+    rc[l].assign(l + 1, std::vector<Bits>(L + 1));
+    supE[l].assign(l + 1, std::vector<Bits>(L));
+    supK0[l].assign(l + 1, Bits());
+  }
+  std::vector<S> fbuf;  // one coupling row's factors and source rows, and reach_couple's masks
+  std::vector<const S*> nbuf;
+  Bits stbuf;
+  {
+    int64_t kk = 1;
+    for (int64_t l = 0; l < NL; ++l) kk = std::max({kk, kmax[l], k0[l]});
+    fbuf.resize(static_cast<size_t>(kk));
+    nbuf.resize(static_cast<size_t>(kk));
+  }
   for (int64_t b = 0; b < B; ++b) {
     // the recurrent source of a layer before the chunk: (K, k) of this sequence
     std::vector<const int64_t*> K0(NL, nullptr);
@@ -920,16 +1068,67 @@ py::tuple chunk_update_impl(
           macs[t][2] += R[l] * k * n_in[l];
         }
       }
+    for (int64_t t = 0; t < L; ++t)
+      for (int64_t l = 0; l < NL; ++l) {
+        auto& ls = live_src[l][t];
+        ls.clear();
+        const S* xb = xs[l][t].data_ptr<S>() + b * d[l];
+        const S* yb = yprev[l][t].data_ptr<S>() + b * n[l];
+        for (int64_t q = 0; q < d[l]; ++q)
+          if (xb[q] != S(0)) ls.emplace_back(q, xb[q]);
+        for (int64_t q = 0; q < n[l]; ++q)
+          if (yb[q] != S(0)) ls.emplace_back(d[l] + q, yb[q]);
+        ls.emplace_back(d[l] + n[l], S(1));
+      }
+    // the reach sets of this sequence through the chunk
+    auto unite_rows = [&](Bits& out, const Bits& sets, const int64_t* K, int64_t k, int64_t mq,
+                          int64_t W) {  // out[kk] = union over c of sets[K[kk] m + c]
+      out.assign(static_cast<size_t>(k * W), 0);
+      for (int64_t kk = 0; kk < k; ++kk)
+        for (int64_t c = 0; c < mq; ++c) or_into(out.data() + kk * W, sets.data() + (K[kk] * mq + c) * W, W);
+    };
+    auto couple_sets = [&](Bits& cur, const Csr<S>& A, const Bits& src, int64_t W) {
+      for (const int64_t r : A.live)  // row r gains the supports of its sources
+        for (int64_t x = A.ptr[r]; x < A.ptr[r + 1]; ++x)
+          or_into(cur.data() + r * W, src.data() + A.idx[x] * W, W);
+    };
+    for (int64_t l = 0; l < NL; ++l)
+      for (int64_t j = 0; j <= l; ++j) {
+        const int64_t W = Wd[j];
+        const uint64_t* r0 = reinterpret_cast<const uint64_t*>(reach[l][j].data_ptr<int64_t>()) + b * R[l] * W;
+        rc[l][j][0].assign(r0, r0 + R[l] * W);
+        if (k0b[l]) unite_rows(supK0[l][j], rc[l][j][0], K0[l], k0b[l], m[l], W);
+      }
+    for (int64_t t = 0; t < L; ++t)
+      for (int64_t l = 0; l < NL; ++l)
+        for (int64_t j = 0; j <= l; ++j) {
+          const int64_t W = Wd[j];
+          Bits& cur = rc[l][j][t + 1] = rc[l][j][t];
+          if (!crec[l][t].live.empty())
+            couple_sets(cur, crec[l][t], t ? supE[l][j][t - 1] : supK0[l][j], W);
+          if (l > j && !cin[l][t].live.empty())
+            couple_sets(cur, cin[l][t], supE[l - 1][j][t], W);
+          const Rows& K = act[l][t][b];
+          unite_rows(supE[l][j][t], cur, K.data(), static_cast<int64_t>(K.size()), m[l], W);
+        }
+    for (int64_t l = 0; l < NL; ++l)
+      for (int64_t j = 0; j <= l; ++j) {
+        uint64_t* r0 = reinterpret_cast<uint64_t*>(reach[l][j].data_ptr<int64_t>()) + b * R[l] * Wd[j];
+        std::copy(rc[l][j][L].begin(), rc[l][j][L].end(), r0);
+      }
     for (int64_t j = 0; j < NL; ++j) {
       const int64_t Pend = P_after[L - 1][j];
+      const int64_t* sg = seg[j].data_ptr<int64_t>();
+      const int64_t W = Wd[j];
       S* g = grad[j].data_ptr<S>();
       // the rows K of N^{l,j} at step t of this sequence: pointer and row stride
       auto n_at = [&](int64_t l, int64_t t) -> std::pair<S*, int64_t> {
         if (t == L - 1) return {Ns_out[l][j].data_ptr<S>() + b * k_out[l] * Pend, Pend};
         return {buf[l][j].data() + (t & 1) * kmax[l] * Pend, Pend};
       };
-      for (int64_t lo = 0; lo < Pend; lo += PW[j]) {
-        const int64_t hi_panel = std::min(Pend, lo + PW[j]);
+      for (size_t pn = 0; pn + 1 < pan[j].size(); ++pn) {
+        const int64_t u0 = pan[j][pn], u1 = pan[j][pn + 1];
+        const int64_t lo = sg[u0], hi_panel = std::min(Pend, sg[u1]);
         for (int64_t t = 0; t < L; ++t)
           for (int64_t l = j; l < NL; ++l) {
             const int64_t C = M[l][j].size(2), mq = m[l], M2 = mm[l];
@@ -940,39 +1139,39 @@ py::tuple chunk_update_impl(
               const int64_t hi = std::min(hi_panel, j == l ? P_before[t][j] : P_after[t][j]);
               const int64_t nr = static_cast<int64_t>(rows.size());
               std::vector<S> old(mq);
+              Bits sup;
               for (int64_t q = 0; q < nr && hi > lo; ++q) {
                 const S* ti = fac[l][t].data() + (b * nr + q) * M2;
                 S* base = Mb + rows[q] * mq * C;
-                if (mq == 1) {
-                  for (int64_t p = lo; p < hi; ++p) base[p] = ti[0] * base[p];
-                } else {
-                  for (int64_t p = lo; p < hi; ++p) {
-                    for (int64_t c = 0; c < mq; ++c) old[c] = base[c * C + p];
-                    for (int64_t c = 0; c < mq; ++c) {
-                      S acc = 0;
-                      for (int64_t q2 = c; q2 < mq; ++q2) acc += ti[c * mq + q2] * old[q2];
-                      base[c * C + p] = acc;
+                unite_rows(sup, rc[l][j][t], &rows[q], 1, mq, W);  // the unit's rows before step t
+                for_bits(sup.data(), u0, u1, [&](int64_t i) {
+                  const int64_t s0 = sg[i], s1 = std::min(sg[i + 1], hi);
+                  if (mq == 1) {
+                    for (int64_t p = s0; p < s1; ++p) base[p] = ti[0] * base[p];
+                  } else {
+                    for (int64_t p = s0; p < s1; ++p) {
+                      for (int64_t c = 0; c < mq; ++c) old[c] = base[c * C + p];
+                      for (int64_t c = 0; c < mq; ++c) {
+                        S acc = 0;
+                        for (int64_t q2 = c; q2 < mq; ++q2) acc += ti[c * mq + q2] * old[q2];
+                        base[c * C + p] = acc;
+                      }
                     }
                   }
-                }
+                });
               }
             }
             // b. the immediate entries of this panel born by step t
             if (l == j) {
               const int64_t* pi = phi_idx[l].data_ptr<int64_t>();
-              const int64_t* si = src_idx[l].data_ptr<int64_t>();
               const int64_t* de = dest[l].data_ptr<int64_t>();
               const S* phb = ph[l][t].data() + b * n[l] * GM[l];
-              const S* xb = xs[l][t].data_ptr<S>() + b * d[l];
-              const S* yb = yprev[l][t].data_ptr<S>() + b * n[l];
               const int64_t Et = E[l][t];
-              for (const int64_t e : bucket[l][lo / PW[j]]) {
-                if (e >= Et) break;
-                const int64_t s = si[e];
-                const S v = s < d[l] ? xb[s] : (s < d[l] + n[l] ? yb[s - d[l]] : S(1));
-                if (v == S(0)) continue;
-                Mb[de[e]] += phb[pi[e]] * v;
-              }
+              const Rows& ptr = iptr[l][pn];
+              const int64_t* ent = ibucket[l][pn].data();
+              for (const auto& sv : live_src[l][t])
+                for (int64_t q = ptr[sv.first]; q < ptr[sv.first + 1] && ent[q] < Et; ++q)
+                  Mb[de[ent[q]]] += phb[pi[ent[q]]] * sv.second;
             }
             // c. recurrent coupling through the previous step's active units
             if (!crec[l][t].live.empty()) {
@@ -988,13 +1187,18 @@ py::tuple chunk_update_impl(
                 src = N0[l][j].data_ptr<S>() + b * k0[l] * ld;
               }
               const int64_t hi = std::min(hi_panel, width);
-              if (hi > lo) panel_couple<S>(Mb, C, crec[l][t], src, ld, lo, hi);
+              const Bits& sup = t ? supE[l][j][t - 1] : supK0[l][j];
+              if (hi > lo)
+                reach_couple<S>(Mb, C, crec[l][t], src, ld, sg, u0, u1, hi, sup.data(), W, stbuf,
+                                fbuf, nbuf);
             }
             // d. input coupling through the layer below's active units (same step)
             if (l > j && !cin[l][t].live.empty()) {
               auto pr = n_at(l - 1, t);
               const int64_t hi = std::min(hi_panel, P_after[t][j]);
-              if (hi > lo) panel_couple<S>(Mb, C, cin[l][t], pr.first, pr.second, lo, hi);
+              if (hi > lo)
+                reach_couple<S>(Mb, C, cin[l][t], pr.first, pr.second, sg, u0, u1, hi,
+                                supE[l - 1][j][t].data(), W, stbuf, fbuf, nbuf);
             }
             // e. emission: N[kk] = (G T)[K[kk]] M[K[kk]] (+ the direct gains), f. gradient
             const Rows& K = act[l][t][b];
@@ -1014,31 +1218,38 @@ py::tuple chunk_update_impl(
               const S* gi = gt + i * mq;
               const S fe = eb ? eb[i] : S(0);
               S* __restrict__ gg = g;
-              if (mq - c0 == 1) {
-                const S f = gi[c0];
-                const S* __restrict__ row = base + c0 * C;
-                if (fe != S(0))
-                  for (int64_t p = lo; p < hi; ++p) {
-                    const S v = row[p] * f;
-                    out[p] = v;
-                    gg[p] += fe * v;
-                  }
-                else
+              // the segments of this row's support only (N is zero elsewhere; its readers
+              // read the support)
+              for_bits(supE[l][j][t].data() + kk * W, u0, u1, [&](int64_t unit) {
+                const int64_t lo = sg[unit], hi_s = std::min(sg[unit + 1], hi);
+                if (hi_s <= lo) return;
+                const int64_t hi = hi_s;
+                if (mq - c0 == 1) {
+                  const S f = gi[c0];
+                  const S* __restrict__ row = base + c0 * C;
+                  if (fe != S(0))
+                    for (int64_t p = lo; p < hi; ++p) {
+                      const S v = row[p] * f;
+                      out[p] = v;
+                      gg[p] += fe * v;
+                    }
+                  else
+                    for (int64_t p = lo; p < hi; ++p) out[p] = row[p] * f;
+                  return;
+                }
+                {
+                  const S f = gi[c0];
+                  const S* row = base + c0 * C;
                   for (int64_t p = lo; p < hi; ++p) out[p] = row[p] * f;
-                continue;
-              }
-              {
-                const S f = gi[c0];
-                const S* row = base + c0 * C;
-                for (int64_t p = lo; p < hi; ++p) out[p] = row[p] * f;
-              }
-              for (int64_t c = c0 + 1; c < mq; ++c) {
-                const S f = gi[c];
-                const S* row = base + c * C;
-                for (int64_t p = lo; p < hi; ++p) out[p] += f * row[p];
-              }
-              if (fe != S(0))
-                for (int64_t p = lo; p < hi; ++p) gg[p] += fe * out[p];
+                }
+                for (int64_t c = c0 + 1; c < mq; ++c) {
+                  const S f = gi[c];
+                  const S* row = base + c * C;
+                  for (int64_t p = lo; p < hi; ++p) out[p] += f * row[p];
+                }
+                if (fe != S(0))
+                  for (int64_t p = lo; p < hi; ++p) gg[p] += fe * out[p];
+              });
             }
             if (l == j && U[l]) {
               const int64_t* uc = ucol[l].data_ptr<int64_t>();
@@ -1089,7 +1300,8 @@ py::tuple chunk_update(
     std::vector<std::vector<Tensor>> xs, std::vector<std::vector<Tensor>> yprev,
     std::vector<std::vector<Tensor>> es, std::vector<std::vector<int64_t>> E,
     std::vector<std::vector<int64_t>> P_before, std::vector<std::vector<int64_t>> P_after,
-    std::vector<bool> first, std::vector<Tensor> grad) {
+    std::vector<bool> first, std::vector<Tensor> grad, std::vector<Tensor> seg,
+    std::vector<std::vector<Tensor>> reach) {
   TORCH_CHECK(!M.empty() && !first.empty(), "evrtrl chunk_update: no layers or no steps");
   for (const auto& row : M)
     for (const Tensor& Mj : row)
@@ -1101,7 +1313,8 @@ py::tuple chunk_update(
   AT_DISPATCH_FLOATING_TYPES(T[0].scalar_type(), "evrtrl_chunk_update", [&] {
     out = chunk_update_impl<scalar_t>(M, T, structure, c0s, n_rec, Wrec, n_in, Win, phi_idx,
                                       src_idx, dest, ucol, Kp0, k0, N0, C0, diag, phis, gain,
-                                      gdirect, xs, yprev, es, E, P_before, P_after, first, grad);
+                                      gdirect, xs, yprev, es, E, P_before, P_after, first, grad,
+                                      seg, reach);
   });
   return out;
 }

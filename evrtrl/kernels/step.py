@@ -161,6 +161,23 @@ class CompiledStep:
         self.no_e = torch.empty(0, dtype=dt, device=dev)
         # layer_update's spike count (alpha) is taken in step(): it gets no output to count
         self.no_y = torch.empty(0, dtype=dt, device=dev)
+        # chunk_update's reach sets (engine_kernel.cpp, reach_couple): per layer l and block
+        # j <= l, a bitset over block j's units for every row of M^{l,j}, (B, R_l, words_j);
+        # at the start a row reaches only its own unit's segment (M is zero)
+        self.seg = [blk.seg_ptr for blk in engine.blocks]
+        self.reach: list[list[torch.Tensor]] = []
+        for l, run in enumerate(engine.runs):
+            row = []
+            for j, blk in enumerate(engine.blocks[: l + 1]):
+                words = (blk.layer.hidden_size + 63) // 64
+                bits = torch.zeros(B, run.n, run.m, words, dtype=torch.long, device=dev)
+                if j == l:
+                    unit = torch.arange(run.n, device=dev)
+                    own = torch.zeros(run.n, words, dtype=torch.long, device=dev)
+                    own[unit, unit // 64] = torch.bitwise_left_shift(torch.ones_like(unit), unit % 64)
+                    bits[:] = own[None, :, None, :]
+                row.append(bits.view(B, run.R, words))
+            self.reach.append(row)
 
     @property
     def covered(self) -> list[bool]:
@@ -210,7 +227,7 @@ class CompiledStep:
         forward parts (cell steps, births, active sets, statistics) run now; the influence
         update is queued and run by :meth:`flush`, at the latest when ``defer`` steps wait."""
         stats = engine._stats
-        P_before = [b.p_born for b in engine.blocks]
+        P_before = [b.width for b in engine.blocks]
         layers = []
         alpha = beta = 0
         if self.defer > 1:  # queued past this call: the caller (or xbuf) may reuse its buffer
@@ -228,7 +245,7 @@ class CompiledStep:
             alpha += int(torch.count_nonzero(x))  # host reads are free on the CPU
             beta += int(act.sum())
         self.queue.append(_Deferred(layers, [None] * len(layers), engine.first, P_before,
-                                    [b.p_born for b in engine.blocks], len(stats.macs_per_step)))
+                                    [b.width for b in engine.blocks], len(stats.macs_per_step)))
         engine.first = False
         born = sum(b.p_born for b in engine.blocks)
         stats.end_step(alpha, beta, born / max(1, stats.p_live), divisor=engine.B * engine.n_units)
@@ -267,7 +284,8 @@ class CompiledStep:
             [run.dest for run in runs], [q[-1].layers[l].ucol for l in range(NL)],
             Kp0, k0, N0, C0, col("diag"), col("phis"), col("gain"), col("gain_direct"), col("x"),
             col("y_prev"), es, col("entries"),
-            [s.P_before for s in q], [s.P_after for s in q], [s.first for s in q], engine.grad)
+            [s.P_before for s in q], [s.P_after for s in q], [s.first for s in q], engine.grad,
+            self.seg, self.reach)
         P_last = q[-1].P_after
         for l, (Kp, k, Ns, cnt, count) in enumerate(layers):
             engine._N[l] = (Kp, k, Ns, P_last[: l + 1] if k else [], count, False, cnt)
@@ -300,6 +318,9 @@ class CompiledStep:
         for l, e in enumerate(s.e):
             if e is not None:
                 self._accumulate_now(engine, e, l, s.index)
+        for row in self.reach:  # layer_update keeps no reach sets: every row may reach all
+            for bits in row:
+                bits.fill_(-1)
 
     def accumulate(self, engine: Any, dL_dy: torch.Tensor, layer: int = -1) -> None:
         """Add :math:`(dL_t/dy^l_t)^T N^l_t` of layer ``layer`` (default: the last) to the gradient

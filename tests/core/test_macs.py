@@ -30,6 +30,10 @@ def test_event_macs_equal_analytic_count_hand_built():
     K_prev, prev_width = 0, 0
     born_sources: set[int] = set()
     y_prev = torch.zeros(1, 2, dtype=torch.float64)
+    # the columns worked on: the born prefix (pure torch), every live column (compiled: the
+    # columns are grouped by unit, evrtrl.influence)
+    p_live = 4 * n + 3 * n * d + 3 * n * n
+    unit_order = eng.kernel == "compiled"
     for t in range(3):
         y = eng.step(x[t])
         eng.accumulate(torch.ones_like(y))
@@ -49,11 +53,12 @@ def test_event_macs_equal_analytic_count_hand_built():
             macs += 3 * n * m * K_prev                      # building A[:, K]
             macs += n * m * K_prev * prev_width             # A[:, K] @ N[K]
         macs += entries                                     # immediate: every born entry
+        width = p_live if unit_order else p_born
         if k:
-            macs += k * m * p_born + n * m * m + k          # emission rows K, G T, theta direct
-        macs += k * p_born                                  # gradient rows K
+            macs += k * m * width + n * m * m + k           # emission rows K, G T, theta direct
+        macs += k * width                                   # gradient rows K
         expected.append(macs)
-        K_prev, prev_width = k, p_born
+        K_prev, prev_width = k, width
         y_prev = y.clone()
         assert int((y != 0).sum()) == 0 or t < 2
     counted = eng.stats.macs_per_step
