@@ -44,9 +44,13 @@ from evrtrl.stats import EngineStats
 __all__ = ["Engine", "LossFn", "LayerLossFn", "run_engine", "loss_gradient", "nonzero_fraction",
            "check_step_input", "check_upstream"]
 
-#: ``loss_fn(y_t, t)``: a scalar tensor, or None where step ``t`` has no loss
+#: ``loss_fn(y_t, t)``: a scalar tensor, or None where step ``t`` has no loss. A loss may also
+#: define ``value_and_grad(y_t, t) -> (value, dL_t/dy_t, {parameter: dL_t/dp})``, the same
+#: loss with its exact gradient in closed form: the engines then call that instead of autograd
+#: (the training loop's readout loss does; its tests compare it with autograd)
 LossFn = Callable[[torch.Tensor, int], Any]
-#: ``layer_loss(l, y^l_t, t)``: a term on the output of every layer ``l`` (evrtrl.regularizers)
+#: ``layer_loss(l, y^l_t, t)``: a term on the output of every layer ``l`` (evrtrl.regularizers);
+#: likewise with an optional ``value_and_grad(l, y^l_t, t)``
 LayerLossFn = Callable[[int, torch.Tensor, int], Any]
 
 
@@ -128,9 +132,14 @@ def loss_gradient(loss_fn: LossFn, y: torch.Tensor, t: int,
                   extra: Sequence[torch.Tensor] = ()) -> tuple[Any, torch.Tensor | None, list[Any]]:
     """``(loss, dL_t/dy_t, [dL_t/dp for p in extra])`` of one step's loss.
 
-    The gradients are None where the loss is None or does not depend on them.
+    The gradients are None where the loss is None or does not depend on them. A loss with
+    ``value_and_grad`` (:data:`LossFn`) gives them in closed form, without autograd.
     """
     extras = list(extra)
+    closed = getattr(loss_fn, "value_and_grad", None)
+    if closed is not None:
+        loss, g, by_param = closed(y.detach(), t)
+        return loss, g, [by_param.get(p) for p in extras]
     with torch.enable_grad():
         yl = y.detach().requires_grad_(True)
         loss = loss_fn(yl, t)
@@ -145,6 +154,19 @@ def loss_gradient(loss_fn: LossFn, y: torch.Tensor, t: int,
             return loss, None, [None] * len(extras)
         grads = torch.autograd.grad(loss, [yl] + extras, allow_unused=True)
     return loss, grads[0], list(grads[1:])
+
+
+class _LayerTerm:
+    """``layer_loss`` of one layer ``l`` as a :data:`LossFn` (its closed form kept)."""
+
+    def __init__(self, layer_loss: LayerLossFn, l: int) -> None:
+        self.fn, self.l = layer_loss, l
+        closed = getattr(layer_loss, "value_and_grad", None)
+        if closed is not None:
+            self.value_and_grad = functools.partial(closed, l)
+
+    def __call__(self, y: torch.Tensor, t: int) -> Any:
+        return self.fn(self.l, y, t)
 
 
 def run_engine(
@@ -177,6 +199,7 @@ def run_engine(
     extra = list(extra_parameters)
     losses: list[Any] = []
     pending = 0
+    layer_terms: list[_LayerTerm] = []
     sparse = engine.name in SPARSE_INPUT_METHODS
     for i in range(x.shape[0]):
         t = t0 + i
@@ -189,8 +212,10 @@ def run_engine(
         layer_term = None
         if layer_loss is not None:
             outputs = engine.layer_outputs()
+            while len(layer_terms) < len(outputs):
+                layer_terms.append(_LayerTerm(layer_loss, len(layer_terms)))
             for l, y_l in enumerate(outputs):
-                term, g_l, _ = loss_gradient(functools.partial(layer_loss, l), y_l, t)
+                term, g_l, _ = loss_gradient(layer_terms[l], y_l, t)
                 if l == len(outputs) - 1 and g is not None:  # one accumulation for both terms
                     g_l, g = (g if g_l is None else g_l + g), None
                 if g_l is not None:

@@ -205,29 +205,55 @@ class _LayerRun:
         dev = layer.device
         self.R, self.C = self.n * self.m, block.p_live
         self.ones = torch.ones(B, 1, dtype=layer.dtype, device=dev)
-        # born sources (host) and the unborn ones (device, for the dense birth test)
-        self.born_in = np.zeros(self.d, dtype=bool)
-        self.born_rec = np.zeros(self.n, dtype=bool)
-        self.unborn_in = torch.arange(self.d, device=dev)
-        self.unborn_rec = torch.arange(self.n, device=dev)
         # gain_direct: the column of p_i for each unit, (n, 1); a unit whose p_i column another
         # shard tracks points at column 0 with a zero factor (an exact no-op)
         self.ucol = {u: c.clamp(min=0)[:, None] for u, c in block.unit_cols.items()}
         self.ukeep = {u: (c >= 0).to(layer.dtype)[:, None] for u, c in block.unit_cols.items()
                       if bool((c < 0).any())}
+        # unit column order (static columns): every weight entry's table rows, by source, on
+        # the host; a birth copies its sources' rows into the tables (_birth_static)
+        self._static: dict[str, tuple[np.ndarray, ...]] = {}
+        self.restart()
+        if block.column_order == "unit":
+            self._static = {kind: self._source_table(kind) for kind in ("input", "recurrent")}
+            units = [t.numpy() for t in (self.phi_idx, self.src_idx, self.dest)]
+            cap = self.entries + sum(len(t[1]) for t in self._static.values())
+            self._buf = [np.empty(cap, dtype=np.int64) for _ in range(3)]
+            for buf, u in zip(self._buf, units):
+                buf[: self.entries] = u
+            self._units_end = self.entries
+
+    def restart(self) -> None:
+        """The per-run state of a new run: no source born, the tables of the per-unit
+        parameters only."""
+        dev = self.layer.device
+        # born sources (host) and the unborn ones (device, for the dense birth test)
+        self.born_in = np.zeros(self.d, dtype=bool)
+        self.born_rec = np.zeros(self.n, dtype=bool)
+        self.unborn_in = torch.arange(self.d, device=dev)
+        self.unborn_rec = torch.arange(self.n, device=dev)
+        self._takes: tuple[torch.Tensor, torch.Tensor] | None = None
+        if self._static:
+            self._tables(self._units_end)
+            return
         e = torch.empty(0, dtype=torch.long, device=dev)
         self.phi_idx, self.src_idx, self.dest = e, e, e
         self.entries = 0
-        self._takes: tuple[torch.Tensor, torch.Tensor] | None = None
-        n = self.n
-        for u, cols in block.unit_cols.items():
+        for u, cols in self.block.unit_cols.items():
             units = (cols >= 0).nonzero(as_tuple=True)[0]  # shard: the p_i tracked here
             self._add(self.group[u], units,
-                      torch.full((units.numel(),), self.d + n, dtype=torch.long, device=dev),
+                      torch.full((units.numel(),), self.d + self.n, dtype=torch.long, device=dev),
                       cols[units])
 
-    def _add(self, g: int, rows: torch.Tensor, src: torch.Tensor, cols: torch.Tensor) -> None:
-        """Append table entries for weight entries ``(rows, src)`` of group ``g`` at ``cols``."""
+    def _tables(self, entries: int) -> None:
+        """Unit order: the tables are the first ``entries`` rows of the host buffers."""
+        self.phi_idx, self.src_idx, self.dest = (torch.from_numpy(b[:entries]) for b in self._buf)
+        self.entries = entries
+
+    def _rows(self, g: int, rows: torch.Tensor, src: torch.Tensor, cols: torch.Tensor
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Table rows ``(phi, src, dest)`` for weight entries ``(rows, src)`` of group ``g`` at
+        ``cols``: ``m`` per entry, one per state component."""
         m, G = self.m, self.G
         comp = torch.arange(m, device=rows.device)
         r = (rows * m)[:, None] + comp  # state rows (i, c)
@@ -236,9 +262,43 @@ class _LayerRun:
             dest = r * self.C + cols[:, None]
         else:
             dest = cols[:, None] * self.R + r
-        self.phi_idx = torch.cat((self.phi_idx, phi.flatten()))
-        self.src_idx = torch.cat((self.src_idx, src[:, None].expand(-1, m).flatten()))
-        self.dest = torch.cat((self.dest, dest.flatten()))
+        return phi.flatten(), src[:, None].expand(-1, m).flatten(), dest.flatten()
+
+    def _source_table(self, kind: str) -> tuple[np.ndarray, ...]:
+        """Unit order: ``(ptr, phi, src, dest)`` of every weight entry of the projections from
+        ``kind`` sources, grouped by source ``j`` (``ptr[j]:ptr[j+1]``)."""
+        offset = 0 if kind == "input" else self.d
+        parts = [self._rows(self.group[p.name], p.rows, p.srcs + offset, self.block.col_of[p.flat])
+                 for p in self.block.projections if p.source == kind]
+        n_src = self.d if kind == "input" else self.n
+        if not parts:
+            return (np.zeros(n_src + 1, dtype=np.int64),) + (np.empty(0, dtype=np.int64),) * 3
+        phi, src, dest = (torch.cat(t).cpu().numpy() for t in zip(*parts))
+        key = src - offset
+        order = np.argsort(key, kind="stable")
+        ptr = np.zeros(n_src + 1, dtype=np.int64)
+        ptr[1:] = np.cumsum(np.bincount(key, minlength=n_src))
+        return ptr, phi[order], src[order], dest[order]
+
+    def _birth_static(self, source: str, new: np.ndarray) -> None:
+        """Unit order: append the table rows of the sources ``new`` (their columns exist)."""
+        ptr, phi, src, dest = self._static[source]
+        starts = ptr[new]
+        lengths = ptr[new + 1] - starts
+        total = int(lengths.sum())
+        pos = np.repeat(starts - (np.cumsum(lengths) - lengths), lengths) + np.arange(total)
+        e0, e1 = self.entries, self.entries + total
+        for buf, tab in zip(self._buf, (phi, src, dest)):
+            buf[e0:e1] = tab[pos]
+        self._tables(e1)
+        self.block.add_born(total // self.m)
+
+    def _add(self, g: int, rows: torch.Tensor, src: torch.Tensor, cols: torch.Tensor) -> None:
+        """Append table entries for weight entries ``(rows, src)`` of group ``g`` at ``cols``."""
+        phi, src, dest = self._rows(g, rows, src, cols)
+        self.phi_idx = torch.cat((self.phi_idx, phi))
+        self.src_idx = torch.cat((self.src_idx, src))
+        self.dest = torch.cat((self.dest, dest))
         self._takes = None
         self.entries = self.dest.numel()
 
@@ -254,13 +314,17 @@ class _LayerRun:
 
     def birth(self, source: str, new: torch.Tensor) -> None:
         """Sources ``new`` of kind ``source`` fire for the first time: allocate and tabulate."""
-        offset = 0 if source == "input" else self.d
-        for proj in self.block.projections:
-            if proj.source == source:
-                rows, srcs, cols = self.block.birth(proj, new)
-                self._add(self.group[proj.name], rows, srcs + offset, cols)
+        new_np = new.cpu().numpy()
+        if self._static:
+            self._birth_static(source, new_np)
+        else:
+            offset = 0 if source == "input" else self.d
+            for proj in self.block.projections:
+                if proj.source == source:
+                    rows, srcs, cols = self.block.birth(proj, new)
+                    self._add(self.group[proj.name], rows, srcs + offset, cols)
         born = self.born_in if source == "input" else self.born_rec
-        born[new.cpu().numpy()] = True
+        born[new_np] = True
         left = torch.from_numpy(np.flatnonzero(~born)).to(new.device)
         if source == "input":
             self.unborn_in = left
@@ -318,6 +382,7 @@ class EventRTRL:
             layout = COMPILED_LAYOUT
         self._layout, self._kmod, self._defer = layout, kmod, defer
         self.M: list[list[torch.Tensor]] = []
+        self.blocks: list[ColumnBlock] = []
         self.bcol = torch.arange(self.B, device=self.device)[:, None]
         self.n_units = sum(r.layer.hidden_size for r in self.refs)
         self.compiled = None
@@ -334,13 +399,19 @@ class EventRTRL:
         # the compiled path groups each block's columns by unit (it skips the segments that
         # are structurally zero); the pure-torch path keeps the born prefix (evrtrl.influence)
         order = "unit" if self._kmod is not None else "birth"
-        self.blocks = [ColumnBlock(r.layer, r.prefix, shard, order) for r in self.refs]
-        self.runs = [
-            _LayerRun(r.layer, b, B, choose_layout(
-                r.layer.hidden_size * r.layer.state_size,
-                sum(blk.p_live for blk in self.blocks[: l + 1]), layout))
-            for l, (r, b) in enumerate(zip(self.refs, self.blocks))
-        ]
+        if len(self.blocks) == len(self.refs) and \
+                all(b.matches(r.layer, shard, order) for b, r in zip(self.blocks, self.refs)):
+            for blk, run in zip(self.blocks, self.runs):  # same columns: the births start again
+                blk.restart()
+                run.restart()
+        else:
+            self.blocks = [ColumnBlock(r.layer, r.prefix, shard, order) for r in self.refs]
+            self.runs = [
+                _LayerRun(r.layer, b, B, choose_layout(
+                    r.layer.hidden_size * r.layer.state_size,
+                    sum(blk.p_live for blk in self.blocks[: l + 1]), layout))
+                for l, (r, b) in enumerate(zip(self.refs, self.blocks))
+            ]
         zeros = lambda *s: torch.zeros(*s, dtype=self.dtype, device=self.device)  # noqa: E731
         old = self.M
 

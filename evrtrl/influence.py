@@ -134,6 +134,8 @@ class ColumnBlock:
             for pr in layer.projections
         ]
         self.p_live = int(self.tracked.sum())
+        # the masks this block was made for (matches)
+        self._masks = {name: m.clone() for name, m in masks.items()}
         self.col_of = torch.full((self.p_total,), -1, dtype=torch.long, device=dev)
         self.order = torch.empty(self.p_live, dtype=torch.long, device=dev)
         self.p_born = 0
@@ -151,13 +153,29 @@ class ColumnBlock:
             self.col_of[self.order] = torch.arange(self.p_live, device=dev)
             self.seg_ptr = torch.zeros(n + 1, dtype=torch.long, device=dev)
             self.seg_ptr[1:] = torch.cumsum(torch.bincount(unit, minlength=n), 0)
-        # per-unit parameters are born at step 0, first in the column order
         self.unit_cols: dict[str, torch.Tensor] = {}
-        for u in layer.unit_parameters:
+        self.restart()
+
+    def restart(self) -> None:
+        """No source born: the state of a new run. The per-unit parameters are born at
+        step 0 (first in birth order)."""
+        self.p_born = 0
+        if self.column_order == "birth":
+            self.col_of.fill_(-1)
+        n, dev = self.layer.hidden_size, self.layer.device
+        for u in self.layer.unit_parameters:
             flat = self.offsets[u] + torch.arange(n, device=dev)
             keep = self.tracked[flat]
             self.unit_cols[u] = torch.full((n,), -1, dtype=torch.long, device=dev)
             self.unit_cols[u][keep] = self._allocate(flat[keep])
+
+    def matches(self, layer: Layer, shard: ColumnShard | None, order: str) -> bool:
+        """Whether this block's columns are those of ``layer`` (same masks), ``shard`` and
+        ``order``: then :meth:`restart` makes it a new block of them."""
+        masks = layer.masks
+        return (layer is self.layer and shard is self.shard and order == self.column_order
+                and masks.keys() == self._masks.keys()
+                and all(torch.equal(masks[k], m) for k, m in self._masks.items()))
 
     def _tracked(self, name: str) -> torch.Tensor:
         """``tracked`` restricted to parameter ``name``, in its shape."""
@@ -180,6 +198,10 @@ class ColumnBlock:
         """The columns the engines work on: the born prefix ``p_born`` in birth order, every
         live column in unit order (born columns are not a prefix there)."""
         return self.p_born if self.column_order == "birth" else self.p_live
+
+    def add_born(self, count: int) -> None:
+        """Unit order: ``count`` more columns are born (they exist from the start)."""
+        self.p_born += count
 
     def _allocate(self, flat: torch.Tensor) -> torch.Tensor:
         if self.column_order == "unit":  # the columns exist from the start

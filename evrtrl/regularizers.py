@@ -69,3 +69,20 @@ class ActivityRegularizer:
             rate = torch.clamp(rate - self.target, min=0.0)
         s = self.scale if self.scale is not None else 1.0 / y.shape[0]
         return self.strength * s * rate.sum()
+
+    def value_and_grad(self, l: int, y: torch.Tensor, t: int
+                       ) -> tuple[torch.Tensor | None, torch.Tensor | None, dict]:
+        r"""The penalty and its gradient in closed form (:data:`evrtrl.engine.LayerLossFn`):
+        :math:`\partial R/\partial y_{b,i} = \lambda s\,\mathrm{sign}(y_{b,i}) / n_l` where the
+        sequence's rate is at or above the target (every sequence for target 0)."""
+        if self.strength == 0:
+            return None, None, {}
+        n = y.shape[-1]
+        rate = y.abs().mean(-1)
+        s = self.scale if self.scale is not None else 1.0 / y.shape[0]
+        g = torch.sign(y) * (self.strength * s / n)
+        if self.target:
+            over = rate - self.target
+            g = g * (over >= 0).to(y.dtype)[:, None]
+            rate = torch.clamp(over, min=0.0)
+        return self.strength * s * rate.sum(), g, {}

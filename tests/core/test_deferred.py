@@ -186,3 +186,81 @@ def test_cleared_statistics_lists_do_not_break_a_later_flush():
     evrtrl.run_engine(eng, x[7:], per_step_loss, t0=7)
     assert len(eng.compiled.queue) == 13
     assert len(eng.stats.macs_per_step) == 13 and all(v > 0 for v in eng.stats.macs_per_step)
+
+
+def _reach_bits(eng, l, j):
+    """The reach sets of M^{l,j} as bools (B, R, n_j)."""
+    r = eng.compiled.reach[l][j]
+    n = eng.blocks[j].layer.hidden_size
+    bits = (r[..., :, None] >> torch.arange(64)) & 1
+    return bits.reshape(*r.shape[:2], -1)[..., :n].bool()
+
+
+def _assert_zero_outside_reach(eng):
+    """M^{l,j}[b, r] is exactly zero outside the segments of the units in r's reach set."""
+    for l in range(len(eng.runs)):
+        for j in range(l + 1):
+            seg = eng.blocks[j].seg_ptr
+            unit = torch.repeat_interleave(torch.arange(seg.numel() - 1), seg.diff())  # per column
+            inside = _reach_bits(eng, l, j)[:, :, unit]  # (B, R, C)
+            assert not bool((eng.M[l][j] * ~inside).any()), (l, j)
+
+
+@pytest.mark.parametrize("n", [70, 130])  # reach sets of two and three 64-bit words
+def test_deferred_reach_sets_across_words_and_sparse_activity(n):
+    """Sparse activity: the reach sets stay small (the kernel skips their complement) and
+    hold M's support; results equal the step-by-step path and BPTT."""
+    model = egru(d=5, n=n, density=0.1, theta=0.4, width=0.3, seed=3)
+    x = spikes_in(12, 2, 5, p=0.5, seed=4) * 3
+    ref, _ = _run(model, x, 1)
+    eng, _ = _run(model, x, 32)
+    _assert_same(ref, eng)
+    filled = float(_reach_bits(eng, 0, 0).float().mean())
+    assert 0 < filled < 0.5, filled  # the mechanism is at work: most segments skipped
+    _assert_zero_outside_reach(eng)
+    bptt = evrtrl.gradients(model, x, per_step_loss, method="bptt")
+    for k, v in eng.gradients().items():
+        assert rel_err(v, bptt[k]) <= 1e-10, k
+
+
+def test_reach_sets_hold_the_support_of_m_in_a_stack():
+    eng, _ = _run(_stack(), values_in(30, B, 2, seed=3), 7)
+    eng.settle()
+    _assert_zero_outside_reach(eng)
+
+
+def test_a_single_step_flush_widens_the_reach_sets_to_every_unit():
+    """layer_update keeps no reach sets: after it every row reaches every unit, and a later
+    chunk of steps is still exact."""
+    model = egru(d=3, n=9, density=0.5, theta=0.3, width=0.5)
+    x = values_in(20, B, 3, seed=6)
+    ref, _ = _run(model, x, 1)
+    eng = evrtrl.EventRTRL(model, B, kernel="compiled", defer=32)
+    evrtrl.run_engine(eng, x[:1], per_step_loss)
+    eng.settle()  # one queued step: layer_update
+    assert bool(_reach_bits(eng, 0, 0).all())
+    evrtrl.run_engine(eng, x[1:], per_step_loss, t0=1)
+    _assert_same(ref, eng)
+
+
+def test_reset_rebuilds_the_columns_after_a_mask_change():
+    model = egru(d=3, n=8, density=0.5, theta=0.05, width=1.0)
+    x = values_in(15, B, 3, seed=2)
+    for kernel in ("compiled", "torch"):
+        eng = evrtrl.EventRTRL(model, B, kernel=kernel)
+        evrtrl.run_engine(eng, x, per_step_loss)
+        blocks = list(eng.blocks)
+        eng.reset()
+        assert eng.blocks[0] is blocks[0]  # same masks: the columns are kept
+        with torch.no_grad():
+            model.mask_U_u.copy_(~model.mask_U_u)  # prune and regrow recurrent weights
+        eng.reset()
+        assert eng.blocks[0] is not blocks[0]
+        evrtrl.run_engine(eng, x, per_step_loss)
+        new = evrtrl.EventRTRL(model, B, kernel=kernel)
+        evrtrl.run_engine(new, x, per_step_loss)
+        got, want = eng.gradients(), new.gradients()
+        for k in want:
+            assert torch.equal(got[k], want[k]), (kernel, k)
+        with torch.no_grad():
+            model.mask_U_u.copy_(~model.mask_U_u)

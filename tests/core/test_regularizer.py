@@ -174,3 +174,24 @@ def test_active_counts_match_the_engine():
     learner.run(x)
     assert torch.equal(active_counts(model, x), learner.active)
     assert 0 < int(learner.active.sum()) < 12 * 3 * 10
+
+
+@pytest.mark.parametrize("target", [0.0, 0.3])
+def test_closed_form_equals_autograd(target):
+    """value_and_grad (what the engines call) gives the penalty and autograd's gradient,
+    including a sequence whose rate is exactly at the target."""
+    g = torch.Generator().manual_seed(0)
+    y = torch.randn(5, 8, generator=g, dtype=torch.float64) * (torch.rand(5, 8, generator=g) < 0.5)
+    y[2] = 0.0  # silent
+    if target:
+        y[3] = torch.tensor([1.2, -1.2] + [0.0] * 6, dtype=torch.float64)
+        assert float(y[3].abs().mean()) == target  # exactly at the target
+    reg = ActivityRegularizer(0.7, target, scale=0.25)
+    value, grad, by_param = reg.value_and_grad(1, y, 4)
+    yl = y.clone().requires_grad_(True)
+    want = reg(1, yl, 4)
+    (auto,) = torch.autograd.grad(want, yl)
+    assert by_param == {}
+    assert float(value) == pytest.approx(float(want), rel=1e-15)
+    assert rel_err(grad, auto) <= 1e-15
+    assert ActivityRegularizer(0.0).value_and_grad(0, y, 0) == (None, None, {})
