@@ -26,7 +26,9 @@ Data layout (the contract of a compiled kernel; see also docs/engine.md):
 
 * ``M[l][j]``: one contiguous tensor per (layer, block), ``(B, R, C)`` ("rows") or
   ``(B, C, R)`` ("cols") with ``R = n m`` rows ``r = i m + c`` and ``C = p_live`` columns of
-  block ``j`` in birth order (:mod:`evrtrl.influence`); columns ``>= p_born`` are zero.
+  block ``j`` (:mod:`evrtrl.influence`): in birth order on the pure-torch path (columns
+  ``>= p_born`` are zero), grouped by unit on the compiled path (``seg_ptr``; the kernel
+  keeps per row the set of units whose segments can be non-zero, its reach set).
 * ``T[l]``: the lazy diagonal transforms, ``(B, n, 1)`` for ``m = 1`` and ``(B, n, m, m)``
   upper triangular otherwise; the true influence is :math:`M[i] = T_i \tilde M[i]`.
 * the scaled local factors ``phis``: ``(B, n, G m)`` = :math:`T_i^{-1}\phi^g_i` for the

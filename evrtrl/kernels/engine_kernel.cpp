@@ -962,7 +962,8 @@ py::tuple chunk_update_impl(
       }
     }
     if (k)
-      for (int64_t j = 0; j <= l; ++j) Ns_out[l].push_back(torch::zeros({B, k, P_after[L - 1][j]}, opt));
+      for (int64_t j = 0; j <= l; ++j)  // zeros where the emission does not write (below)
+        Ns_out[l].push_back(torch::empty({B, k, P_after[L - 1][j]}, opt));
   }
   // panels: runs of whole unit segments of about EVRTRL_CHUNK_PANEL_BYTES of M's rows (all
   // layers at or above the block); the immediate entries of each layer's own block by panel
@@ -1030,7 +1031,7 @@ py::tuple chunk_update_impl(
   }
   std::vector<S> fbuf;  // one coupling row's factors and source rows, and reach_couple's masks
   std::vector<const S*> nbuf;
-  Bits stbuf;
+  Bits stbuf, notsup;
   {
     int64_t kk = 1;
     for (int64_t l = 0; l < NL; ++l) kk = std::max({kk, kmax[l], k0[l]});
@@ -1121,6 +1122,13 @@ py::tuple chunk_update_impl(
       const int64_t* sg = seg[j].data_ptr<int64_t>();
       const int64_t W = Wd[j];
       S* g = grad[j].data_ptr<S>();
+      notsup.resize(static_cast<size_t>(W));
+      for (int64_t l = j; l < NL; ++l)  // the padding rows of the engine's N
+        if (k_out[l]) {
+          const int64_t c = static_cast<int64_t>(act[l][L - 1][b].size());
+          S* rows = Ns_out[l][j].data_ptr<S>() + b * k_out[l] * Pend;
+          std::fill(rows + c * Pend, rows + k_out[l] * Pend, S(0));
+        }
       // the rows K of N^{l,j} at step t of this sequence: pointer and row stride
       auto n_at = [&](int64_t l, int64_t t) -> std::pair<S*, int64_t> {
         if (t == L - 1) return {Ns_out[l][j].data_ptr<S>() + b * k_out[l] * Pend, Pend};
@@ -1218,12 +1226,8 @@ py::tuple chunk_update_impl(
               const S* gi = gt + i * mq;
               const S fe = eb ? eb[i] : S(0);
               S* __restrict__ gg = g;
-              // the segments of this row's support only (N is zero elsewhere; its readers
-              // read the support)
-              for_bits(supE[l][j][t].data() + kk * W, u0, u1, [&](int64_t unit) {
-                const int64_t lo = sg[unit], hi_s = std::min(sg[unit + 1], hi);
-                if (hi_s <= lo) return;
-                const int64_t hi = hi_s;
+              auto emit = [&](const int64_t lo, const int64_t hi) {
+                if (hi <= lo) return;
                 if (mq - c0 == 1) {
                   const S f = gi[c0];
                   const S* __restrict__ row = base + c0 * C;
@@ -1249,6 +1253,17 @@ py::tuple chunk_update_impl(
                 }
                 if (fe != S(0))
                   for (int64_t p = lo; p < hi; ++p) gg[p] += fe * out[p];
+              };
+              // the segments of this row's support only: its readers read only those
+              if (t == L - 1) {  // the engine's N: exact zeros outside the support
+                const uint64_t* sp = supE[l][j][t].data() + kk * W;
+                for (int64_t w = 0; w < W; ++w) notsup[w] = ~sp[w];
+                for_bits(notsup.data(), u0, u1, [&](int64_t unit) {
+                  std::fill(out + sg[unit], out + std::max(sg[unit], std::min(sg[unit + 1], hi)), S(0));
+                });
+              }
+              for_bits(supE[l][j][t].data() + kk * W, u0, u1, [&](int64_t unit) {
+                emit(sg[unit], std::min(sg[unit + 1], hi));
               });
             }
             if (l == j && U[l]) {
