@@ -750,20 +750,34 @@ inline void for_bits(const uint64_t* set, int64_t u0, int64_t u1, F f) {
   }
 }
 
+// f(a, b) for every run [a, b) of consecutive units in [u0, u1) whose bits are set
+template <typename F>
+inline void for_runs(const uint64_t* set, int64_t u0, int64_t u1, F f) {
+  int64_t a = -1, b = -1;
+  for_bits(set, u0, u1, [&](int64_t i) {
+    if (i != b) {
+      if (a >= 0) f(a, b);
+      a = i;
+    }
+    b = i + 1;
+  });
+  if (a >= 0) f(a, b);
+}
+
 // mrow[s:e] += sum_q f[q] nrow[q][s:e], the sum kept in registers chunk by chunk. The last,
 // partial register of the segment is read whole where the row allows (p + LANES <= C: the
 // columns past e belong to later segments of the same row) and written back blended, so the
 // columns past e keep their values exactly
 template <typename S, int NVV>
-inline void couple_chunk(S* mrow, int64_t p0, int64_t tail, const S* f, const S* const* nrow,
-                         int64_t cnt) {
+inline void couple_chunk(S* mrow, int64_t p0, int64_t tail, const S* f, const int64_t* idx,
+                         const S* N, int64_t ldn, int64_t cnt) {
   constexpr int LANES = VBYTES / sizeof(S);
   Vec<S> acc[NVV];
   for (int v = 0; v < NVV; ++v) std::memcpy(&acc[v], mrow + p0 + v * LANES, sizeof(Vec<S>));
   const Vec<S> keep = acc[NVV - 1];
   for (int64_t q = 0; q < cnt; ++q) {
     const S fq = f[q];
-    const S* nr = nrow[q] + p0;
+    const S* nr = N + idx[q] * ldn + p0;
     for (int v = 0; v < NVV; ++v) {
       Vec<S> nv;
       std::memcpy(&nv, nr + v * LANES, sizeof(Vec<S>));
@@ -780,62 +794,95 @@ inline void couple_chunk(S* mrow, int64_t p0, int64_t tail, const S* f, const S*
   for (int v = 0; v < NVV; ++v) std::memcpy(mrow + p0 + v * LANES, &acc[v], sizeof(Vec<S>));
 }
 
-template <typename S>
-void segment_couple(S* mrow, int64_t s, int64_t e, int64_t C, const S* f, const S* const* nrow,
-                    int64_t cnt) {
-  constexpr int LANES = VBYTES / sizeof(S), NV = EVRTRL_CHUNK_NV;
-  constexpr int64_t CH = LANES * NV;
-  int64_t p0 = s;
-  for (; p0 + CH <= e; p0 += CH) couple_chunk<S, NV>(mrow, p0, LANES, f, nrow, cnt);
-  const int64_t left = e - p0;
-  if (!left) return;
-  const int64_t nv = (left + LANES - 1) / LANES, tail = left - (nv - 1) * LANES;
-  if (p0 + nv * LANES <= C) {
-    switch (nv) {
-#define EVRTRL_NV_CASE(V) \
-      case V: return couple_chunk<S, (V <= NV ? V : 1)>(mrow, p0, tail, f, nrow, cnt);
-      EVRTRL_NV_CASE(1) EVRTRL_NV_CASE(2) EVRTRL_NV_CASE(3) EVRTRL_NV_CASE(4)
-      EVRTRL_NV_CASE(5) EVRTRL_NV_CASE(6) EVRTRL_NV_CASE(7) EVRTRL_NV_CASE(8)
-#undef EVRTRL_NV_CASE
-      default: break;
-    }
-  }
-  for (; p0 < e; ++p0) {  // the end of the row, or registers wider than a chunk allows
-    S acc = mrow[p0];
-    for (int64_t q = 0; q < cnt; ++q) acc += f[q] * nrow[q][p0];
-    mrow[p0] = acc;
-  }
-}
-
-// M[r, segments] += sum_e A[r, e] N[idx_e, segments] over the units [u0, u1) of a panel: unit by
-// unit (N's rows of one segment stay in L1), for each live row the terms of its sources whose
-// emitted row has the unit's segment (sup: W words per row of N): the row's source mask AND the
-// unit's mask over the sources (st, made here for the panel)
+// M[r, segments] += sum_e A[r, e] N[idx_e, segments] over the units [u0, u1) of a panel. The
+// sources whose emitted rows reach unit i (sup: W words per row of N) form a mask st[i] over
+// the sources; consecutive units with the same mask form a group, whose columns are one range
+// (the whole panel where the sets are full, as in long runs). Group by group: each live row's
+// terms (its source mask AND the group's), then chunk by chunk of the range (N's rows of a
+// chunk stay in L1), every row with its terms in registers.
 template <typename S>
 void reach_couple(S* M, int64_t C, const Csr<S>& A, const S* N, int64_t ldn, const int64_t* seg,
                   int64_t u0, int64_t u1, int64_t hi, const uint64_t* sup, int64_t W,
-                  Bits& st, std::vector<S>& f, std::vector<const S*>& nr) {
-  const int64_t kw = A.kw, k = A.k;
-  st.assign(static_cast<size_t>((u1 - u0) * kw), 0);
+                  Bits& st, std::vector<S>& f, std::vector<int64_t>& ix) {
+  constexpr int LANES = VBYTES / sizeof(S), NV = EVRTRL_CHUNK_NV;
+  constexpr int64_t CH = LANES * NV;
+  const int64_t kw = A.kw, k = A.k, nl = static_cast<int64_t>(A.live.size());
+  st.assign(static_cast<size_t>((u1 - u0 + 1) * kw), 0);
   for (int64_t kk = 0; kk < k; ++kk)
     for_bits(sup + kk * W, u0, u1, [&](int64_t i) {
       st[(i - u0) * kw + (kk >> 6)] |= uint64_t(1) << (kk & 63);
     });
-  for (int64_t i = u0; i < u1; ++i) {
-    const int64_t s = seg[i], e = std::min(seg[i + 1], hi);
+  uint64_t* every = st.data() + (u1 - u0) * kw;  // the mask of all k sources
+  for (int64_t w = 0; w < kw; ++w) {
+    const int64_t bits = std::min<int64_t>(64, k - w * 64);
+    every[w] = bits == 64 ? ~uint64_t(0) : (uint64_t(1) << bits) - 1;
+  }
+  f.resize(static_cast<size_t>(std::max<int64_t>(1, nl * k)));
+  ix.resize(f.size());
+  std::vector<const S*> fq(static_cast<size_t>(nl));
+  std::vector<const int64_t*> iq(static_cast<size_t>(nl));
+  std::vector<int64_t> cnt(static_cast<size_t>(nl));
+  for (int64_t i = u0; i < u1;) {
     const uint64_t* si = st.data() + (i - u0) * kw;
-    if (e <= s) continue;
-    for (const int64_t r : A.live) {
-      const uint64_t* rm = A.mask.data() + r * kw;
-      const S* ar = A.dense.data() + r * k;
-      int64_t cnt = 0;
-      for (int64_t w = 0; w < kw; ++w)
-        for (uint64_t word = rm[w] & si[w]; word; word &= word - 1) {
-          const int64_t kk = w * 64 + __builtin_ctzll(word);
-          f[cnt] = ar[kk];
-          nr[cnt++] = N + kk * ldn;
+    int64_t i1 = i + 1;
+    while (i1 < u1 && std::equal(si, si + kw, st.data() + (i1 - u0) * kw)) ++i1;
+    const int64_t lo = seg[i], e = std::min(seg[i1], hi);
+    i = i1;
+    if (e <= lo) continue;
+    bool any = false;
+    if (std::equal(si, si + kw, every)) {  // every source: each row's terms as they are
+      for (int64_t q = 0; q < nl; ++q) {
+        const int64_t r = A.live[q];
+        fq[q] = A.val.data() + A.ptr[r];
+        iq[q] = A.idx.data() + A.ptr[r];
+        cnt[q] = A.ptr[r + 1] - A.ptr[r];
+        any = any || cnt[q];
+      }
+    } else {
+      for (int64_t q = 0; q < nl; ++q) {  // each live row's terms of the group (row q at q k)
+        const int64_t r = A.live[q];
+        const uint64_t* rm = A.mask.data() + r * kw;
+        const S* ar = A.dense.data() + r * k;
+        S* fw = f.data() + q * k;
+        int64_t* iw = ix.data() + q * k;
+        int64_t c = 0;
+        for (int64_t w = 0; w < kw; ++w)
+          for (uint64_t word = rm[w] & si[w]; word; word &= word - 1) {
+            const int64_t kk = w * 64 + __builtin_ctzll(word);
+            fw[c] = ar[kk];
+            iw[c++] = kk;
+          }
+        fq[q] = fw;
+        iq[q] = iw;
+        cnt[q] = c;
+        any = any || c;
+      }
+    }
+    if (!any) continue;
+    for (int64_t p0 = lo; p0 < e; p0 += CH) {
+      const int64_t wdt = std::min<int64_t>(CH, e - p0);
+      const int64_t nv = (wdt + LANES - 1) / LANES, tail = wdt - (nv - 1) * LANES;
+      const bool vec = p0 + nv * LANES <= C;  // the last register may read past e, not past C
+      for (int64_t q = 0; q < nl; ++q) {
+        const int64_t c = cnt[q];
+        if (!c) continue;
+        S* mrow = M + A.live[q] * C;
+        if (vec) {
+          switch (nv) {
+#define EVRTRL_NV_CASE(V) \
+            case V: couple_chunk<S, (V <= NV ? V : 1)>(mrow, p0, tail, fq[q], iq[q], N, ldn, c); continue;
+            EVRTRL_NV_CASE(1) EVRTRL_NV_CASE(2) EVRTRL_NV_CASE(3) EVRTRL_NV_CASE(4)
+            EVRTRL_NV_CASE(5) EVRTRL_NV_CASE(6) EVRTRL_NV_CASE(7) EVRTRL_NV_CASE(8)
+#undef EVRTRL_NV_CASE
+            default: break;
+          }
         }
-      if (cnt) segment_couple<S>(M + r * C, s, e, C, f.data(), nr.data(), cnt);
+        for (int64_t p = p0; p < p0 + wdt; ++p) {
+          S acc = mrow[p];
+          for (int64_t x = 0; x < c; ++x) acc += fq[q][x] * N[iq[q][x] * ldn + p];
+          mrow[p] = acc;
+        }
+      }
     }
   }
 }
@@ -1029,8 +1076,8 @@ py::tuple chunk_update_impl(
     supE[l].assign(l + 1, std::vector<Bits>(L));
     supK0[l].assign(l + 1, Bits());
   }
-  std::vector<S> fbuf;  // one coupling row's factors and source rows, and reach_couple's masks
-  std::vector<const S*> nbuf;
+  std::vector<S> fbuf;  // reach_couple's scratch: the rows' factors and sources, the masks
+  std::vector<int64_t> nbuf;
   Bits stbuf, notsup;
   {
     int64_t kk = 1;
@@ -1152,8 +1199,8 @@ py::tuple chunk_update_impl(
                 const S* ti = fac[l][t].data() + (b * nr + q) * M2;
                 S* base = Mb + rows[q] * mq * C;
                 unite_rows(sup, rc[l][j][t], &rows[q], 1, mq, W);  // the unit's rows before step t
-                for_bits(sup.data(), u0, u1, [&](int64_t i) {
-                  const int64_t s0 = sg[i], s1 = std::min(sg[i + 1], hi);
+                for_runs(sup.data(), u0, u1, [&](int64_t a, int64_t z) {
+                  const int64_t s0 = sg[a], s1 = std::min(sg[z], hi);
                   if (mq == 1) {
                     for (int64_t p = s0; p < s1; ++p) base[p] = ti[0] * base[p];
                   } else {
@@ -1258,12 +1305,12 @@ py::tuple chunk_update_impl(
               if (t == L - 1) {  // the engine's N: exact zeros outside the support
                 const uint64_t* sp = supE[l][j][t].data() + kk * W;
                 for (int64_t w = 0; w < W; ++w) notsup[w] = ~sp[w];
-                for_bits(notsup.data(), u0, u1, [&](int64_t unit) {
-                  std::fill(out + sg[unit], out + std::max(sg[unit], std::min(sg[unit + 1], hi)), S(0));
+                for_runs(notsup.data(), u0, u1, [&](int64_t a, int64_t z) {
+                  std::fill(out + sg[a], out + std::max(sg[a], std::min(sg[z], hi)), S(0));
                 });
               }
-              for_bits(supE[l][j][t].data() + kk * W, u0, u1, [&](int64_t unit) {
-                emit(sg[unit], std::min(sg[unit + 1], hi));
+              for_runs(supE[l][j][t].data() + kk * W, u0, u1, [&](int64_t a, int64_t z) {
+                emit(sg[a], std::min(sg[z], hi));
               });
             }
             if (l == j && U[l]) {
