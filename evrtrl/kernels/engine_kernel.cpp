@@ -1041,19 +1041,23 @@ py::tuple chunk_update_impl(
     const int64_t* si = src_idx[l].data_ptr<int64_t>();
     ibucket[l].assign(static_cast<size_t>(np), Rows());
     iptr[l].assign(static_cast<size_t>(np), Rows(static_cast<size_t>(ns + 1), 0));
-    Rows where(static_cast<size_t>(E[l][L - 1]));
-    for (int64_t e = 0; e < E[l][L - 1]; ++e) {
-      const int64_t unit = std::upper_bound(sg, sg + n[l] + 1, de[e] % C) - sg - 1;
-      where[e] = pan_of[l][unit];
-      ++iptr[l][where[e]][si[e] + 1];
-    }
+    // (the panel of an entry is found twice rather than stored: a per-flush array of every
+    // entry would be a large allocation each flush, after which glibc's rising mmap threshold
+    // lets the resident size creep in long runs)
+    auto panel_of = [&](int64_t e) {
+      return pan_of[l][std::upper_bound(sg, sg + n[l] + 1, de[e] % C) - sg - 1];
+    };
+    for (int64_t e = 0; e < E[l][L - 1]; ++e) ++iptr[l][panel_of(e)][si[e] + 1];
     for (int64_t q = 0; q < np; ++q) {
       Rows& ptr = iptr[l][q];
       for (int64_t c = 0; c < ns; ++c) ptr[c + 1] += ptr[c];
       ibucket[l][q].resize(static_cast<size_t>(ptr[ns]));
     }
     std::vector<Rows> fill(iptr[l]);
-    for (int64_t e = 0; e < E[l][L - 1]; ++e) ibucket[l][where[e]][fill[where[e]][si[e]]++] = e;
+    for (int64_t e = 0; e < E[l][L - 1]; ++e) {
+      const int64_t q = panel_of(e);
+      ibucket[l][q][fill[q][si[e]]++] = e;
+    }
   }
   // per sequence, layer and step: the sources of non-zero value (their value)
   std::vector<std::vector<std::vector<std::pair<int64_t, S>>>> live_src(NL);
@@ -1378,6 +1382,7 @@ py::tuple chunk_update(
                                       gdirect, xs, yprev, es, E, P_before, P_after, first, grad,
                                       seg, reach);
   });
+
   return out;
 }
 
