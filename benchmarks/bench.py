@@ -148,8 +148,12 @@ def rho_A(model) -> float:
 
 # --------------------------------------------------------------------------- analytic
 @torch.no_grad()
-def analytic_event_macs(model, x: torch.Tensor) -> list[int]:
+def analytic_event_macs(model, x: torch.Tensor, columns: str = "born") -> list[int]:
     r"""Per-step multiply-adds of the event engine's algorithm, from the run's events alone.
+
+    ``columns``: the columns the coupling, emission, gradient and materialisation work on,
+    ``"born"`` (the pure-torch path: the born prefix) or ``"live"`` (the compiled path: every
+    live column from the first step, its columns being grouped by unit; docs/engine.md).
 
     With :math:`k_t = \max_b |K_{t,b}|` the padded active-set size, :math:`P_t` the born
     columns at the end of step t, :math:`E_t` the born weight entries (times ``m``, per-unit
@@ -180,6 +184,8 @@ def analytic_event_macs(model, x: torch.Tensor) -> list[int]:
     born = {p.name: torch.zeros(masks[p.name].shape[1], dtype=torch.bool) for p in model.projections}
     P = U * n
     E = U * n * m
+    live = U * n + sum(int(masks[p.name].sum()) for p in model.projections)
+    width = (lambda p: live) if columns == "live" else (lambda p: p)  # noqa: E731
     w = model.weights()
     st = model.initial_state(B)
     k_prev = 0
@@ -190,10 +196,10 @@ def analytic_event_macs(model, x: torch.Tensor) -> list[int]:
         new, aux = model.step(w, st, x[t])
         lj = model.local_jacobian(w, st, x[t], new, aux, first)
         P_prev = P
-        diag, diag_state = (0, None) if first else diag_pass_macs(model, lj, P_prev, diag_state)
+        diag, diag_state = (0, None) if first else diag_pass_macs(model, lj, width(P_prev), diag_state)
         macs = diag + B * n * G * nd
         if k_prev:
-            macs += B * n * m * k_prev * (R + P_prev)
+            macs += B * n * m * k_prev * (R + width(P_prev))
         # births: sources with their first event (input channels of x_t, own y_{t-1})
         fired_in = (x[t] != 0).any(0)
         fired_rec = (st.y != 0).any(0) if not first else torch.zeros(n, dtype=torch.bool)
@@ -209,7 +215,7 @@ def analytic_event_macs(model, x: torch.Tensor) -> list[int]:
         for gd in lj.gain_direct.values():
             a |= gd != 0
         k = int(a.sum(1).max())
-        macs += B * (k * (c * P + len(lj.gain_direct) + P) + (n * m * m if k else 0))
+        macs += B * (k * (c * width(P) + len(lj.gain_direct) + width(P)) + (n * m * m if k else 0))
         out.append(macs)
         st, first, k_prev = new, False, k
     return out
@@ -312,7 +318,7 @@ def run_config(cfg: dict[str, Any]) -> dict[str, Any]:
         gamma_final=s.gamma[steps - 1] if s.gamma else 1.0,
     )
     if engine == "event" and cfg.get("analytic", False):
-        ana = analytic_event_macs(model, x[:steps])
+        ana = analytic_event_macs(model, x[:steps], "live" if rec.get("kernel") == "compiled" else "born")
         rec["analytic_macs_per_step"] = sum(ana[warm:]) / max(1, len(ana[warm:]))
         # the design estimate: n p_live + nnz(A[:, K]) p_live (structural nnz)
         m = model.state_size

@@ -84,14 +84,22 @@ def test_training_config_refuses_non_finite_options(tmp_path, kw, needle):
 def test_training_stops_with_the_parameter_epoch_and_batch_named(tmp_path, monkeypatch):
     from evrtrl.training import loop
 
-    real = loop._Loss.__call__
+    real, real_closed = loop._Loss.__call__, loop._Loss._closed_form
     batches = []
+    nan = float("nan")
 
     def poisoned(self, y, t):  # the loss turns NaN from the third batch on
         v = real(self, y, t)
-        return v * float("nan") if len(batches) >= 2 and v is not None else v
+        return v * nan if len(batches) >= 2 and v is not None else v
+
+    def poisoned_closed(self, y, t):  # the same for its closed form, which the engines call
+        v, g, by = real_closed(self, y, t)
+        if len(batches) < 2 or v is None:
+            return v, g, by
+        return v * nan, g * nan, {p: d * nan for p, d in by.items()}
 
     monkeypatch.setattr(loop._Loss, "__call__", poisoned)
+    monkeypatch.setattr(loop._Loss, "_closed_form", poisoned_closed)
     cfg = TrainConfig(data="synthetic:rotation,n=24", hidden=4, batch=8, epochs=1, eval_each_epoch=False)
     with pytest.raises(NonFiniteError, match=r"epoch 0, batch 2 \(global batch 3\): gradient of parameter"):
         train(cfg, tmp_path / "r", progress=False, callbacks=[batches.append])
