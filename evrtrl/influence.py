@@ -182,7 +182,6 @@ class ColumnBlock:
         o, shape = self.offsets[name], self.shapes[self.names.index(name)]
         return self.tracked[o : o + torch.Size(shape).numel()].view(shape)
 
-
     def _unit_of(self, flat: torch.Tensor) -> torch.Tensor:
         """The unit (row ``i``) each flat parameter entry belongs to."""
         unit = torch.empty_like(flat)

@@ -734,8 +734,6 @@ inline void or_into(uint64_t* dst, const uint64_t* src, int64_t W) {
   for (int64_t w = 0; w < W; ++w) dst[w] |= src[w];
 }
 
-inline bool has_bit(const uint64_t* set, int64_t i) { return (set[i >> 6] >> (i & 63)) & 1u; }
-
 // f(i) for every unit i in [u0, u1) whose bit is set
 template <typename F>
 inline void for_bits(const uint64_t* set, int64_t u0, int64_t u1, F f) {
@@ -764,10 +762,11 @@ inline void for_runs(const uint64_t* set, int64_t u0, int64_t u1, F f) {
   if (a >= 0) f(a, b);
 }
 
-// mrow[s:e] += sum_q f[q] nrow[q][s:e], the sum kept in registers chunk by chunk. The last,
-// partial register of the segment is read whole where the row allows (p + LANES <= C: the
-// columns past e belong to later segments of the same row) and written back blended, so the
-// columns past e keep their values exactly
+// mrow[p0 : p0 + NVV LANES] += sum_q f[q] N[idx[q], same columns], the sum kept in registers.
+// A partial last register (tail < LANES columns of it in range) is read whole where the row
+// allows (the caller checks the end against the row length C: the columns past the range
+// belong to later segments of the same row) and written back blended, so those columns keep
+// their values exactly
 template <typename S, int NVV>
 inline void couple_chunk(S* mrow, int64_t p0, int64_t tail, const S* f, const int64_t* idx,
                          const S* N, int64_t ldn, int64_t cnt) {
@@ -801,12 +800,23 @@ inline void couple_chunk(S* mrow, int64_t p0, int64_t tail, const S* f, const in
 // terms (its source mask AND the group's), then chunk by chunk of the range (N's rows of a
 // chunk stay in L1), every row with its terms in registers.
 template <typename S>
+struct CoupleScratch {  // reach_couple's buffers, kept over a whole flush (no allocation per call)
+  Bits st;                        // per unit of the panel, its sources' mask; then all sources
+  std::vector<S> f;               // the rows' factors (row q at q k) ...
+  std::vector<int64_t> ix;        // ... and sources, where a group has not every source
+  std::vector<const S*> fq;       // per live row: its factors,
+  std::vector<const int64_t*> iq; // its sources,
+  std::vector<int64_t> cnt;       // and how many
+};
+
+template <typename S>
 void reach_couple(S* M, int64_t C, const Csr<S>& A, const S* N, int64_t ldn, const int64_t* seg,
                   int64_t u0, int64_t u1, int64_t hi, const uint64_t* sup, int64_t W,
-                  Bits& st, std::vector<S>& f, std::vector<int64_t>& ix) {
+                  CoupleScratch<S>& sc) {
   constexpr int LANES = VBYTES / sizeof(S), NV = EVRTRL_CHUNK_NV;
   constexpr int64_t CH = LANES * NV;
   const int64_t kw = A.kw, k = A.k, nl = static_cast<int64_t>(A.live.size());
+  Bits& st = sc.st;
   st.assign(static_cast<size_t>((u1 - u0 + 1) * kw), 0);
   for (int64_t kk = 0; kk < k; ++kk)
     for_bits(sup + kk * W, u0, u1, [&](int64_t i) {
@@ -817,11 +827,16 @@ void reach_couple(S* M, int64_t C, const Csr<S>& A, const S* N, int64_t ldn, con
     const int64_t bits = std::min<int64_t>(64, k - w * 64);
     every[w] = bits == 64 ? ~uint64_t(0) : (uint64_t(1) << bits) - 1;
   }
+  std::vector<S>& f = sc.f;
+  std::vector<int64_t>& ix = sc.ix;
+  std::vector<const S*>& fq = sc.fq;
+  std::vector<const int64_t*>& iq = sc.iq;
+  std::vector<int64_t>& cnt = sc.cnt;
   f.resize(static_cast<size_t>(std::max<int64_t>(1, nl * k)));
   ix.resize(f.size());
-  std::vector<const S*> fq(static_cast<size_t>(nl));
-  std::vector<const int64_t*> iq(static_cast<size_t>(nl));
-  std::vector<int64_t> cnt(static_cast<size_t>(nl));
+  fq.resize(static_cast<size_t>(nl));
+  iq.resize(static_cast<size_t>(nl));
+  cnt.resize(static_cast<size_t>(nl));
   for (int64_t i = u0; i < u1;) {
     const uint64_t* si = st.data() + (i - u0) * kw;
     int64_t i1 = i + 1;
@@ -1080,15 +1095,8 @@ py::tuple chunk_update_impl(
     supE[l].assign(l + 1, std::vector<Bits>(L));
     supK0[l].assign(l + 1, Bits());
   }
-  std::vector<S> fbuf;  // reach_couple's scratch: the rows' factors and sources, the masks
-  std::vector<int64_t> nbuf;
-  Bits stbuf, notsup;
-  {
-    int64_t kk = 1;
-    for (int64_t l = 0; l < NL; ++l) kk = std::max({kk, kmax[l], k0[l]});
-    fbuf.resize(static_cast<size_t>(kk));
-    nbuf.resize(static_cast<size_t>(kk));
-  }
+  CoupleScratch<S> scratch;
+  Bits notsup;
   for (int64_t b = 0; b < B; ++b) {
     // the recurrent source of a layer before the chunk: (K, k) of this sequence
     std::vector<const int64_t*> K0(NL, nullptr);
@@ -1248,8 +1256,7 @@ py::tuple chunk_update_impl(
               const int64_t hi = std::min(hi_panel, width);
               const Bits& sup = t ? supE[l][j][t - 1] : supK0[l][j];
               if (hi > lo)
-                reach_couple<S>(Mb, C, crec[l][t], src, ld, sg, u0, u1, hi, sup.data(), W, stbuf,
-                                fbuf, nbuf);
+                reach_couple<S>(Mb, C, crec[l][t], src, ld, sg, u0, u1, hi, sup.data(), W, scratch);
             }
             // d. input coupling through the layer below's active units (same step)
             if (l > j && !cin[l][t].live.empty()) {
@@ -1257,7 +1264,7 @@ py::tuple chunk_update_impl(
               const int64_t hi = std::min(hi_panel, P_after[t][j]);
               if (hi > lo)
                 reach_couple<S>(Mb, C, cin[l][t], pr.first, pr.second, sg, u0, u1, hi,
-                                supE[l - 1][j][t].data(), W, stbuf, fbuf, nbuf);
+                                supE[l - 1][j][t].data(), W, scratch);
             }
             // e. emission: N[kk] = (G T)[K[kk]] M[K[kk]] (+ the direct gains), f. gradient
             const Rows& K = act[l][t][b];
