@@ -730,6 +730,21 @@ void csr_coupling(const S* phis, int64_t GM, int64_t g0, const S* W, int64_t G, 
 // the skipped entries are exact zeros, so the arithmetic of every entry is unchanged.
 using Bits = std::vector<uint64_t>;
 
+inline int64_t round_up(int64_t x, int64_t a) { return (x + a - 1) / a * a; }
+
+// a zero-initialised buffer of at least n values whose data p start at a multiple of VBYTES
+template <typename S>
+struct Aligned {
+  std::vector<S> v;
+  S* p = nullptr;
+  void reserve(int64_t n) {
+    constexpr int64_t A = VBYTES / sizeof(S);
+    if (static_cast<int64_t>(v.size()) < n + A) v.assign(static_cast<size_t>(n + A), S(0));
+    const auto mis = reinterpret_cast<uintptr_t>(v.data()) % VBYTES;
+    p = v.data() + (mis ? (VBYTES - mis) / sizeof(S) : 0);
+  }
+};
+
 inline void or_into(uint64_t* dst, const uint64_t* src, int64_t W) {
   for (int64_t w = 0; w < W; ++w) dst[w] |= src[w];
 }
@@ -763,17 +778,17 @@ inline void for_runs(const uint64_t* set, int64_t u0, int64_t u1, F f) {
 }
 
 // mrow[p0 : p0 + NVV LANES] += sum_q f[q] N[idx[q], same columns], the sum kept in registers.
-// A partial last register (tail < LANES columns of it in range) is read whole where the row
-// allows (the caller checks the end against the row length C: the columns past the range
-// belong to later segments of the same row) and written back blended, so those columns keep
-// their values exactly
+// p0 is a multiple of LANES (and the rows of M and N start at multiples of VBYTES), so every
+// load is aligned. The first register's lanes below head and the last register's lanes from
+// tail on are outside the range (they belong to other segments of the same row): they are
+// read with the register and written back blended, so they keep their values exactly
 template <typename S, int NVV>
-inline void couple_chunk(S* mrow, int64_t p0, int64_t tail, const S* f, const int64_t* idx,
-                         const S* N, int64_t ldn, int64_t cnt) {
+inline void couple_chunk(S* mrow, int64_t p0, int64_t head, int64_t tail, const S* f,
+                         const int64_t* idx, const S* N, int64_t ldn, int64_t cnt) {
   constexpr int LANES = VBYTES / sizeof(S);
   Vec<S> acc[NVV];
   for (int v = 0; v < NVV; ++v) std::memcpy(&acc[v], mrow + p0 + v * LANES, sizeof(Vec<S>));
-  const Vec<S> keep = acc[NVV - 1];
+  const Vec<S> keep0 = acc[0], keep = acc[NVV - 1];
   for (int64_t q = 0; q < cnt; ++q) {
     const S fq = f[q];
     const S* nr = N + idx[q] * ldn + p0;
@@ -783,14 +798,48 @@ inline void couple_chunk(S* mrow, int64_t p0, int64_t tail, const S* f, const in
       acc[v] += fq * nv;
     }
   }
-  if (tail < LANES) {  // lanes >= tail of the last register: the old values
+  if (head > 0 || tail < LANES) {  // the lanes outside the range: the old values
     using I = std::conditional_t<sizeof(S) == 8, int64_t, int32_t>;
     typedef I IVec __attribute__((vector_size(VBYTES)));
     IVec lane;
     for (int v = 0; v < LANES; ++v) lane[v] = v;
+    acc[0] = lane >= static_cast<I>(head) ? acc[0] : keep0;
     acc[NVV - 1] = lane < static_cast<I>(tail) ? acc[NVV - 1] : keep;
   }
   for (int v = 0; v < NVV; ++v) std::memcpy(mrow + p0 + v * LANES, &acc[v], sizeof(Vec<S>));
+}
+
+// out[p] = f row[p] and, where fe != 0, g[p] += fe out[p] for p < len: the emission of a row
+// with one state (m - c0 = 1) and its gradient term, in registers (the three arrays do not overlap)
+template <typename S>
+inline void emit_row(S* __restrict__ out, S* __restrict__ g, const S* __restrict__ row, const S f,
+                     const S fe, const int64_t len) {
+  constexpr int LANES = VBYTES / sizeof(S);
+  int64_t p = 0;
+  if (fe != S(0)) {
+    for (; p + LANES <= len; p += LANES) {
+      Vec<S> r, gv;
+      std::memcpy(&r, row + p, sizeof(Vec<S>));
+      std::memcpy(&gv, g + p, sizeof(Vec<S>));
+      const Vec<S> v = r * f;
+      gv += fe * v;
+      std::memcpy(out + p, &v, sizeof(Vec<S>));
+      std::memcpy(g + p, &gv, sizeof(Vec<S>));
+    }
+    for (; p < len; ++p) {
+      const S v = row[p] * f;
+      out[p] = v;
+      g[p] += fe * v;
+    }
+    return;
+  }
+  for (; p + LANES <= len; p += LANES) {
+    Vec<S> r;
+    std::memcpy(&r, row + p, sizeof(Vec<S>));
+    const Vec<S> v = r * f;
+    std::memcpy(out + p, &v, sizeof(Vec<S>));
+  }
+  for (; p < len; ++p) out[p] = row[p] * f;
 }
 
 // M[r, segments] += sum_e A[r, e] N[idx_e, segments] over the units [u0, u1) of a panel. The
@@ -798,7 +847,10 @@ inline void couple_chunk(S* mrow, int64_t p0, int64_t tail, const S* f, const in
 // the sources; consecutive units with the same mask form a group, whose columns are one range
 // (the whole panel where the sets are full, as in long runs). Group by group: each live row's
 // terms (its source mask AND the group's), then chunk by chunk of the range (N's rows of a
-// chunk stay in L1), every row with its terms in registers.
+// chunk stay in L1), every row with its terms in registers. The chunks start at multiples of
+// LANES columns: M (row stride C) and N (row stride ldn) are the flush's aligned scratch copies
+// (chunk_update), whose rows start at multiples of VBYTES and hold every column a register of
+// the range touches.
 template <typename S>
 struct CoupleScratch {  // reach_couple's buffers, kept over a whole flush (no allocation per call)
   Bits st;                        // per unit of the panel, its sources' mask; then all sources
@@ -874,28 +926,20 @@ void reach_couple(S* M, int64_t C, const Csr<S>& A, const S* N, int64_t ldn, con
       }
     }
     if (!any) continue;
-    for (int64_t p0 = lo; p0 < e; p0 += CH) {
-      const int64_t wdt = std::min<int64_t>(CH, e - p0);
+    for (int64_t p0 = lo & ~int64_t(LANES - 1); p0 < e; p0 += CH) {
+      const int64_t head = std::max<int64_t>(0, lo - p0), wdt = std::min<int64_t>(CH, e - p0);
       const int64_t nv = (wdt + LANES - 1) / LANES, tail = wdt - (nv - 1) * LANES;
-      const bool vec = p0 + nv * LANES <= C;  // the last register may read past e, not past C
       for (int64_t q = 0; q < nl; ++q) {
         const int64_t c = cnt[q];
         if (!c) continue;
         S* mrow = M + A.live[q] * C;
-        if (vec) {
-          switch (nv) {
+        switch (nv) {
 #define EVRTRL_NV_CASE(V) \
-            case V: couple_chunk<S, (V <= NV ? V : 1)>(mrow, p0, tail, fq[q], iq[q], N, ldn, c); continue;
-            EVRTRL_NV_CASE(1) EVRTRL_NV_CASE(2) EVRTRL_NV_CASE(3) EVRTRL_NV_CASE(4)
-            EVRTRL_NV_CASE(5) EVRTRL_NV_CASE(6) EVRTRL_NV_CASE(7) EVRTRL_NV_CASE(8)
+          case V: couple_chunk<S, V>(mrow, p0, head, tail, fq[q], iq[q], N, ldn, c); break;
+          EVRTRL_NV_CASE(1) EVRTRL_NV_CASE(2) EVRTRL_NV_CASE(3) EVRTRL_NV_CASE(4)
+          EVRTRL_NV_CASE(5) EVRTRL_NV_CASE(6) EVRTRL_NV_CASE(7) EVRTRL_NV_CASE(8)
 #undef EVRTRL_NV_CASE
-            default: break;
-          }
-        }
-        for (int64_t p = p0; p < p0 + wdt; ++p) {
-          S acc = mrow[p];
-          for (int64_t x = 0; x < c; ++x) acc += fq[q][x] * N[iq[q][x] * ldn + p];
-          mrow[p] = acc;
+          default: break;
         }
       }
     }
@@ -1046,15 +1090,27 @@ py::tuple chunk_update_impl(
     }
     pan[j].push_back(n[j]);
   }
+  // the panels' aligned scratch copies of M (reach_couple): row stride Cs[j], a multiple of
+  // LANES that holds a panel's columns from its first column rounded down to a multiple of LANES
+  constexpr int64_t LANES = VBYTES / sizeof(S);
+  std::vector<int64_t> Cs(NL);
+  for (int64_t j = 0; j < NL; ++j) {
+    const int64_t* sg = seg[j].data_ptr<int64_t>();
+    int64_t w = 0;
+    for (size_t q = 0; q + 1 < pan[j].size(); ++q) w = std::max(w, sg[pan[j][q + 1]] - sg[pan[j][q]]);
+    Cs[j] = round_up(w + LANES - 1, LANES);
+  }
   // (ibucket[l][panel]: the entries by source s in [0, d + n] (x, y, the constant 1), ascending
-  // within a source; iptr[l][panel]: where each source's entries start)
-  std::vector<std::vector<Rows>> ibucket(NL), iptr(NL);
+  // within a source; iptr[l][panel]: where each source's entries start; ioff: each entry's place
+  // in the scratch copy, row dest / C at stride Cs)
+  std::vector<std::vector<Rows>> ibucket(NL), iptr(NL), ioff(NL);
   for (int64_t l = 0; l < NL; ++l) {
     const int64_t C = M[l][l].size(2), ns = d[l] + n[l] + 1, np = static_cast<int64_t>(pan[l].size()) - 1;
     const int64_t* sg = seg[l].data_ptr<int64_t>();
     const int64_t* de = dest[l].data_ptr<int64_t>();
     const int64_t* si = src_idx[l].data_ptr<int64_t>();
     ibucket[l].assign(static_cast<size_t>(np), Rows());
+    ioff[l].assign(static_cast<size_t>(np), Rows());
     iptr[l].assign(static_cast<size_t>(np), Rows(static_cast<size_t>(ns + 1), 0));
     // (the panel of an entry is found twice rather than stored: a per-flush array of every
     // entry would be a large allocation each flush, after which glibc's rising mmap threshold
@@ -1067,21 +1123,39 @@ py::tuple chunk_update_impl(
       Rows& ptr = iptr[l][q];
       for (int64_t c = 0; c < ns; ++c) ptr[c + 1] += ptr[c];
       ibucket[l][q].resize(static_cast<size_t>(ptr[ns]));
+      ioff[l][q].resize(static_cast<size_t>(ptr[ns]));
     }
     std::vector<Rows> fill(iptr[l]);
     for (int64_t e = 0; e < E[l][L - 1]; ++e) {
-      const int64_t q = panel_of(e);
-      ibucket[l][q][fill[q][si[e]]++] = e;
+      const int64_t q = panel_of(e), x = fill[q][si[e]]++;
+      ibucket[l][q][x] = e;
+      ioff[l][q][x] = de[e] / C * Cs[l] + de[e] % C;
     }
   }
   // per sequence, layer and step: the sources of non-zero value (their value)
   std::vector<std::vector<std::vector<std::pair<int64_t, S>>>> live_src(NL);
   for (int64_t l = 0; l < NL; ++l) live_src[l].resize(static_cast<size_t>(L));
-  // per layer and block: the rows K of N of the steps inside the chunk (two alternating buffers)
-  std::vector<std::vector<std::vector<S>>> buf(NL);
+  // per layer and block: the rows K of N of the steps inside the chunk (two alternating buffers,
+  // row stride ldb[j]), the rows K0 of the engine's N before the chunk (ld0[l][j]), aligned
+  std::vector<int64_t> ldb(NL);
+  for (int64_t j = 0; j < NL; ++j) ldb[j] = round_up(P_after[L - 1][j], LANES);
+  std::vector<std::vector<Aligned<S>>> buf(NL), n0s(NL);
+  std::vector<std::vector<int64_t>> ld0(NL);
   for (int64_t l = 0; l < NL; ++l)
-    for (int64_t j = 0; j <= l; ++j)
-      buf[l].push_back(std::vector<S>(static_cast<size_t>(2 * kmax[l] * P_after[L - 1][j])));
+    for (int64_t j = 0; j <= l; ++j) {
+      buf[l].emplace_back().reserve(2 * kmax[l] * ldb[j]);
+      ld0[l].push_back(k0[l] > 0 ? round_up(N0[l][j].size(2), LANES) : 0);
+      n0s[l].emplace_back().reserve(k0[l] * ld0[l][j]);
+    }
+  // per layer: the panel's scratch copy of M^{l,j} (R x Cs[j]); per unit: its rows' reach
+  // sets before (U0) and after (UL) the chunk
+  std::vector<Aligned<S>> ms(NL);
+  std::vector<std::vector<Bits>> U0(NL), UL(NL);
+  for (int64_t l = 0; l < NL; ++l) {
+    U0[l].resize(static_cast<size_t>(l + 1));
+    UL[l].resize(static_cast<size_t>(l + 1));
+  }
+  Rows units;
   // 2. sequence by sequence
   std::vector<std::vector<Csr<S>>> crec(NL, std::vector<Csr<S>>(L)), cin(NL, std::vector<Csr<S>>(L));
   // reach (see reach_couple), per layer l and block j <= l: rc[t] the sets of the rows after t
@@ -1176,30 +1250,71 @@ py::tuple chunk_update_impl(
         uint64_t* r0 = reinterpret_cast<uint64_t*>(reach[l][j].data_ptr<int64_t>()) + b * R[l] * Wd[j];
         std::copy(rc[l][j][L].begin(), rc[l][j][L].end(), r0);
       }
+    for (int64_t l = 0; l < NL; ++l)  // per unit, the union of its rows' sets
+      for (int64_t j = 0; j <= l; ++j) {
+        units.resize(static_cast<size_t>(n[l]));
+        for (int64_t i = 0; i < n[l]; ++i) units[i] = i;
+        unite_rows(U0[l][j], rc[l][j][0], units.data(), n[l], m[l], Wd[j]);
+        unite_rows(UL[l][j], rc[l][j][L], units.data(), n[l], m[l], Wd[j]);
+      }
     for (int64_t j = 0; j < NL; ++j) {
       const int64_t Pend = P_after[L - 1][j];
       const int64_t* sg = seg[j].data_ptr<int64_t>();
       const int64_t W = Wd[j];
       S* g = grad[j].data_ptr<S>();
       notsup.resize(static_cast<size_t>(W));
-      for (int64_t l = j; l < NL; ++l)  // the padding rows of the engine's N
-        if (k_out[l]) {
+      for (int64_t l = j; l < NL; ++l) {
+        if (k_out[l]) {  // the padding rows of the engine's N
           const int64_t c = static_cast<int64_t>(act[l][L - 1][b].size());
           S* rows = Ns_out[l][j].data_ptr<S>() + b * k_out[l] * Pend;
           std::fill(rows + c * Pend, rows + k_out[l] * Pend, S(0));
         }
-      // the rows K of N^{l,j} at step t of this sequence: pointer and row stride
-      auto n_at = [&](int64_t l, int64_t t) -> std::pair<S*, int64_t> {
-        if (t == L - 1) return {Ns_out[l][j].data_ptr<S>() + b * k_out[l] * Pend, Pend};
-        return {buf[l][j].data() + (t & 1) * kmax[l] * Pend, Pend};
+        ms[l].reserve(R[l] * Cs[j]);
+      }
+      // the rows K of N^{l,j} at step t of this sequence (t = -1: the engine's, copied by
+      // panel), absolute columns: pointer and row stride
+      auto n_at = [&](int64_t l, int64_t t) -> std::pair<const S*, int64_t> {
+        if (t < 0) return {n0s[l][j].p, ld0[l][j]};
+        return {buf[l][j].p + (t & 1) * kmax[l] * ldb[j], ldb[j]};
       };
       for (size_t pn = 0; pn + 1 < pan[j].size(); ++pn) {
         const int64_t u0 = pan[j][pn], u1 = pan[j][pn + 1];
         const int64_t lo = sg[u0], hi_panel = std::min(Pend, sg[u1]);
+        const int64_t base = lo & ~int64_t(LANES - 1);
+        // the panel's rows of M into the scratch copies: the segments of the units' sets
+        // before the chunk, zeros in those they gain during it (nothing else is read)
+        for (int64_t l = j; l < NL; ++l) {
+          const int64_t C = M[l][j].size(2), mq = m[l], hi = std::min(hi_panel, C);
+          const S* Mb = M[l][j].data_ptr<S>() + b * R[l] * C;
+          S* Mx = ms[l].p - base;
+          for (int64_t i = 0; i < n[l]; ++i) {
+            const uint64_t* s0 = U0[l][j].data() + i * W;
+            const uint64_t* sL = UL[l][j].data() + i * W;
+            for (int64_t w = 0; w < W; ++w) notsup[w] = sL[w] & ~s0[w];
+            for (int64_t c = 0; c < mq; ++c) {
+              const int64_t r = i * mq + c;
+              for_runs(s0, u0, u1, [&](int64_t a, int64_t z) {
+                const int64_t e = std::min(sg[z], hi);
+                if (e > sg[a]) std::copy(Mb + r * C + sg[a], Mb + r * C + e, Mx + r * Cs[j] + sg[a]);
+              });
+              for_runs(notsup.data(), u0, u1, [&](int64_t a, int64_t z) {
+                const int64_t e = std::min(sg[z], hi);
+                if (e > sg[a]) std::fill(Mx + r * Cs[j] + sg[a], Mx + r * Cs[j] + e, S(0));
+              });
+            }
+          }
+          if (k0[l] > 0 && k0b[l] > 0) {  // the rows K0 of the engine's N, this panel's columns
+            const int64_t ld = N0[l][j].size(2), e = std::min(hi_panel, ld);
+            const S* src = N0[l][j].data_ptr<S>() + b * k0[l] * ld;
+            S* dst = n0s[l][j].p;
+            for (int64_t q = 0; q < k0b[l] && e > lo; ++q)
+              std::copy(src + q * ld + lo, src + q * ld + e, dst + q * ld0[l][j] + lo);
+          }
+        }
         for (int64_t t = 0; t < L; ++t)
           for (int64_t l = j; l < NL; ++l) {
-            const int64_t C = M[l][j].size(2), mq = m[l], M2 = mm[l];
-            S* Mb = M[l][j].data_ptr<S>() + b * R[l] * C;
+            const int64_t Cx = Cs[j], mq = m[l], M2 = mm[l];
+            S* Mx = ms[l].p - base;  // row r, column p at Mx[r Cx + p]
             // a. materialisation of the rows outside the band
             const Rows& rows = mrows[l][t];
             if (!rows.empty()) {
@@ -1209,19 +1324,19 @@ py::tuple chunk_update_impl(
               Bits sup;
               for (int64_t q = 0; q < nr && hi > lo; ++q) {
                 const S* ti = fac[l][t].data() + (b * nr + q) * M2;
-                S* base = Mb + rows[q] * mq * C;
+                S* rb = Mx + rows[q] * mq * Cx;
                 unite_rows(sup, rc[l][j][t], &rows[q], 1, mq, W);  // the unit's rows before step t
                 for_runs(sup.data(), u0, u1, [&](int64_t a, int64_t z) {
                   const int64_t s0 = sg[a], s1 = std::min(sg[z], hi);
                   if (mq == 1) {
-                    for (int64_t p = s0; p < s1; ++p) base[p] = ti[0] * base[p];
+                    for (int64_t p = s0; p < s1; ++p) rb[p] = ti[0] * rb[p];
                   } else {
                     for (int64_t p = s0; p < s1; ++p) {
-                      for (int64_t c = 0; c < mq; ++c) old[c] = base[c * C + p];
+                      for (int64_t c = 0; c < mq; ++c) old[c] = rb[c * Cx + p];
                       for (int64_t c = 0; c < mq; ++c) {
                         S acc = 0;
                         for (int64_t q2 = c; q2 < mq; ++q2) acc += ti[c * mq + q2] * old[q2];
-                        base[c * C + p] = acc;
+                        rb[c * Cx + p] = acc;
                       }
                     }
                   }
@@ -1231,39 +1346,31 @@ py::tuple chunk_update_impl(
             // b. the immediate entries of this panel born by step t
             if (l == j) {
               const int64_t* pi = phi_idx[l].data_ptr<int64_t>();
-              const int64_t* de = dest[l].data_ptr<int64_t>();
               const S* phb = ph[l][t].data() + b * n[l] * GM[l];
               const int64_t Et = E[l][t];
               const Rows& ptr = iptr[l][pn];
               const int64_t* ent = ibucket[l][pn].data();
+              const int64_t* off = ioff[l][pn].data();
               for (const auto& sv : live_src[l][t])
                 for (int64_t q = ptr[sv.first]; q < ptr[sv.first + 1] && ent[q] < Et; ++q)
-                  Mb[de[ent[q]]] += phb[pi[ent[q]]] * sv.second;
+                  Mx[off[q]] += phb[pi[ent[q]]] * sv.second;
             }
             // c. recurrent coupling through the previous step's active units
             if (!crec[l][t].live.empty()) {
-              const S* src;
-              int64_t ld, width;
-              if (t) {
-                auto pr = n_at(l, t - 1);
-                src = pr.first;
-                ld = pr.second;
-                width = P_after[t - 1][j];
-              } else {
-                ld = width = N0[l][j].size(2);
-                src = N0[l][j].data_ptr<S>() + b * k0[l] * ld;
-              }
+              const auto pr = n_at(l, t - 1);
+              const int64_t width = t ? P_after[t - 1][j] : N0[l][j].size(2);
               const int64_t hi = std::min(hi_panel, width);
               const Bits& sup = t ? supE[l][j][t - 1] : supK0[l][j];
               if (hi > lo)
-                reach_couple<S>(Mb, C, crec[l][t], src, ld, sg, u0, u1, hi, sup.data(), W, scratch);
+                reach_couple<S>(Mx, Cx, crec[l][t], pr.first, pr.second, sg, u0, u1, hi, sup.data(),
+                                W, scratch);
             }
             // d. input coupling through the layer below's active units (same step)
             if (l > j && !cin[l][t].live.empty()) {
-              auto pr = n_at(l - 1, t);
+              const auto pr = n_at(l - 1, t);
               const int64_t hi = std::min(hi_panel, P_after[t][j]);
               if (hi > lo)
-                reach_couple<S>(Mb, C, cin[l][t], pr.first, pr.second, sg, u0, u1, hi,
+                reach_couple<S>(Mx, Cx, cin[l][t], pr.first, pr.second, sg, u0, u1, hi,
                                 supE[l - 1][j][t].data(), W, scratch);
             }
             // e. emission: N[kk] = (G T)[K[kk]] M[K[kk]] (+ the direct gains), f. gradient
@@ -1273,53 +1380,37 @@ py::tuple chunk_update_impl(
             if (hi <= lo) continue;
             // (the gradient term e_K N[kk] is added while the row is in registers; the direct
             // gains, one column each, are added to N and to the gradient afterwards)
-            auto out_at = n_at(l, t);
+            S* const nout = buf[l][j].p + (t & 1) * kmax[l] * ldb[j];
             const S* gt = gT[l][t].data() + b * n[l] * mq;
             const int64_t c0 = c0s[l];
             const S* eb = es[l][t].numel() ? es[l][t].data_ptr<S>() + b * n[l] : nullptr;
             for (size_t kk = 0; kk < K.size(); ++kk) {
               const int64_t i = K[kk];
-              S* __restrict__ out = out_at.first + static_cast<int64_t>(kk) * out_at.second;
-              const S* base = Mb + i * mq * C;
+              S* __restrict__ out = nout + static_cast<int64_t>(kk) * ldb[j];
+              const S* rb = Mx + i * mq * Cx;
               const S* gi = gt + i * mq;
               const S fe = eb ? eb[i] : S(0);
               S* __restrict__ gg = g;
               auto emit = [&](const int64_t lo, const int64_t hi) {
                 if (hi <= lo) return;
                 if (mq - c0 == 1) {
-                  const S f = gi[c0];
-                  const S* __restrict__ row = base + c0 * C;
-                  if (fe != S(0))
-                    for (int64_t p = lo; p < hi; ++p) {
-                      const S v = row[p] * f;
-                      out[p] = v;
-                      gg[p] += fe * v;
-                    }
-                  else
-                    for (int64_t p = lo; p < hi; ++p) out[p] = row[p] * f;
+                  emit_row<S>(out + lo, gg + lo, rb + c0 * Cx + lo, gi[c0], fe, hi - lo);
                   return;
                 }
                 {
                   const S f = gi[c0];
-                  const S* row = base + c0 * C;
+                  const S* row = rb + c0 * Cx;
                   for (int64_t p = lo; p < hi; ++p) out[p] = row[p] * f;
                 }
                 for (int64_t c = c0 + 1; c < mq; ++c) {
                   const S f = gi[c];
-                  const S* row = base + c * C;
+                  const S* row = rb + c * Cx;
                   for (int64_t p = lo; p < hi; ++p) out[p] += f * row[p];
                 }
                 if (fe != S(0))
                   for (int64_t p = lo; p < hi; ++p) gg[p] += fe * out[p];
               };
               // the segments of this row's support only: its readers read only those
-              if (t == L - 1) {  // the engine's N: exact zeros outside the support
-                const uint64_t* sp = supE[l][j][t].data() + kk * W;
-                for (int64_t w = 0; w < W; ++w) notsup[w] = ~sp[w];
-                for_runs(notsup.data(), u0, u1, [&](int64_t a, int64_t z) {
-                  std::fill(out + sg[a], out + std::max(sg[a], std::min(sg[z], hi)), S(0));
-                });
-              }
               for_runs(supE[l][j][t].data() + kk * W, u0, u1, [&](int64_t a, int64_t z) {
                 emit(sg[a], std::min(sg[z], hi));
               });
@@ -1332,12 +1423,40 @@ py::tuple chunk_update_impl(
                   const int64_t col = uc[u * n[l] + K[kk]];
                   if (col >= lo && col < hi) {
                     const S v = gd[(u * B + b) * n[l] + K[kk]];
-                    out_at.first[static_cast<int64_t>(kk) * out_at.second + col] += v;
+                    nout[static_cast<int64_t>(kk) * ldb[j] + col] += v;
                     if (eb) g[col] += eb[K[kk]] * v;
                   }
                 }
             }
+            if (t == L - 1)  // the engine's N: the support's segments, exact zeros elsewhere
+              for (size_t kk = 0; kk < K.size(); ++kk) {
+                S* dst = Ns_out[l][j].data_ptr<S>() + (b * k_out[l] + static_cast<int64_t>(kk)) * Pend;
+                const S* src = nout + static_cast<int64_t>(kk) * ldb[j];
+                const uint64_t* sp = supE[l][j][t].data() + kk * W;
+                for (int64_t w = 0; w < W; ++w) notsup[w] = ~sp[w];
+                for_runs(sp, u0, u1, [&](int64_t a, int64_t z) {
+                  const int64_t e = std::min(sg[z], hi);
+                  if (e > sg[a]) std::copy(src + sg[a], src + e, dst + sg[a]);
+                });
+                for_runs(notsup.data(), u0, u1, [&](int64_t a, int64_t z) {
+                  std::fill(dst + sg[a], dst + std::max(sg[a], std::min(sg[z], hi)), S(0));
+                });
+              }
           }
+        // the scratch copies back into M: the segments of the units' sets after the chunk
+        for (int64_t l = j; l < NL; ++l) {
+          const int64_t C = M[l][j].size(2), mq = m[l], hi = std::min(hi_panel, C);
+          S* Mb = M[l][j].data_ptr<S>() + b * R[l] * C;
+          const S* Mx = ms[l].p - base;
+          for (int64_t i = 0; i < n[l]; ++i)
+            for (int64_t c = 0; c < mq; ++c) {
+              const int64_t r = i * mq + c;
+              for_runs(UL[l][j].data() + i * W, u0, u1, [&](int64_t a, int64_t z) {
+                const int64_t e = std::min(sg[z], hi);
+                if (e > sg[a]) std::copy(Mx + r * Cs[j] + sg[a], Mx + r * Cs[j] + e, Mb + r * C + sg[a]);
+              });
+            }
+        }
       }
       // multiply-adds of this block (counted once per sequence, not per panel)
       for (int64_t t = 0; t < L; ++t)
