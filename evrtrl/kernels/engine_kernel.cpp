@@ -732,18 +732,22 @@ using Bits = std::vector<uint64_t>;
 
 inline int64_t round_up(int64_t x, int64_t a) { return (x + a - 1) / a * a; }
 
-// a zero-initialised buffer of at least n values whose data p start at a multiple of VBYTES
+// room for n values of S starting at a multiple of VBYTES in t, a byte buffer the engine keeps
+// over flushes (CompiledStep.scratch): grown (and zeroed) here when too small, so a long run
+// allocates it once
 template <typename S>
-struct Aligned {
-  std::vector<S> v;
-  S* p = nullptr;
-  void reserve(int64_t n) {
-    constexpr int64_t A = VBYTES / sizeof(S);
-    if (static_cast<int64_t>(v.size()) < n + A) v.assign(static_cast<size_t>(n + A), S(0));
-    const auto mis = reinterpret_cast<uintptr_t>(v.data()) % VBYTES;
-    p = v.data() + (mis ? (VBYTES - mis) / sizeof(S) : 0);
+S* scratch_of(Tensor& t, int64_t n) {
+  TORCH_CHECK(t.scalar_type() == torch::kUInt8 && t.dim() == 1 && t.device().is_cpu(),
+              "evrtrl chunk_update: scratch buffers must be 1-d uint8 CPU tensors");
+  const int64_t need = n * static_cast<int64_t>(sizeof(S)) + VBYTES;
+  if (t.numel() < need) {
+    t.resize_({need});
+    t.zero_();
   }
-};
+  uint8_t* d = t.data_ptr<uint8_t>();
+  const auto mis = reinterpret_cast<uintptr_t>(d) % VBYTES;
+  return reinterpret_cast<S*>(d + (mis ? VBYTES - mis : 0));
+}
 
 inline void or_into(uint64_t* dst, const uint64_t* src, int64_t W) {
   for (int64_t w = 0; w < W; ++w) dst[w] |= src[w];
@@ -960,7 +964,7 @@ py::tuple chunk_update_impl(
     std::vector<std::vector<Tensor>> es, std::vector<std::vector<int64_t>> E,
     std::vector<std::vector<int64_t>> P_before, std::vector<std::vector<int64_t>> P_after,
     std::vector<bool> first, std::vector<Tensor> grad, std::vector<Tensor> seg,
-    std::vector<std::vector<Tensor>> reach) {
+    std::vector<std::vector<Tensor>> reach, std::vector<Tensor> scratch) {
   const int64_t NL = static_cast<int64_t>(M.size()), L = static_cast<int64_t>(first.size());
   const int64_t B = T[0].size(0);
   // multiply-adds per step: diag, immediate, coupling, emission, gradient
@@ -1139,17 +1143,27 @@ py::tuple chunk_update_impl(
   // row stride ldb[j]), the rows K0 of the engine's N before the chunk (ld0[l][j]), aligned
   std::vector<int64_t> ldb(NL);
   for (int64_t j = 0; j < NL; ++j) ldb[j] = round_up(P_after[L - 1][j], LANES);
-  std::vector<std::vector<Aligned<S>>> buf(NL), n0s(NL);
+  // (scratch: per layer l and block j <= l the buffers 2 x (l (l + 1) / 2 + j) and the next,
+  // then per layer the panel's copy of M)
+  TORCH_CHECK(static_cast<int64_t>(scratch.size()) == NL * (NL + 1) + NL,
+              "evrtrl chunk_update: scratch must hold NL (NL + 1) + NL buffers, got ", scratch.size());
+  std::vector<std::vector<S*>> buf(NL), n0s(NL);
   std::vector<std::vector<int64_t>> ld0(NL);
   for (int64_t l = 0; l < NL; ++l)
     for (int64_t j = 0; j <= l; ++j) {
-      buf[l].emplace_back().reserve(2 * kmax[l] * ldb[j]);
+      const int64_t x = 2 * (l * (l + 1) / 2 + j);
+      buf[l].push_back(scratch_of<S>(scratch[x], 2 * kmax[l] * ldb[j]));
       ld0[l].push_back(k0[l] > 0 ? round_up(N0[l][j].size(2), LANES) : 0);
-      n0s[l].emplace_back().reserve(k0[l] * ld0[l][j]);
+      n0s[l].push_back(scratch_of<S>(scratch[x + 1], k0[l] * ld0[l][j]));
     }
-  // per layer: the panel's scratch copy of M^{l,j} (R x Cs[j]); per unit: its rows' reach
-  // sets before (U0) and after (UL) the chunk
-  std::vector<Aligned<S>> ms(NL);
+  // per layer: the panel's scratch copy of M^{l,j} (R x Cs[j], the largest j); per unit: its
+  // rows' reach sets before (U0) and after (UL) the chunk
+  std::vector<S*> ms(NL);
+  for (int64_t l = 0; l < NL; ++l) {
+    int64_t w = 0;
+    for (int64_t j = 0; j <= l; ++j) w = std::max(w, Cs[j]);
+    ms[l] = scratch_of<S>(scratch[NL * (NL + 1) + l], R[l] * w);
+  }
   std::vector<std::vector<Bits>> U0(NL), UL(NL);
   for (int64_t l = 0; l < NL; ++l) {
     U0[l].resize(static_cast<size_t>(l + 1));
@@ -1169,7 +1183,7 @@ py::tuple chunk_update_impl(
     supE[l].assign(l + 1, std::vector<Bits>(L));
     supK0[l].assign(l + 1, Bits());
   }
-  CoupleScratch<S> scratch;
+  CoupleScratch<S> csc;
   Bits notsup;
   for (int64_t b = 0; b < B; ++b) {
     // the recurrent source of a layer before the chunk: (K, k) of this sequence
@@ -1269,13 +1283,12 @@ py::tuple chunk_update_impl(
           S* rows = Ns_out[l][j].data_ptr<S>() + b * k_out[l] * Pend;
           std::fill(rows + c * Pend, rows + k_out[l] * Pend, S(0));
         }
-        ms[l].reserve(R[l] * Cs[j]);
       }
       // the rows K of N^{l,j} at step t of this sequence (t = -1: the engine's, copied by
       // panel), absolute columns: pointer and row stride
       auto n_at = [&](int64_t l, int64_t t) -> std::pair<const S*, int64_t> {
-        if (t < 0) return {n0s[l][j].p, ld0[l][j]};
-        return {buf[l][j].p + (t & 1) * kmax[l] * ldb[j], ldb[j]};
+        if (t < 0) return {n0s[l][j], ld0[l][j]};
+        return {buf[l][j] + (t & 1) * kmax[l] * ldb[j], ldb[j]};
       };
       for (size_t pn = 0; pn + 1 < pan[j].size(); ++pn) {
         const int64_t u0 = pan[j][pn], u1 = pan[j][pn + 1];
@@ -1286,7 +1299,7 @@ py::tuple chunk_update_impl(
         for (int64_t l = j; l < NL; ++l) {
           const int64_t C = M[l][j].size(2), mq = m[l], hi = std::min(hi_panel, C);
           const S* Mb = M[l][j].data_ptr<S>() + b * R[l] * C;
-          S* Mx = ms[l].p - base;
+          S* Mx = ms[l] - base;
           for (int64_t i = 0; i < n[l]; ++i) {
             const uint64_t* s0 = U0[l][j].data() + i * W;
             const uint64_t* sL = UL[l][j].data() + i * W;
@@ -1306,7 +1319,7 @@ py::tuple chunk_update_impl(
           if (k0[l] > 0 && k0b[l] > 0) {  // the rows K0 of the engine's N, this panel's columns
             const int64_t ld = N0[l][j].size(2), e = std::min(hi_panel, ld);
             const S* src = N0[l][j].data_ptr<S>() + b * k0[l] * ld;
-            S* dst = n0s[l][j].p;
+            S* dst = n0s[l][j];
             for (int64_t q = 0; q < k0b[l] && e > lo; ++q)
               std::copy(src + q * ld + lo, src + q * ld + e, dst + q * ld0[l][j] + lo);
           }
@@ -1314,7 +1327,7 @@ py::tuple chunk_update_impl(
         for (int64_t t = 0; t < L; ++t)
           for (int64_t l = j; l < NL; ++l) {
             const int64_t Cx = Cs[j], mq = m[l], M2 = mm[l];
-            S* Mx = ms[l].p - base;  // row r, column p at Mx[r Cx + p]
+            S* Mx = ms[l] - base;  // row r, column p at Mx[r Cx + p]
             // a. materialisation of the rows outside the band
             const Rows& rows = mrows[l][t];
             if (!rows.empty()) {
@@ -1363,7 +1376,7 @@ py::tuple chunk_update_impl(
               const Bits& sup = t ? supE[l][j][t - 1] : supK0[l][j];
               if (hi > lo)
                 reach_couple<S>(Mx, Cx, crec[l][t], pr.first, pr.second, sg, u0, u1, hi, sup.data(),
-                                W, scratch);
+                                W, csc);
             }
             // d. input coupling through the layer below's active units (same step)
             if (l > j && !cin[l][t].live.empty()) {
@@ -1371,7 +1384,7 @@ py::tuple chunk_update_impl(
               const int64_t hi = std::min(hi_panel, P_after[t][j]);
               if (hi > lo)
                 reach_couple<S>(Mx, Cx, cin[l][t], pr.first, pr.second, sg, u0, u1, hi,
-                                supE[l - 1][j][t].data(), W, scratch);
+                                supE[l - 1][j][t].data(), W, csc);
             }
             // e. emission: N[kk] = (G T)[K[kk]] M[K[kk]] (+ the direct gains), f. gradient
             const Rows& K = act[l][t][b];
@@ -1380,7 +1393,7 @@ py::tuple chunk_update_impl(
             if (hi <= lo) continue;
             // (the gradient term e_K N[kk] is added while the row is in registers; the direct
             // gains, one column each, are added to N and to the gradient afterwards)
-            S* const nout = buf[l][j].p + (t & 1) * kmax[l] * ldb[j];
+            S* const nout = buf[l][j] + (t & 1) * kmax[l] * ldb[j];
             const S* gt = gT[l][t].data() + b * n[l] * mq;
             const int64_t c0 = c0s[l];
             const S* eb = es[l][t].numel() ? es[l][t].data_ptr<S>() + b * n[l] : nullptr;
@@ -1447,7 +1460,7 @@ py::tuple chunk_update_impl(
         for (int64_t l = j; l < NL; ++l) {
           const int64_t C = M[l][j].size(2), mq = m[l], hi = std::min(hi_panel, C);
           S* Mb = M[l][j].data_ptr<S>() + b * R[l] * C;
-          const S* Mx = ms[l].p - base;
+          const S* Mx = ms[l] - base;
           for (int64_t i = 0; i < n[l]; ++i)
             for (int64_t c = 0; c < mq; ++c) {
               const int64_t r = i * mq + c;
@@ -1493,7 +1506,7 @@ py::tuple chunk_update(
     std::vector<std::vector<Tensor>> es, std::vector<std::vector<int64_t>> E,
     std::vector<std::vector<int64_t>> P_before, std::vector<std::vector<int64_t>> P_after,
     std::vector<bool> first, std::vector<Tensor> grad, std::vector<Tensor> seg,
-    std::vector<std::vector<Tensor>> reach) {
+    std::vector<std::vector<Tensor>> reach, std::vector<Tensor> scratch) {
   TORCH_CHECK(!M.empty() && !first.empty(), "evrtrl chunk_update: no layers or no steps");
   for (const auto& row : M)
     for (const Tensor& Mj : row)
@@ -1506,7 +1519,7 @@ py::tuple chunk_update(
     out = chunk_update_impl<scalar_t>(M, T, structure, c0s, n_rec, Wrec, n_in, Win, phi_idx,
                                       src_idx, dest, ucol, Kp0, k0, N0, C0, diag, phis, gain,
                                       gdirect, xs, yprev, es, E, P_before, P_after, first, grad,
-                                      seg, reach);
+                                      seg, reach, scratch);
   });
 
   return out;

@@ -178,6 +178,10 @@ class CompiledStep:
                     bits[:] = own[None, :, None, :]
                 row.append(bits.view(B, run.R, words))
             self.reach.append(row)
+        # chunk_update's buffers (rows of N in the chunk, the panels' aligned copies of M),
+        # kept over flushes so that a long run allocates them once; grown by the kernel
+        NL = len(engine.runs)
+        self.scratch = [torch.empty(0, dtype=torch.uint8) for _ in range(NL * (NL + 1) + NL)]
 
     @property
     def covered(self) -> list[bool]:
@@ -285,7 +289,7 @@ class CompiledStep:
             Kp0, k0, N0, C0, col("diag"), col("phis"), col("gain"), col("gain_direct"), col("x"),
             col("y_prev"), es, col("entries"),
             [s.P_before for s in q], [s.P_after for s in q], [s.first for s in q], engine.grad,
-            self.seg, self.reach)
+            self.seg, self.reach, self.scratch)
         P_last = q[-1].P_after
         for l, (Kp, k, Ns, cnt, count) in enumerate(layers):
             engine._N[l] = (Kp, k, Ns, P_last[: l + 1] if k else [], count, False, cnt)
