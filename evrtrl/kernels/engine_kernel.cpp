@@ -741,6 +741,7 @@ S* scratch_of(Tensor& t, int64_t n) {
               "evrtrl chunk_update: scratch buffers must be 1-d uint8 CPU tensors");
   const int64_t need = n * static_cast<int64_t>(sizeof(S)) + VBYTES;
   if (t.numel() < need) {
+    c10::InferenceMode guard;  // the buffers may have been made under inference mode, or not
     t.resize_({need});
     t.zero_();
   }

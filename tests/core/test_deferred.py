@@ -264,3 +264,25 @@ def test_reset_rebuilds_the_columns_after_a_mask_change():
             assert torch.equal(got[k], want[k]), (kernel, k)
         with torch.no_grad():
             model.mask_U_u.copy_(~model.mask_U_u)
+
+
+@pytest.mark.parametrize("built_under", [True, False])
+def test_inference_mode_on_either_side_of_the_engine(built_under):
+    """The kernel's scratch buffers (``CompiledStep.scratch``, grown in place by
+    ``chunk_update``) work whether the engine was built under ``torch.inference_mode`` and run
+    outside it, or the reverse; the gradient is the plain engine's."""
+    model = _stack()
+    x = spikes_in(T, B, 2, seed=9)
+
+    def feed(eng):  # upstream gradients given (a loss's autograd would not run in inference mode)
+        for t in range(T):
+            y = eng.step(x[t])
+            eng.accumulate(torch.cos(torch.arange(y.numel(), dtype=y.dtype) + t).view_as(y))
+
+    ref = evrtrl.EventRTRL(model, B, kernel="compiled", defer=8)
+    feed(ref)
+    with torch.inference_mode(built_under):
+        eng = evrtrl.EventRTRL(model, B, kernel="compiled", defer=8)
+    with torch.inference_mode(not built_under):
+        feed(eng)
+    _assert_same(ref, eng)
