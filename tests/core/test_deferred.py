@@ -146,6 +146,23 @@ def test_reset_restarts_like_a_new_engine_and_keeps_the_influence_tensors():
     _assert_same(new, eng, tol=0.0)  # the same arithmetic from the same zeros: bit for bit
 
 
+def test_reset_zeroes_the_influence_after_partial_reach_sets():
+    """After a run whose reach sets stayed small (chunk_update wrote only their segments, back
+    from its scratch copies), reset leaves every influence tensor exactly zero and the next run
+    equals a new engine's bit for bit."""
+    model = egru(d=5, n=70, density=0.1, theta=0.4, width=0.3, seed=3)
+    x = spikes_in(12, 2, 5, p=0.5, seed=4) * 3
+    eng, _ = _run(model, x, 32)
+    eng.settle()
+    assert 0 < float(_reach_bits(eng, 0, 0).float().mean()) < 0.5
+    assert bool(eng.M[0][0].any())
+    eng.reset()
+    assert not any(bool(M.any()) for row in eng.M for M in row)
+    evrtrl.run_engine(eng, x, per_step_loss)
+    new, _ = _run(model, x, 32)
+    _assert_same(new, eng, tol=0.0)
+
+
 def test_online_learner_reuses_an_earlier_engine():
     def learn(reuse_from_first):
         model = egru(d=3, n=6, theta=0.05, width=1.0)
