@@ -397,7 +397,7 @@ class EventRTRL:
         zeroed where their shapes still fit (a fresh large allocation costs a page fault per
         4 KiB on first touch: about 20 ms for 37 MB)."""
         B, shard, layout = self.B, self._shard, self._layout
-        self.compiled = None  # drops the queue: refresh() below has nothing to settle
+        prev, self.compiled = self.compiled, None  # drops the queue: refresh() has nothing to settle
         # the compiled path groups each block's columns by unit (it skips the segments that
         # are structurally zero); the pure-torch path keeps the born prefix (evrtrl.influence)
         order = "unit" if self._kmod is not None else "birth"
@@ -451,7 +451,8 @@ class EventRTRL:
         )
         self.refresh()
         if self._kmod is not None:
-            self.compiled = CompiledStep(self._kmod, self, self._defer)
+            self.compiled = CompiledStep(self._kmod, self, self._defer,
+                                         scratch=prev.scratch if prev is not None else None)
             self.compiled.refresh(self)
 
     def refresh(self) -> None:

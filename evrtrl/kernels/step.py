@@ -143,7 +143,8 @@ class _Deferred(NamedTuple):
 class CompiledStep:
     """The event engine's step and gradient accumulation through the compiled kernels."""
 
-    def __init__(self, mod: ModuleType, engine: Any, defer: int = 1) -> None:
+    def __init__(self, mod: ModuleType, engine: Any, defer: int = 1,
+                 scratch: list[torch.Tensor] | None = None) -> None:
         self.mod = mod
         self.cells = [cell_kernel_for(r.layer) for r in engine.refs]
         B, dt, dev = engine.B, engine.dtype, engine.device
@@ -179,9 +180,12 @@ class CompiledStep:
                 row.append(bits.view(B, run.R, words))
             self.reach.append(row)
         # chunk_update's buffers (rows of N in the chunk, the panels' aligned copies of M),
-        # kept over flushes so that a long run allocates them once; grown by the kernel
+        # kept over flushes, and over resets (``scratch``: the previous step's), so that a
+        # long run or a training run allocates them once; grown by the kernel
         NL = len(engine.runs)
-        self.scratch = [torch.empty(0, dtype=torch.uint8) for _ in range(NL * (NL + 1) + NL)]
+        count = NL * (NL + 1) + NL
+        self.scratch = scratch if scratch is not None and len(scratch) == count else \
+            [torch.empty(0, dtype=torch.uint8) for _ in range(count)]
 
     @property
     def covered(self) -> list[bool]:
