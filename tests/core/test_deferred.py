@@ -139,7 +139,10 @@ def test_reset_restarts_like_a_new_engine_and_keeps_the_influence_tensors():
     x1, x2 = values_in(12, B, 2, seed=8), values_in(17, B, 2, seed=9)
     eng, _ = _run(model, x1, 5)
     ptrs = [M.data_ptr() for row in eng.M for M in row]
+    scratch = eng.compiled.scratch
+    assert any(buf.numel() for buf in scratch)  # grown by the flushes
     eng.reset()
+    assert eng.compiled.scratch is scratch  # the kernel's buffers go to the next compiled step
     evrtrl.run_engine(eng, x2, per_step_loss)
     assert [M.data_ptr() for row in eng.M for M in row] == ptrs
     new, _ = _run(model, x2, 5)
