@@ -67,8 +67,11 @@ class ActivityRegularizer:
         rate = y.abs().mean(-1)
         if self.target:
             rate = torch.clamp(rate - self.target, min=0.0)
-        s = self.scale if self.scale is not None else 1.0 / y.shape[0]
-        return self.strength * s * rate.sum()
+        return self.strength * self._scale(y) * rate.sum()
+
+    def _scale(self, y: torch.Tensor) -> float:
+        """``scale``, or one over the batch of ``y`` when it is None."""
+        return self.scale if self.scale is not None else 1.0 / y.shape[0]
 
     def value_and_grad(self, l: int, y: torch.Tensor, t: int
                        ) -> tuple[torch.Tensor | None, torch.Tensor | None, dict]:
@@ -79,7 +82,7 @@ class ActivityRegularizer:
             return None, None, {}
         n = y.shape[-1]
         rate = y.abs().mean(-1)
-        s = self.scale if self.scale is not None else 1.0 / y.shape[0]
+        s = self._scale(y)
         g = torch.sign(y) * (self.strength * s / n)
         if self.target:
             over = rate - self.target

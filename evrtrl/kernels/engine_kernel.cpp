@@ -21,6 +21,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <numeric>
 #include <type_traits>
 #include <vector>
 #ifdef EVRTRL_PROFILE
@@ -782,6 +783,17 @@ inline void for_runs(const uint64_t* set, int64_t u0, int64_t u1, F f) {
   if (a >= 0) f(a, b);
 }
 
+// f(p0, p1) for the columns [p0, p1) of every run of units of set in [u0, u1) (unit i's
+// columns seg[i]:seg[i+1]), clipped to the columns below hi; empty ranges are skipped
+template <typename F>
+inline void for_segments(const uint64_t* set, int64_t u0, int64_t u1, const int64_t* seg,
+                         int64_t hi, F f) {
+  for_runs(set, u0, u1, [&](int64_t a, int64_t z) {
+    const int64_t p1 = std::min(seg[z], hi);
+    if (p1 > seg[a]) f(seg[a], p1);
+  });
+}
+
 // mrow[p0 : p0 + NVV LANES] += sum_q f[q] N[idx[q], same columns], the sum kept in registers.
 // p0 is a multiple of LANES (and the rows of M and N start at multiples of VBYTES), so every
 // load is aligned. The first register's lanes below head and the last register's lanes from
@@ -1170,7 +1182,8 @@ py::tuple chunk_update_impl(
     U0[l].resize(static_cast<size_t>(l + 1));
     UL[l].resize(static_cast<size_t>(l + 1));
   }
-  Rows units;
+  Rows units(static_cast<size_t>(*std::max_element(n.begin(), n.end())));
+  std::iota(units.begin(), units.end(), int64_t(0));
   // 2. sequence by sequence
   std::vector<std::vector<Csr<S>>> crec(NL, std::vector<Csr<S>>(L)), cin(NL, std::vector<Csr<S>>(L));
   // reach (see reach_couple), per layer l and block j <= l: rc[t] the sets of the rows after t
@@ -1267,8 +1280,6 @@ py::tuple chunk_update_impl(
       }
     for (int64_t l = 0; l < NL; ++l)  // per unit, the union of its rows' sets
       for (int64_t j = 0; j <= l; ++j) {
-        units.resize(static_cast<size_t>(n[l]));
-        for (int64_t i = 0; i < n[l]; ++i) units[i] = i;
         unite_rows(U0[l][j], rc[l][j][0], units.data(), n[l], m[l], Wd[j]);
         unite_rows(UL[l][j], rc[l][j][L], units.data(), n[l], m[l], Wd[j]);
       }
@@ -1307,17 +1318,15 @@ py::tuple chunk_update_impl(
             for (int64_t w = 0; w < W; ++w) notsup[w] = sL[w] & ~s0[w];
             for (int64_t c = 0; c < mq; ++c) {
               const int64_t r = i * mq + c;
-              for_runs(s0, u0, u1, [&](int64_t a, int64_t z) {
-                const int64_t e = std::min(sg[z], hi);
-                if (e > sg[a]) std::copy(Mb + r * C + sg[a], Mb + r * C + e, Mx + r * Cs[j] + sg[a]);
+              for_segments(s0, u0, u1, sg, hi, [&](int64_t p0, int64_t p1) {
+                std::copy(Mb + r * C + p0, Mb + r * C + p1, Mx + r * Cs[j] + p0);
               });
-              for_runs(notsup.data(), u0, u1, [&](int64_t a, int64_t z) {
-                const int64_t e = std::min(sg[z], hi);
-                if (e > sg[a]) std::fill(Mx + r * Cs[j] + sg[a], Mx + r * Cs[j] + e, S(0));
+              for_segments(notsup.data(), u0, u1, sg, hi, [&](int64_t p0, int64_t p1) {
+                std::fill(Mx + r * Cs[j] + p0, Mx + r * Cs[j] + p1, S(0));
               });
             }
           }
-          if (k0[l] > 0 && k0b[l] > 0) {  // the rows K0 of the engine's N, this panel's columns
+          if (k0b[l] > 0) {  // the rows K0 of the engine's N, this panel's columns
             const int64_t ld = N0[l][j].size(2), e = std::min(hi_panel, ld);
             const S* src = N0[l][j].data_ptr<S>() + b * k0[l] * ld;
             S* dst = n0s[l][j];
@@ -1340,8 +1349,7 @@ py::tuple chunk_update_impl(
                 const S* ti = fac[l][t].data() + (b * nr + q) * M2;
                 S* rb = Mx + rows[q] * mq * Cx;
                 unite_rows(sup, rc[l][j][t], &rows[q], 1, mq, W);  // the unit's rows before step t
-                for_runs(sup.data(), u0, u1, [&](int64_t a, int64_t z) {
-                  const int64_t s0 = sg[a], s1 = std::min(sg[z], hi);
+                for_segments(sup.data(), u0, u1, sg, hi, [&](int64_t s0, int64_t s1) {
                   if (mq == 1) {
                     for (int64_t p = s0; p < s1; ++p) rb[p] = ti[0] * rb[p];
                   } else {
@@ -1406,7 +1414,6 @@ py::tuple chunk_update_impl(
               const S fe = eb ? eb[i] : S(0);
               S* __restrict__ gg = g;
               auto emit = [&](const int64_t lo, const int64_t hi) {
-                if (hi <= lo) return;
                 if (mq - c0 == 1) {
                   emit_row<S>(out + lo, gg + lo, rb + c0 * Cx + lo, gi[c0], fe, hi - lo);
                   return;
@@ -1425,9 +1432,7 @@ py::tuple chunk_update_impl(
                   for (int64_t p = lo; p < hi; ++p) gg[p] += fe * out[p];
               };
               // the segments of this row's support only: its readers read only those
-              for_runs(supE[l][j][t].data() + kk * W, u0, u1, [&](int64_t a, int64_t z) {
-                emit(sg[a], std::min(sg[z], hi));
-              });
+              for_segments(supE[l][j][t].data() + kk * W, u0, u1, sg, hi, emit);
             }
             if (l == j && U[l]) {
               const int64_t* uc = ucol[l].data_ptr<int64_t>();
@@ -1448,12 +1453,11 @@ py::tuple chunk_update_impl(
                 const S* src = nout + static_cast<int64_t>(kk) * ldb[j];
                 const uint64_t* sp = supE[l][j][t].data() + kk * W;
                 for (int64_t w = 0; w < W; ++w) notsup[w] = ~sp[w];
-                for_runs(sp, u0, u1, [&](int64_t a, int64_t z) {
-                  const int64_t e = std::min(sg[z], hi);
-                  if (e > sg[a]) std::copy(src + sg[a], src + e, dst + sg[a]);
+                for_segments(sp, u0, u1, sg, hi, [&](int64_t p0, int64_t p1) {
+                  std::copy(src + p0, src + p1, dst + p0);
                 });
-                for_runs(notsup.data(), u0, u1, [&](int64_t a, int64_t z) {
-                  std::fill(dst + sg[a], dst + std::max(sg[a], std::min(sg[z], hi)), S(0));
+                for_segments(notsup.data(), u0, u1, sg, hi, [&](int64_t p0, int64_t p1) {
+                  std::fill(dst + p0, dst + p1, S(0));
                 });
               }
           }
@@ -1465,9 +1469,8 @@ py::tuple chunk_update_impl(
           for (int64_t i = 0; i < n[l]; ++i)
             for (int64_t c = 0; c < mq; ++c) {
               const int64_t r = i * mq + c;
-              for_runs(UL[l][j].data() + i * W, u0, u1, [&](int64_t a, int64_t z) {
-                const int64_t e = std::min(sg[z], hi);
-                if (e > sg[a]) std::copy(Mx + r * Cs[j] + sg[a], Mx + r * Cs[j] + e, Mb + r * C + sg[a]);
+              for_segments(UL[l][j].data() + i * W, u0, u1, sg, hi, [&](int64_t p0, int64_t p1) {
+                std::copy(Mx + r * Cs[j] + p0, Mx + r * Cs[j] + p1, Mb + r * C + p0);
               });
             }
         }

@@ -295,11 +295,15 @@ class _Loss:
         if isinstance(readout, torch.nn.Linear) and readout.bias is not None:
             self.value_and_grad = self._closed_form  # the engines' closed-form path
 
-    def __call__(self, y: torch.Tensor, t: int):
+    def _step(self, y: torch.Tensor, t: int) -> bool:
+        """Count the step's output activity (when asked); whether step ``t`` has a loss."""
         if self.activity:
             self.active = self.active + (y.detach() != 0).float().mean()
             self.steps += 1
-        if self.mode == "last" and t != self.T - 1:
+        return self.mode != "last" or t == self.T - 1
+
+    def __call__(self, y: torch.Tensor, t: int):
+        if not self._step(y, t):
             return None
         o = self.readout(y)
         d = o.detach()
@@ -311,10 +315,7 @@ class _Loss:
         with :math:`o = V y + c` and :math:`p = \mathrm{softmax}(o)`,
         :math:`\delta = s\,(p - \mathrm{onehot}(\ell))`, :math:`dL/dy = \delta V`,
         :math:`dL/dV = \delta^T y`, :math:`dL/dc = \sum_b \delta_b`."""
-        if self.activity:
-            self.active = self.active + (y != 0).float().mean()
-            self.steps += 1
-        if self.mode == "last" and t != self.T - 1:
+        if not self._step(y, t):
             return None, None, {}
         V, c = self.readout.weight.detach(), self.readout.bias.detach()
         o = torch.addmm(c, y, V.t())
